@@ -1,0 +1,928 @@
+/**
+ * hw/cpu.ts — one logical processor: its control registers, its TLBs and paging-structure caches,
+ * its counters and virtual clock, all stored in its block of the shared buffer, and the
+ * instructions that use them: memory accesses, INVLPG, INVPCID, MOV to CR0/CR3/CR4, WRMSR EFER.
+ *
+ * An access runs: IPI delivery (the access boundary is where interrupts are taken), the canonical
+ * check (#GP(0), or #SS(0) for stack accesses; no #PF, CR2 untouched), the L1 TLB of its side
+ * (4 KiB, 2 MiB, 1 GiB arrays), the second-level TLB, then a page walk that may start from a
+ * paging-structure-cache hit (SDM §4.10.3.2). A TLB hit is checked against the current CR0.WP,
+ * CR4.SMEP/SMAP, RFLAGS.AC, EFER.NXE and PKRU; a write through an entry filled with D=0, or any
+ * rights mismatch, drops the page's cached entries and re-walks before it can fault (§4.8,
+ * §4.10.4.3). Every #PF invalidates the faulting page's TLB entries and the paging-structure-cache
+ * entries that would be used for it (§4.10.4.1).
+ *
+ * Registers are written only by the thread that drives the CPU (as only a processor writes its own
+ * registers). Views on other threads see the same registers and notice changes through a
+ * generation word.
+ *
+ * Deviations: with CR0.PG=0 the linear address is used as the physical address unchanged (real,
+ * protected and 32-bit modes are not modelled); CPL is 0 or 3 only.
+ */
+
+import {
+  A_HEAD, A_TAIL, C_ACCESSES, C_CLOCK, C_CR3_NOFLUSH, C_CR3_WRITES, C_D_REWALKS, C_ENTRIES_FLUSHED, C_FETCHES, C_FLUSH_ALL, C_FLUSH_PCID,
+  C_GP_FAULTS, C_INVLPG, C_INVPCID, C_L1_HIT, C_L1_HIT_1G, C_L1_HIT_2M, C_L1_HIT_4K, C_L1_MISS, C_MACHINE_CHECKS, C_PAGE_FAULTS,
+  C_PSC_HIT_PDE, C_PSC_HIT_PDPTE, C_PSC_HIT_PML4E, C_PSC_HIT_PML5E, C_RIGHTS_REWALKS, C_SS_FAULTS, C_STLB_HIT, C_STLB_MISS, C_WATCH_HITS,
+  C_WRITES, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
+  R_EFER_HI, R_EFER_LO, R_GEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS, type CpuLayout,
+} from './layout.ts';
+import type { MachineConfig } from './config.ts';
+import type { PhysicalMemory } from './phys.ts';
+import {
+  CR0_PG, CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, Flush, RFLAGS_AC, VEC_GP, VEC_MC, VEC_PF,
+  VEC_SS, VEC_UD, decideCr0, decideCr3, decideCr4, decideEfer, type Features, type RegState, type WriteDecision,
+} from './control-registers.ts';
+import { LEVEL_PDE, LEVEL_PDPTE, LEVEL_PML4E, LEVEL_PML5E, LEVEL_PTE, addrHiMask, reservedMasks } from './pte.ts';
+import {
+  SIZE_1G, SIZE_2M, SIZE_4K, TlbArray, W1_GLOBAL, W1_PCID_MASK, W1_PCID_SHIFT, W1_VALID, W3_D, W3_PK_SHIFT, W3_RIGHTS_SHIFT, W3_U, vpnHi, vpnLo,
+} from './tlb.ts';
+import { K_FETCH, K_READ, K_WRITE, WALK_MC, WALK_OK, accessIndex, computePermissionTable, pkeyDenies, walk } from './walk.ts';
+import type { HwCostModel } from './cost.ts';
+import { toVa, vaFromHalves, vaNumberFromHalves, type LinearAddress } from './address.ts';
+
+export type AccessKind = 'read' | 'write' | 'fetch';
+
+export interface AccessOptions {
+  /** An implicit supervisor-mode access (GDT/IDT/TSS reads during event delivery): always supervisor. */
+  implicit?: boolean;
+  /** A stack (SS-relative) access: a non-canonical address raises #SS(0) instead of #GP(0). */
+  stack?: boolean;
+}
+
+export type AccessResult<V extends LinearAddress = LinearAddress> =
+  | { ok: true; pa: number }
+  | { ok: false; vector: number; errorCode: number; cr2: V; reason?: string };
+
+export type RegWriteResult = { ok: true } | { ok: false; vector: 13 | 6; errorCode: 0; reason: string };
+
+/** What a watched-frame access looked like (see PhysicalMemory.watch). */
+export interface WatchHit {
+  cpu: number;
+  /** 'read' | 'write' | 'fetch' | 'walk' (a paging-structure entry read during a walk). */
+  kind: AccessKind | 'walk';
+  va: bigint;
+  pa: number;
+  pfn: number;
+  /** CPU clock when it happened. */
+  cycles: number;
+}
+
+export const KIND_CODES: Record<AccessKind, number> = { read: K_READ, write: K_WRITE, fetch: K_FETCH };
+const KIND_NAMES: AccessKind[] = ['read', 'write', 'fetch'];
+
+/** Per-CPU statistics, named. */
+export type CpuCounters = Record<string, number>;
+
+export class Cpu {
+  /** Block view: registers, mailbox, TLB arrays (Int32 words). */
+  readonly r: Int32Array;
+  /** Counters and virtual clock. */
+  readonly c: Float64Array;
+  readonly m: Int32Array;
+  readonly watch: Uint8Array;
+  readonly memSize: number;
+  readonly features: Features;
+  readonly cost: HwCostModel;
+  readonly clockGhz: number;
+
+  readonly d4k: TlbArray;
+  readonly d2m: TlbArray;
+  readonly d1g: TlbArray;
+  readonly i4k: TlbArray;
+  readonly i2m: TlbArray;
+  readonly i1g: TlbArray;
+  readonly stlb: TlbArray;
+  readonly stlb1g: TlbArray;
+  readonly pscPml5e: TlbArray;
+  readonly pscPml4e: TlbArray;
+  readonly pscPdpte: TlbArray;
+  readonly pscPde: TlbArray;
+  readonly tlbArrays: TlbArray[];
+  readonly pscArrays: TlbArray[];
+
+  // ---- derived state, recomputed when R_GEN changes --------------------------------------------
+  gen = -1;
+  pg = false;
+  la57 = false;
+  levels = 4;
+  pcide = false;
+  pge = false;
+  wp = false;
+  smep = false;
+  smap = false;
+  pke = false;
+  nxe = false;
+  ac = false;
+  cpl3 = false;
+  pcid = 0;
+  pkru = 0;
+  cr3Lo = 0;
+  cr3Hi = 0;
+  addrHi: number;
+  pscOn: boolean;
+  readonly rsvdLo = new Int32Array(12);
+  readonly rsvdHi = new Int32Array(12);
+  readonly perm = new Uint8Array(72);
+
+  // ---- walk outputs (hw/walk.ts writes them) ---------------------------------------------------
+  readonly ei = new Int32Array(6);
+  readonly elo = new Int32Array(6);
+  readonly wAcc = new Int32Array(6);
+  wN = 0;
+  wStartLevel = 4;
+  wPa = 0;
+  wPfnLo = 0;
+  wPfnHi = 0;
+  wSize = 0;
+  wW3 = 0;
+  wGlobal = false;
+  // paging-structure-cache probe outputs
+  pLevel = 4;
+  pTLo = 0;
+  pTHi = 0;
+  pRw = 0;
+  pXd = 0;
+
+  // ---- last fault -------------------------------------------------------------------------------
+  faultVector = 0;
+  faultError = 0;
+  mcAddress = 0;
+  faultReason = '';
+
+  /** Report a walk that reads a watched table frame (set by the machine when watching is on). */
+  watchWalks = true;
+  /** Synchronous observer of watched-frame accesses (the kernel's KASAN hook). */
+  onWatch: ((hit: WatchHit) => void) | null = null;
+  /** Called at access boundaries when the mailbox holds messages (set by hw/apic.ts). */
+  deliverIpis: (cpu: Cpu) => void = () => {};
+
+  constructor(
+    readonly index: number,
+    sab: SharedArrayBuffer,
+    blockByte: number,
+    readonly layout: CpuLayout,
+    cfg: MachineConfig,
+    readonly mem: PhysicalMemory,
+  ) {
+    this.r = new Int32Array(sab, blockByte, layout.blockBytes / 4);
+    this.c = new Float64Array(sab, blockByte + layout.countersByte, N_COUNTERS);
+    this.m = mem.i32;
+    this.watch = mem.watch;
+    this.memSize = mem.size;
+    this.features = { maxPhyAddr: cfg.maxPhyAddr, la57: cfg.la57, pku: cfg.pku, pcid: cfg.pcid };
+    this.cost = cfg.cost.hw;
+    this.clockGhz = cfg.cost.clockGhz;
+    this.addrHi = addrHiMask(cfg.maxPhyAddr);
+    const a = layout.arrays;
+    const rep = cfg.tlb.replacement;
+    this.d4k = new TlbArray('l1d4k', this.r, a.l1d4k, rep, SIZE_4K, 12);
+    this.d2m = new TlbArray('l1d2m', this.r, a.l1d2m, rep, SIZE_2M, 21);
+    this.d1g = new TlbArray('l1d1g', this.r, a.l1d1g, rep, SIZE_1G, 30);
+    if (cfg.tlb.unified) {
+      this.i4k = this.d4k;
+      this.i2m = this.d2m;
+      this.i1g = this.d1g;
+    } else {
+      this.i4k = new TlbArray('l1i4k', this.r, a.l1i4k, rep, SIZE_4K, 12);
+      this.i2m = new TlbArray('l1i2m', this.r, a.l1i2m, rep, SIZE_2M, 21);
+      this.i1g = new TlbArray('l1i1g', this.r, a.l1i1g, rep, SIZE_1G, 30);
+    }
+    this.stlb = new TlbArray('stlb', this.r, a.stlb, rep, SIZE_4K, 12);
+    this.stlb1g = new TlbArray('stlb1g', this.r, a.stlb1g, rep, SIZE_1G, 30);
+    this.pscPml5e = new TlbArray('pml5e', this.r, a.pml5e, rep, 0, 48, true);
+    this.pscPml4e = new TlbArray('pml4e', this.r, a.pml4e, rep, 0, 39, true);
+    this.pscPdpte = new TlbArray('pdpte', this.r, a.pdpte, rep, 0, 30, true);
+    this.pscPde = new TlbArray('pde', this.r, a.pde, rep, 0, 21, true);
+    const uniq = new Set([this.d4k, this.d2m, this.d1g, this.i4k, this.i2m, this.i1g, this.stlb, this.stlb1g]);
+    this.tlbArrays = [...uniq].filter((t) => t.present);
+    this.pscArrays = [this.pscPml5e, this.pscPml4e, this.pscPdpte, this.pscPde].filter((t) => t.present);
+    this.pscOn = cfg.psc.enabled && this.pscArrays.length > 0;
+    this.refresh();
+  }
+
+  // ======================================================================================
+  // Register state
+  // ======================================================================================
+
+  private regState(): RegState {
+    const r = this.r;
+    return {
+      cr0: r[R_CR0_LO]!,
+      cr3: (BigInt(r[R_CR3_HI]! >>> 0) << 32n) | BigInt(r[R_CR3_LO]! >>> 0),
+      cr4: r[R_CR4_LO]!,
+      efer: r[R_EFER_LO]!,
+    };
+  }
+
+  /** Recompute everything derived from the registers. */
+  refresh(): void {
+    const r = this.r;
+    this.gen = r[R_GEN]!;
+    const cr0 = r[R_CR0_LO]!;
+    const cr4 = r[R_CR4_LO]!;
+    const efer = r[R_EFER_LO]!;
+    this.pg = (cr0 & CR0_PG) !== 0;
+    this.wp = (cr0 & CR0_WP) !== 0;
+    this.la57 = (cr4 & CR4_LA57) !== 0 && (efer & EFER_LMA) !== 0;
+    this.levels = this.la57 ? 5 : 4;
+    this.pcide = (cr4 & CR4_PCIDE) !== 0;
+    this.pge = (cr4 & CR4_PGE) !== 0;
+    this.smep = (cr4 & CR4_SMEP) !== 0;
+    this.smap = (cr4 & CR4_SMAP) !== 0;
+    this.pke = (cr4 & CR4_PKE) !== 0;
+    this.nxe = (efer & EFER_NXE) !== 0;
+    this.ac = (r[R_RFLAGS]! & RFLAGS_AC) !== 0;
+    this.cpl3 = r[R_CPL] === 3;
+    this.pkru = r[R_PKRU]! >>> 0;
+    const cr3Lo = r[R_CR3_LO]!;
+    this.pcid = this.pcide ? cr3Lo & 0xfff : 0;
+    this.cr3Lo = cr3Lo & 0xfffff000;
+    this.cr3Hi = r[R_CR3_HI]! & this.addrHi;
+    const f = { maxPhyAddr: this.features.maxPhyAddr, nxe: this.nxe, gbPages: this.gbPages };
+    for (let level = LEVEL_PTE; level <= LEVEL_PML5E; level++) {
+      for (const leaf of [false, true]) {
+        const [lo, hi] = reservedMasks(level, leaf, f);
+        this.rsvdLo[level * 2 + (leaf ? 1 : 0)] = lo;
+        this.rsvdHi[level * 2 + (leaf ? 1 : 0)] = hi;
+      }
+    }
+    computePermissionTable(this.perm, this.wp, this.smep, this.smap, this.ac, this.nxe);
+  }
+
+  private get gbPages(): boolean {
+    return this.stlb1gAllowed;
+  }
+
+  /** Set by the machine from the configuration (1 GiB pages supported). */
+  stlb1gAllowed = true;
+
+  private bump(): void {
+    this.r[R_GEN] = (this.r[R_GEN]! + 1) | 0;
+    this.refresh();
+  }
+
+  readCr0(): bigint {
+    return BigInt(this.r[R_CR0_LO]! >>> 0) | (BigInt(this.r[R_CR0_HI]! >>> 0) << 32n);
+  }
+
+  readCr2(): bigint {
+    return BigInt(this.r[R_CR2_LO]! >>> 0) | (BigInt(this.r[R_CR2_HI]! >>> 0) << 32n);
+  }
+
+  readCr3(): bigint {
+    return BigInt(this.r[R_CR3_LO]! >>> 0) | (BigInt(this.r[R_CR3_HI]! >>> 0) << 32n);
+  }
+
+  readCr4(): bigint {
+    return BigInt(this.r[R_CR4_LO]! >>> 0) | (BigInt(this.r[R_CR4_HI]! >>> 0) << 32n);
+  }
+
+  readEfer(): bigint {
+    return BigInt(this.r[R_EFER_LO]! >>> 0) | (BigInt(this.r[R_EFER_HI]! >>> 0) << 32n);
+  }
+
+  readPkru(): number {
+    return this.r[R_PKRU]! >>> 0;
+  }
+
+  readAc(): boolean {
+    return (this.r[R_RFLAGS]! & RFLAGS_AC) !== 0;
+  }
+
+  readCpl(): 0 | 3 {
+    return this.r[R_CPL] === 3 ? 3 : 0;
+  }
+
+  /** The PCID translations are currently tagged with (0 unless CR4.PCIDE=1). */
+  currentPcid(): number {
+    if (this.r[R_GEN] !== this.gen) this.refresh();
+    return this.pcid;
+  }
+
+  private regArg(v: unknown, what: string): bigint {
+    if (typeof v !== 'bigint') throw new TypeError(`${what} value must be a bigint, got ${typeof v}`);
+    if (v < 0n || v >= 1n << 64n) throw new RangeError(`${what} value 0x${v.toString(16)} is not a 64-bit unsigned value`);
+    return v;
+  }
+
+  private applyDecision<T>(d: WriteDecision<T>, cost: number): RegWriteResult {
+    this.charge(cost);
+    if (!d.ok) {
+      this.c[C_GP_FAULTS]!++;
+      return { ok: false, vector: VEC_GP, errorCode: 0, reason: d.reason };
+    }
+    return { ok: true };
+  }
+
+  /** MOV to CR0. Returns the #GP as a value when the SDM rejects the write. */
+  writeCr0(value: bigint): RegWriteResult {
+    const d = decideCr0(this.regState(), this.regArg(value, 'CR0'));
+    const res = this.applyDecision(d, this.cost.crWrite);
+    if (!d.ok) return res;
+    const r = this.r;
+    const oldPg = (r[R_CR0_LO]! & CR0_PG) !== 0;
+    r[R_CR0_LO] = d.value;
+    r[R_CR0_HI] = 0;
+    const pgNow = (d.value & CR0_PG) !== 0;
+    if (pgNow && !oldPg) r[R_EFER_LO] = r[R_EFER_LO]! | EFER_LMA;
+    if (!pgNow && oldPg) r[R_EFER_LO] = r[R_EFER_LO]! & ~EFER_LMA;
+    this.bump();
+    this.applyFlush(d.flush, d.flushPcid);
+    return res;
+  }
+
+  /** MOV to CR3; with CR4.PCIDE=1, bit 63 of `value` asks for no flush and is not stored. */
+  writeCr3(value: bigint): RegWriteResult {
+    const v = this.regArg(value, 'CR3');
+    const d = decideCr3(this.regState(), v, this.features);
+    const res = this.applyDecision(d, this.cost.cr3Write);
+    if (!d.ok) return res;
+    const r = this.r;
+    r[R_CR3_LO] = Number(d.value & 0xffffffffn) | 0;
+    r[R_CR3_HI] = Number(d.value >> 32n) | 0;
+    this.c[C_CR3_WRITES]!++;
+    if (d.flush === Flush.None) this.c[C_CR3_NOFLUSH]!++;
+    this.bump();
+    this.recordPcidRoot(d.flushPcid, this.cr3Lo, this.cr3Hi);
+    this.applyFlush(d.flush, d.flushPcid);
+    return res;
+  }
+
+  writeCr4(value: bigint): RegWriteResult {
+    const d = decideCr4(this.regState(), this.regArg(value, 'CR4'), this.features);
+    const res = this.applyDecision(d, this.cost.crWrite);
+    if (!d.ok) return res;
+    this.r[R_CR4_LO] = d.value;
+    this.r[R_CR4_HI] = 0;
+    this.bump();
+    this.recordPcidRoot(this.pcid, this.cr3Lo, this.cr3Hi);
+    this.applyFlush(d.flush, d.flushPcid);
+    return res;
+  }
+
+  /** WRMSR IA32_EFER. EFER.LMA is read-only (set by CR0.PG with LME). */
+  writeEfer(value: bigint): RegWriteResult {
+    const d = decideEfer(this.regState(), this.regArg(value, 'EFER'));
+    const res = this.applyDecision(d, this.cost.crWrite);
+    if (!d.ok) return res;
+    this.r[R_EFER_LO] = d.value;
+    this.r[R_EFER_HI] = 0;
+    this.bump();
+    this.applyFlush(d.flush, d.flushPcid);
+    return res;
+  }
+
+  /** WRPKRU. Rights are applied at use time, so nothing is flushed. */
+  setPkru(value: number): void {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+      throw new RangeError(`PKRU must be an integer from 0 to 0xffffffff, got ${String(value)}`);
+    }
+    this.r[R_PKRU] = value | 0;
+    this.bump();
+  }
+
+  /** STAC/CLAC: set or clear RFLAGS.AC. */
+  setAc(on: boolean): void {
+    if (typeof on !== 'boolean') throw new TypeError(`setAc takes a boolean, got ${typeof on}`);
+    this.r[R_RFLAGS] = on ? this.r[R_RFLAGS]! | RFLAGS_AC : this.r[R_RFLAGS]! & ~RFLAGS_AC;
+    this.bump();
+  }
+
+  /** Current privilege level: 0 (kernel) or 3 (user). */
+  setCpl(cpl: 0 | 3): void {
+    if (cpl !== 0 && cpl !== 3) throw new RangeError(`CPL must be 0 or 3, got ${String(cpl)}`);
+    this.r[R_CPL] = cpl;
+    this.bump();
+  }
+
+  /** Load register state without checks or flushes (machine construction and snapshots). */
+  loadRegisters(s: RegState & { pkru?: number; cpl?: 0 | 3; ac?: boolean }): void {
+    const r = this.r;
+    r[R_CR0_LO] = s.cr0;
+    r[R_CR0_HI] = 0;
+    r[R_CR3_LO] = Number(s.cr3 & 0xffffffffn) | 0;
+    r[R_CR3_HI] = Number(s.cr3 >> 32n) | 0;
+    r[R_CR4_LO] = s.cr4;
+    r[R_CR4_HI] = 0;
+    r[R_EFER_LO] = s.efer;
+    r[R_EFER_HI] = 0;
+    r[R_PKRU] = (s.pkru ?? 0) | 0;
+    r[R_CPL] = s.cpl ?? 0;
+    r[R_RFLAGS] = s.ac ? RFLAGS_AC : 0;
+    this.bump();
+    this.recordPcidRoot(this.pcid, this.cr3Lo, this.cr3Hi);
+  }
+
+  private recordPcidRoot(pcid: number, lo: number, hi: number): void {
+    const i = this.layout.pcidRoots + pcid * 2;
+    this.r[i] = lo;
+    this.r[i + 1] = hi;
+  }
+
+  /** Physical base of the last root table loaded with `pcid` (for inspectors). */
+  pcidRoot(pcid: number): number {
+    const i = this.layout.pcidRoots + pcid * 2;
+    return (this.r[i + 1]! >>> 0) * 0x100000000 + ((this.r[i]! & 0xfffff000) >>> 0);
+  }
+
+  // ======================================================================================
+  // Invalidation (SDM §4.10.4.1)
+  // ======================================================================================
+
+  /**
+   * Invalidate every TLB and paging-structure-cache entry, global ones included: what toggling
+   * CR4.PGE does, without changing CR4.
+   */
+  flushEverything(): void {
+    this.applyFlush(Flush.All, 0);
+  }
+
+  private applyFlush(kind: Flush, pcid: number): void {
+    let n = 0;
+    switch (kind) {
+      case Flush.None:
+        return;
+      case Flush.PcidNonGlobal:
+        for (const t of this.tlbArrays) n += t.clearPcid(pcid, false);
+        for (const t of this.pscArrays) t.clearPcid(pcid, true);
+        this.c[C_FLUSH_PCID]!++;
+        break;
+      case Flush.PcidAll:
+        for (const t of this.tlbArrays) n += t.clearPcid(pcid, true);
+        for (const t of this.pscArrays) t.clearPcid(pcid, true);
+        this.c[C_FLUSH_PCID]!++;
+        break;
+      case Flush.All:
+        for (const t of this.tlbArrays) n += t.clear();
+        for (const t of this.pscArrays) t.clear();
+        this.c[C_FLUSH_ALL]!++;
+        this.charge(this.cost.flushAll);
+        break;
+    }
+    this.c[C_ENTRIES_FLUSHED]! += n;
+  }
+
+  /**
+   * INVLPG: the TLB entries for the page of `va` under the current PCID, global entries for that
+   * page whatever their PCID, and every paging-structure-cache entry of the current PCID.
+   * A non-canonical address makes INVLPG a no-op.
+   */
+  invlpg(va: LinearAddress): void {
+    const [hi, lo] = toVa(va);
+    this.invlpgHalves(hi, lo);
+  }
+
+  invlpgHalves(vaHi: number, vaLo: number): void {
+    if (this.r[R_GEN] !== this.gen) this.refresh();
+    this.c[C_INVLPG]!++;
+    this.charge(this.cost.invlpg);
+    if (!this.isCanonical(vaHi)) return;
+    let n = 0;
+    for (const t of this.tlbArrays) n += t.clearAddress(vaHi, vaLo, this.pcid, true);
+    for (const t of this.pscArrays) t.clearPcid(this.pcid, true);
+    this.c[C_ENTRIES_FLUSHED]! += n;
+  }
+
+  /**
+   * INVPCID type 0–3 with the descriptor (pcid, va). Returns #UD when the CPU has no INVPCID and
+   * #GP(0) for the SDM's cases: type > 3; bits 63:12 of the descriptor's first quadword set; a
+   * non-canonical address with type 0; PCID ≠ 0 with CR4.PCIDE = 0 for types 0 and 1.
+   */
+  invpcid(type: number, pcid: number | bigint, va: LinearAddress = 0n): RegWriteResult {
+    if (!Number.isInteger(type) || type < 0) throw new RangeError(`INVPCID type must be a non-negative integer, got ${String(type)}`);
+    if (this.r[R_GEN] !== this.gen) this.refresh();
+    if (!this.invpcidSupported) return { ok: false, vector: VEC_UD, errorCode: 0, reason: 'INVPCID is not supported by this CPU' };
+    const desc = BigInt(pcid);
+    if (type > 3) return this.gpFault(`INVPCID type ${type} is not defined`);
+    if (desc < 0n || desc >> 12n !== 0n) return this.gpFault('INVPCID descriptor bits 63:12 are reserved and must be 0');
+    const p = Number(desc);
+    const [hi, lo] = toVa(va);
+    if (type === 0 && !this.isCanonical(hi)) return this.gpFault('INVPCID type 0 with a non-canonical linear address');
+    if (type <= 1 && p !== 0 && !this.pcide) return this.gpFault('INVPCID type 0/1 with PCID ≠ 0 while CR4.PCIDE=0');
+    this.c[C_INVPCID]!++;
+    let n = 0;
+    switch (type) {
+      case 0:
+        this.charge(this.cost.invpcidAddr);
+        for (const t of this.tlbArrays) n += t.clearAddress(hi, lo, p, false);
+        for (const t of this.pscArrays) t.clearPcid(p, true);
+        break;
+      case 1:
+        this.charge(this.cost.invpcidContext);
+        for (const t of this.tlbArrays) n += t.clearPcid(p, false);
+        for (const t of this.pscArrays) t.clearPcid(p, true);
+        break;
+      case 2:
+        this.charge(this.cost.invpcidContext);
+        for (const t of this.tlbArrays) n += t.clear();
+        for (const t of this.pscArrays) t.clear();
+        break;
+      case 3:
+        this.charge(this.cost.invpcidContext);
+        for (const t of this.tlbArrays) n += t.clearNonGlobal();
+        for (const t of this.pscArrays) t.clear();
+        break;
+    }
+    this.c[C_ENTRIES_FLUSHED]! += n;
+    return { ok: true };
+  }
+
+  /** Set by the machine from the configuration. */
+  invpcidSupported = true;
+
+  private gpFault(reason: string): RegWriteResult {
+    this.c[C_GP_FAULTS]!++;
+    return { ok: false, vector: VEC_GP, errorCode: 0, reason };
+  }
+
+  /** The invalidation a #PF performs: the page's TLB entries and the PSC entries on its path. */
+  private faultInvalidate(vaHi: number, vaLo: number): void {
+    let n = 0;
+    for (const t of this.tlbArrays) n += t.clearAddress(vaHi, vaLo, this.pcid, true);
+    if (this.pscOn) {
+      const pcid = this.pcid;
+      for (const t of this.pscArrays) {
+        const e = t.lookup(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), pcid, 0);
+        if (e >= 0) t.kill(e);
+      }
+    }
+    this.c[C_ENTRIES_FLUSHED]! += n;
+  }
+
+  /** Drop every cached translation of this page under the current PCID before a re-walk. */
+  private dropPage(vaHi: number, vaLo: number): void {
+    for (const t of this.tlbArrays) t.clearAddress(vaHi, vaLo, this.pcid, true);
+  }
+
+  isCanonical(vaHi: number): boolean {
+    const top = this.la57 ? vaHi >> 24 : vaHi >> 15;
+    return top === 0 || top === -1;
+  }
+
+  // ======================================================================================
+  // Costs and clocks
+  // ======================================================================================
+
+  charge(cycles: number): void {
+    this.c[C_CLOCK]! += cycles;
+  }
+
+  chargeAd(): void {
+    this.c[C_CLOCK]! += this.cost.adUpdate;
+  }
+
+  /** This CPU's virtual clock, in cycles. */
+  get cycles(): number {
+    return this.c[C_CLOCK]!;
+  }
+
+  set cycles(v: number) {
+    this.c[C_CLOCK] = v;
+  }
+
+  get micros(): number {
+    return this.c[C_CLOCK]! / (this.clockGhz * 1000);
+  }
+
+  counters(): CpuCounters {
+    const out: CpuCounters = {};
+    for (const [i, name] of Object.entries(COUNTER_NAMES)) out[name] = this.c[Number(i)]!;
+    return out;
+  }
+
+  resetCounters(keepClock = true): void {
+    const clock = this.c[C_CLOCK]!;
+    this.c.fill(0);
+    if (keepClock) this.c[C_CLOCK] = clock;
+  }
+
+  // ======================================================================================
+  // Translation
+  // ======================================================================================
+
+  /**
+   * The public access: translate `va` for `kind` and report the result the way the hardware
+   * would see it. Does not read or write the data.
+   */
+  access<V extends LinearAddress>(va: V, kind: AccessKind, opts?: AccessOptions): AccessResult<V> {
+    const code = KIND_CODES[kind];
+    if (code === undefined) throw new TypeError(`access kind must be "read", "write" or "fetch", got ${String(kind)}`);
+    if (opts !== undefined && (typeof opts !== 'object' || opts === null)) throw new TypeError('access options must be an object');
+    const [hi, lo] = toVa(va);
+    const pa = this.translate(hi, lo, code, opts?.implicit === true, opts?.stack === true);
+    if (pa >= 0) return { ok: true, pa };
+    const cr2: LinearAddress = typeof va === 'bigint' ? this.readCr2() : vaNumberFromHalves(this.r[R_CR2_HI]!, this.r[R_CR2_LO]!);
+    return { ok: false, vector: this.faultVector, errorCode: this.faultError, cr2: cr2 as V, ...(this.faultReason ? { reason: this.faultReason } : {}) };
+  }
+
+  /**
+   * Translate vaHi:vaLo for an access of `kind` (0 read, 1 write, 2 fetch). Returns the physical
+   * address, or -1 with faultVector/faultError set (and CR2 written for #PF).
+   */
+  translate(vaHi: number, vaLo: number, kind: number, implicit: boolean, stack: boolean): number {
+    const r = this.r;
+    if (r[R_GEN] !== this.gen) this.refresh();
+    if (r[A_TAIL] !== r[A_HEAD]) this.deliverIpis(this);
+    const c = this.c;
+    c[C_CLOCK]! += this.cost.access;
+    c[C_ACCESSES]!++;
+    if (kind === K_WRITE) c[C_WRITES]!++;
+    else if (kind === K_FETCH) c[C_FETCHES]!++;
+    if (!this.pg) {
+      const pa = (vaHi >>> 0) * 0x100000000 + (vaLo >>> 0);
+      this.watchCheck(pa, vaHi, vaLo, kind);
+      return pa;
+    }
+    const top = this.la57 ? vaHi >> 24 : vaHi >> 15;
+    if (top !== 0 && top !== -1) {
+      this.faultVector = stack ? VEC_SS : VEC_GP;
+      this.faultError = 0;
+      this.faultReason = 'non-canonical linear address';
+      c[stack ? C_SS_FAULTS : C_GP_FAULTS]!++;
+      return -1;
+    }
+    const user = this.cpl3 && !implicit;
+    const ai = accessIndex(kind, user, implicit);
+
+    // ---- L1 TLB, 4 KiB array (inlined: this is the hot path) --------------------------------
+    const t4 = kind === K_FETCH ? this.i4k : this.d4k;
+    const vLo = (vaLo >>> 12) | (vaHi << 20);
+    const vHi = (vaHi >>> 12) & 0x1fff;
+    if (t4.count !== 0) {
+      const ways = t4.ways;
+      const tagNG = vHi | (this.pcid << W1_PCID_SHIFT) | W1_VALID;
+      const tagG = vHi | W1_VALID | W1_GLOBAL;
+      let e = t4.base + (vLo & t4.setMask) * ways * ENTRY_WORDS;
+      for (let w = 0; w < ways; w++, e += ENTRY_WORDS) {
+        if (r[e] !== vLo) continue;
+        const w1 = r[e + 1]!;
+        if (w1 !== tagNG && (w1 & ~W1_PCID_MASK) !== tagG) continue;
+        const w3 = r[e + 3]!;
+        if (this.usable(w3, kind, ai, user)) {
+          c[C_L1_HIT]!++;
+          c[C_L1_HIT_4K]!++;
+          c[C_CLOCK]! += this.cost.tlbL1Hit;
+          if (t4.replacement === 'lru') {
+            const s = (r[R_STAMP]! + 1) | 0;
+            r[R_STAMP] = s;
+            r[t4.stamps + (e - t4.base) / ENTRY_WORDS] = s;
+          }
+          const pa = ((w3 & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096 + (vaLo & 0xfff);
+          if (this.watch[pa >>> 12] !== 0 && pa < this.memSize) this.watchCheck(pa, vaHi, vaLo, kind);
+          return pa;
+        }
+        return this.rewalk(vaHi, vaLo, kind, ai, user, w3);
+      }
+    }
+    return this.translateSlow(vaHi, vaLo, kind, ai, user);
+  }
+
+  /** May a cached entry with w3 serve this access without a walk? */
+  private usable(w3: number, kind: number, ai: number, user: boolean): boolean {
+    if (this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] !== 0) return false;
+    if (kind === K_WRITE && (w3 & W3_D) === 0) return false;
+    if (this.pke && (w3 & W3_U) !== 0 && pkeyDenies(this.pkru, (w3 >>> W3_PK_SHIFT) & 0xf, kind, user, this.wp)) return false;
+    return true;
+  }
+
+  private rewalk(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean, w3: number): number {
+    if (kind === K_WRITE && (w3 & W3_D) === 0 && this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] === 0) this.c[C_D_REWALKS]!++;
+    else this.c[C_RIGHTS_REWALKS]!++;
+    this.dropPage(vaHi, vaLo);
+    return this.walkAndFill(vaHi, vaLo, kind, ai, user);
+  }
+
+  /** L1 2 MiB / 1 GiB arrays, then the second-level TLB, then the walk. */
+  private translateSlow(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
+    const c = this.c;
+    const fetch = kind === K_FETCH;
+    const t2 = fetch ? this.i2m : this.d2m;
+    const t1 = fetch ? this.i1g : this.d1g;
+    const pcid = this.pcid;
+    for (const [t, size, shift, ctr] of [
+      [t2, SIZE_2M, 21, C_L1_HIT_2M],
+      [t1, SIZE_1G, 30, C_L1_HIT_1G],
+    ] as const) {
+      if (t.count === 0) continue;
+      const e = t.lookup(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, size);
+      if (e < 0) continue;
+      const w3 = this.r[e + 3]!;
+      if (!this.usable(w3, kind, ai, user)) return this.rewalk(vaHi, vaLo, kind, ai, user, w3);
+      c[C_L1_HIT]!++;
+      c[ctr]!++;
+      c[C_CLOCK]! += this.cost.tlbL1Hit;
+      t.touch(e, this.nextStamp());
+      return this.finish(this.paOf(e, size, vaLo), vaHi, vaLo, kind);
+    }
+    c[C_L1_MISS]!++;
+    // ---- second-level TLB ---------------------------------------------------------------------
+    for (const [t, size, shift] of [
+      [this.stlb, SIZE_4K, 12],
+      [this.stlb, SIZE_2M, 21],
+      [this.stlb1g, SIZE_1G, 30],
+    ] as const) {
+      if (t.count === 0) continue;
+      const e = t.lookup(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, size);
+      if (e < 0) continue;
+      const r = this.r;
+      const w1 = r[e + 1]!;
+      const w2 = r[e + 2]!;
+      const w3 = r[e + 3]!;
+      if (!this.usable(w3, kind, ai, user)) return this.rewalk(vaHi, vaLo, kind, ai, user, w3);
+      c[C_STLB_HIT]!++;
+      c[C_CLOCK]! += this.cost.stlbHit;
+      t.touch(e, this.nextStamp());
+      this.fillL1(vaHi, vaLo, fetch, size, (w1 & W1_GLOBAL) !== 0, w2, w3, ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT));
+      return this.finish(this.paOf(e, size, vaLo), vaHi, vaLo, kind);
+    }
+    c[C_STLB_MISS]!++;
+    return this.walkAndFill(vaHi, vaLo, kind, ai, user);
+  }
+
+  private nextStamp(): number {
+    const s = (this.r[R_STAMP]! + 1) | 0;
+    this.r[R_STAMP] = s;
+    return s;
+  }
+
+  private paOf(e: number, size: number, vaLo: number): number {
+    const r = this.r;
+    const base = ((r[e + 3]! & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096;
+    return base + (size === SIZE_4K ? vaLo & 0xfff : size === SIZE_2M ? vaLo & 0x1fffff : vaLo & 0x3fffffff);
+  }
+
+  private walkAndFill(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
+    const res = walk(this, vaHi, vaLo, kind, ai, user, true);
+    if (res !== WALK_OK) {
+      if (res === WALK_MC) {
+        this.faultVector = VEC_MC;
+        this.faultError = 0;
+        this.faultReason = `paging-structure entry at physical 0x${this.mcAddress.toString(16)} is beyond installed memory`;
+        this.c[C_MACHINE_CHECKS]!++;
+        return -1;
+      }
+      this.faultVector = VEC_PF;
+      this.faultReason = '';
+      this.r[R_CR2_LO] = vaLo;
+      this.r[R_CR2_HI] = vaHi;
+      this.c[C_PAGE_FAULTS]!++;
+      this.charge(this.cost.pageFault);
+      this.faultInvalidate(vaHi, vaLo);
+      return -1;
+    }
+    this.chargeWalk();
+    // Fill: second-level TLB, then the L1 array of this side.
+    const size = this.wSize;
+    const g = this.wGlobal;
+    const shift = size === SIZE_4K ? 12 : size === SIZE_2M ? 21 : 30;
+    const st = size === SIZE_1G ? this.stlb1g : this.stlb;
+    if (st.count !== 0) st.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), this.pcid, size, g, this.wPfnLo, this.wW3);
+    this.fillL1(vaHi, vaLo, kind === K_FETCH, size, g, this.wPfnLo, this.wW3, this.pcid);
+    if (this.pscOn) this.fillPsc(vaHi, vaLo);
+    return this.finish(this.wPa, vaHi, vaLo, kind);
+  }
+
+  /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS. */
+  private walkRefsCharged = 0;
+  private chargeWalk(): void {
+    // Charged incrementally from the counter so restarts and PSC hits are priced correctly.
+    const refs = this.c[7]! - this.walkRefsCharged; // C_WALK_REFS
+    this.walkRefsCharged = this.c[7]!;
+    this.c[C_CLOCK]! += refs * this.cost.walkMemRef;
+  }
+
+  /**
+   * Put a translation into the L1 array of its size on this side. If that array does not exist,
+   * the translation is cached as a smaller piece (SDM §4.10.2.3 allows it): 1 GiB → 2 MiB → 4 KiB.
+   */
+  private fillL1(vaHi: number, vaLo: number, fetch: boolean, size: number, g: boolean, w2: number, w3: number, pcid: number): void {
+    let s = size;
+    let pfnLo = w2;
+    let pfnHiW3 = w3;
+    const arrays = fetch ? [this.i4k, this.i2m, this.i1g] : [this.d4k, this.d2m, this.d1g];
+    while (s > SIZE_4K && arrays[s]!.count === 0) {
+      // Splinter: keep only the piece containing va.
+      const pieceShift = s === SIZE_1G ? 21 : 12;
+      const pieceIndex = s === SIZE_1G ? (vaLo >>> 21) & 0x1ff : (vaLo >>> 12) & 0x1ff;
+      const pfn = (w3 & 0xff) * 0x100000000 + (pfnLo >>> 0) + pieceIndex * (pieceShift === 21 ? 512 : 1);
+      pfnLo = Number(BigInt(pfn) & 0xffffffffn) | 0;
+      pfnHiW3 = (w3 & ~0xff) | Math.floor(pfn / 0x100000000);
+      s--;
+    }
+    const t = arrays[s]!;
+    if (t.count === 0) return;
+    const shift = s === SIZE_4K ? 12 : s === SIZE_2M ? 21 : 30;
+    t.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, s, g, pfnLo, pfnHiW3);
+  }
+
+  /** Cache the non-leaf entries this walk read (SDM §4.10.3.1: only P=1, no reserved bits, A=1). */
+  private fillPsc(vaHi: number, vaLo: number): void {
+    const n = this.wN;
+    let level = this.wStartLevel;
+    for (let k = 0; k < n - 1; k++, level--) {
+      const t = level === LEVEL_PML5E ? this.pscPml5e : level === LEVEL_PML4E ? this.pscPml4e : level === LEVEL_PDPTE ? this.pscPdpte : this.pscPde;
+      if (t.count === 0) continue;
+      const wi = this.ei[k]!;
+      const lo = this.elo[k]!;
+      const hi = this.m[wi + 1]!;
+      const acc = this.wAcc[k]!;
+      const tableLo = lo & 0xfffff000;
+      const tableHi = hi & this.addrHi;
+      const w2 = (tableLo >>> 12) | (tableHi << 20);
+      const w3 = ((tableHi >>> 12) & 0xff) | (acc & 4 ? W3_U : 0) | (acc & 2 ? 1 << 9 : 0) | (acc & 0x80000000 ? 1 << 10 : 0);
+      t.insert(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), this.pcid, 0, false, w2, w3);
+    }
+  }
+
+  /**
+   * Probe the paging-structure caches from the lowest level up (SDM §4.10.3.2). On a hit the
+   * walk starts below the cached entry with its accumulated rights; otherwise at the root.
+   */
+  pscLookup(vaHi: number, vaLo: number): boolean {
+    const pcid = this.pcid;
+    const probes: [TlbArray, number, number][] = [
+      [this.pscPde, LEVEL_PTE, C_PSC_HIT_PDE],
+      [this.pscPdpte, LEVEL_PDE, C_PSC_HIT_PDPTE],
+      [this.pscPml4e, LEVEL_PDPTE, C_PSC_HIT_PML4E],
+      [this.pscPml5e, LEVEL_PML4E, C_PSC_HIT_PML5E],
+    ];
+    for (const [t, next, ctr] of probes) {
+      if (t.count === 0) continue;
+      if (next === LEVEL_PML4E && !this.la57) continue;
+      const e = t.lookup(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), pcid, 0);
+      if (e < 0) continue;
+      const r = this.r;
+      const w2 = r[e + 2]!;
+      const w3 = r[e + 3]!;
+      this.pLevel = next;
+      this.pTLo = w2 << 12;
+      this.pTHi = ((w2 >>> 20) | ((w3 & 0xff) << 12)) & this.addrHi;
+      this.pRw = (w3 & W3_U ? 4 : 0) | (w3 & (1 << 9) ? 2 : 0);
+      this.pXd = w3 & (1 << 10) ? 0x80000000 | 0 : 0;
+      t.touch(e, this.nextStamp());
+      this.c[ctr]!++;
+      this.c[C_CLOCK]! += this.cost.pscHit;
+      return true;
+    }
+    this.pLevel = this.levels;
+    this.pTLo = this.cr3Lo;
+    this.pTHi = this.cr3Hi;
+    return false;
+  }
+
+  private finish(pa: number, vaHi: number, vaLo: number, kind: number): number {
+    if (pa < this.memSize && this.watch[pa >>> 12] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
+    return pa;
+  }
+
+  // ======================================================================================
+  // Frame watch (the hardware half of the kernel's use-after-free detector)
+  // ======================================================================================
+
+  private watchCheck(pa: number, vaHi: number, vaLo: number, kind: number): void {
+    if (pa >= this.memSize) return;
+    const pfn = pa >>> 12;
+    if (this.watch[pfn] === 0) return;
+    this.recordWatch({ cpu: this.index, kind: KIND_NAMES[kind]!, va: vaFromHalves(vaHi, vaLo), pa, pfn, cycles: this.c[C_CLOCK]! });
+  }
+
+  /** A walk read a paging-structure entry from a watched frame. */
+  watchTable(wordIndex: number, vaHi: number, vaLo: number): void {
+    const pa = wordIndex * 4;
+    this.recordWatch({ cpu: this.index, kind: 'walk', va: vaFromHalves(vaHi, vaLo), pa, pfn: pa >>> 12, cycles: this.c[C_CLOCK]! });
+  }
+
+  private recordWatch(hit: WatchHit): void {
+    this.c[C_WATCH_HITS]!++;
+    // Keep the last records in the shared ring, so another thread can read them.
+    const base = this.layout.watchRing;
+    const n = this.r[base]!;
+    const slot = base + 1 + (n % WATCH_RING_RECORDS) * WATCH_RECORD_WORDS;
+    const va = BigInt.asUintN(64, hit.va);
+    this.r[slot] = ['read', 'write', 'fetch', 'walk'].indexOf(hit.kind);
+    this.r[slot + 1] = Number(va & 0xffffffffn) | 0;
+    this.r[slot + 2] = Number(va >> 32n) | 0;
+    this.r[slot + 3] = hit.pa >>> 0;
+    this.r[slot + 4] = hit.pfn;
+    this.r[base] = n + 1;
+    if (this.onWatch) this.onWatch(hit);
+  }
+
+  /** Watch hits recorded in the shared ring (the newest WATCH_RING_RECORDS). */
+  watchRecords(): { kind: string; va: bigint; pa: number; pfn: number }[] {
+    const base = this.layout.watchRing;
+    const n = this.r[base]!;
+    const out = [];
+    for (let i = Math.max(0, n - WATCH_RING_RECORDS); i < n; i++) {
+      const slot = base + 1 + (i % WATCH_RING_RECORDS) * WATCH_RECORD_WORDS;
+      out.push({
+        kind: ['read', 'write', 'fetch', 'walk'][this.r[slot]!]!,
+        va: (BigInt(this.r[slot + 2]! >>> 0) << 32n) | BigInt(this.r[slot + 1]! >>> 0),
+        pa: this.r[slot + 3]! >>> 0,
+        pfn: this.r[slot + 4]!,
+      });
+    }
+    return out;
+  }
+}
