@@ -24,7 +24,7 @@
 import type { Cpu } from './cpu.ts';
 import {
   A_ACKS, A_HEAD, A_RING, A_SENT, A_TAIL, C_CLOCK, C_IPI_ACKED, C_IPI_DELIVERED, C_IPI_SENT, C_IPI_WAIT_CYCLES, M_PAYLOAD, M_PAYLOAD_WORDS,
-  M_SENDER, M_SEQ, M_SEND_TIME_F64, M_STATE, M_VECTOR, MSG_WORDS, RING_CAPACITY,
+  M_SENDER, M_SEQ, M_SEND_TIME_F64, M_STATE, M_VECTOR, MSG_WORDS, R_ATTN, RING_CAPACITY,
 } from './layout.ts';
 import { toVa } from './address.ts';
 
@@ -101,8 +101,9 @@ export class Apic {
       tr[slot + M_VECTOR] = vector;
       tr[slot + M_SEQ] = seq;
       for (let k = 0; k < M_PAYLOAD_WORDS; k++) tr[slot + M_PAYLOAD + k] = payload && k < payload.length ? payload[k]! | 0 : 0;
-      new Float64Array(tr.buffer, tr.byteOffset + slot * 4, MSG_WORDS / 2)[M_SEND_TIME_F64] = from.c[C_CLOCK]!;
+      new Float64Array(tr.buffer, tr.byteOffset + slot * 4, MSG_WORDS / 2)[M_SEND_TIME_F64] = from.cycles;
       Atomics.store(tr, slot + M_STATE, 1);
+      Atomics.add(tr, R_ATTN, 1);
       Atomics.notify(tr, A_TAIL);
       from.c[C_IPI_SENT]!++;
     }
@@ -119,12 +120,12 @@ export class Apic {
   settle(ticket: IpiTicket): void {
     const from = this.cpus[ticket.sender]!;
     const acks = ackTimes(from);
-    let latest = from.c[C_CLOCK]!;
+    const now = from.cycles;
+    let latest = now;
     for (const t of ticket.targets) if (acks[t]! > latest) latest = acks[t]!;
-    const waited = latest - from.c[C_CLOCK]!;
-    if (waited > 0) {
-      from.c[C_IPI_WAIT_CYCLES]! += waited;
-      from.c[C_CLOCK] = latest;
+    if (latest > now) {
+      from.c[C_IPI_WAIT_CYCLES]! += latest - now;
+      from.cycles = latest;
     }
   }
 
@@ -173,6 +174,7 @@ export class Apic {
   deliver(cpu: Cpu, force: boolean): number {
     const r = cpu.r;
     const c = cpu.c;
+    cpu.sync();
     let head = Atomics.load(r, A_HEAD);
     let taken = 0;
     while (head !== Atomics.load(r, A_TAIL)) {

@@ -21,11 +21,11 @@
  */
 
 import {
-  A_HEAD, A_TAIL, C_ACCESSES, C_CLOCK, C_CR3_NOFLUSH, C_CR3_WRITES, C_D_REWALKS, C_ENTRIES_FLUSHED, C_FETCHES, C_FLUSH_ALL, C_FLUSH_PCID,
-  C_GP_FAULTS, C_INVLPG, C_INVPCID, C_L1_HIT, C_L1_HIT_1G, C_L1_HIT_2M, C_L1_HIT_4K, C_L1_MISS, C_MACHINE_CHECKS, C_PAGE_FAULTS,
+  A_HEAD, A_TAIL, C_CLOCK, C_CR3_NOFLUSH, C_CR3_WRITES, C_D_REWALKS, C_ENTRIES_FLUSHED, C_FLUSH_ALL, C_FLUSH_PCID,
+  C_GP_FAULTS, C_INVLPG, C_INVPCID, C_L1_HIT, C_L1_HIT_1G, C_L1_HIT_2M, C_L1_MISS, C_MACHINE_CHECKS, C_PAGE_FAULTS,
   C_PSC_HIT_PDE, C_PSC_HIT_PDPTE, C_PSC_HIT_PML4E, C_PSC_HIT_PML5E, C_RIGHTS_REWALKS, C_SS_FAULTS, C_STLB_HIT, C_STLB_MISS, C_WATCH_HITS,
-  C_WRITES, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
-  R_EFER_HI, R_EFER_LO, R_GEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS, type CpuLayout,
+  C_UNTRANSLATED, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
+  R_ATTN, R_EFER_HI, R_EFER_LO, R_GEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS, type CpuLayout,
 } from './layout.ts';
 import type { MachineConfig } from './config.ts';
 import type { PhysicalMemory } from './phys.ts';
@@ -37,7 +37,7 @@ import { LEVEL_PDE, LEVEL_PDPTE, LEVEL_PML4E, LEVEL_PML5E, LEVEL_PTE, addrHiMask
 import {
   SIZE_1G, SIZE_2M, SIZE_4K, TlbArray, W1_GLOBAL, W1_PCID_MASK, W1_PCID_SHIFT, W1_VALID, W3_D, W3_PK_SHIFT, W3_RIGHTS_SHIFT, W3_U, vpnHi, vpnLo,
 } from './tlb.ts';
-import { K_FETCH, K_READ, K_WRITE, WALK_MC, WALK_OK, accessIndex, computePermissionTable, pkeyDenies, walk } from './walk.ts';
+import { K_FETCH, K_READ, K_WRITE, WALK_MC_RESULT, WOUT_GLOBAL, WOUT_SIZE_SHIFT, WOUT_W3_MASK, computePermissionTable, pkeyDenies, walk } from './walk.ts';
 import type { HwCostModel } from './cost.ts';
 import { toVa, vaFromHalves, vaNumberFromHalves, type LinearAddress } from './address.ts';
 
@@ -81,6 +81,8 @@ export class Cpu {
   readonly c: Float64Array;
   readonly m: Int32Array;
   readonly watch: Uint8Array;
+  /** An all-zero map of the same size, used by the fast walker when watching is off. */
+  readonly noWatch: Uint8Array;
   readonly memSize: number;
   readonly features: Features;
   readonly cost: HwCostModel;
@@ -103,6 +105,40 @@ export class Cpu {
 
   // ---- derived state, recomputed when R_GEN changes --------------------------------------------
   gen = -1;
+  /** Last R_ATTN value handled: the hot path's one check for "registers changed or IPI waiting". */
+  attn = -1;
+  /** Shift that leaves the bits a canonical address repeats: 15 (4-level) or 24 (5-level). */
+  canonShift = 15;
+  /** PCID << 13 | valid: the tag word of a non-global L1 entry, minus the page-number bits. */
+  pcidTag = 0;
+  costHit = 0;
+  /**
+   * hotOk[kind * 16 + (w3 >> 8 & 15)]: may translate()'s shortcut serve an access of `kind` (read,
+   * write) by the current CPL through an entry whose word 3 carries these U, W, XD, D bits? Zero
+   * whenever protection keys could apply, so those cases take the full path.
+   */
+  readonly hotOk = new Uint8Array(48);
+  /**
+   * LRU clock of this CPU's TLB arrays, advanced by every L1 hit and every slow-path use or fill;
+   * `slowTicks` counts the latter, so ticks − slowTicks are L1 hits not yet in the counters.
+   */
+  tick = 0;
+  slowTicks = 0;
+  private syncedTick = 0;
+  private syncedSlow = 0;
+  /** The arrays use exact LRU (hits must stamp their entry). */
+  lru = true;
+  d4kSetWords = 0;
+  /** Stamp word of entry word e is (e >> 2) + d4kStampDelta. */
+  d4kStampDelta = 0;
+  d4kBase = 0;
+  d4kMask = 0;
+  d4kWays = 0;
+  d4kStamps = 0;
+  i4kBase = 0;
+  i4kMask = 0;
+  i4kWays = 0;
+  i4kStamps = 0;
   pg = false;
   la57 = false;
   levels = 4;
@@ -128,15 +164,13 @@ export class Cpu {
   // ---- walk outputs (hw/walk.ts writes them) ---------------------------------------------------
   readonly ei = new Int32Array(6);
   readonly elo = new Int32Array(6);
-  readonly wAcc = new Int32Array(6);
   wN = 0;
   wStartLevel = 4;
-  wPa = 0;
+  wStartRw = 0;
+  wStartXd = 0;
   wPfnLo = 0;
-  wPfnHi = 0;
-  wSize = 0;
+  /** TLB word 3 of the last walk, with its size and global flag above WOUT_W3_MASK. */
   wW3 = 0;
-  wGlobal = false;
   // paging-structure-cache probe outputs
   pLevel = 4;
   pTLo = 0;
@@ -169,6 +203,7 @@ export class Cpu {
     this.c = new Float64Array(sab, blockByte + layout.countersByte, N_COUNTERS);
     this.m = mem.i32;
     this.watch = mem.watch;
+    this.noWatch = new Uint8Array(mem.watch.length);
     this.memSize = mem.size;
     this.features = { maxPhyAddr: cfg.maxPhyAddr, la57: cfg.la57, pku: cfg.pku, pcid: cfg.pcid };
     this.cost = cfg.cost.hw;
@@ -198,6 +233,19 @@ export class Cpu {
     this.tlbArrays = [...uniq].filter((t) => t.present);
     this.pscArrays = [this.pscPml5e, this.pscPml4e, this.pscPdpte, this.pscPde].filter((t) => t.present);
     this.pscOn = cfg.psc.enabled && this.pscArrays.length > 0;
+    this.lru = cfg.tlb.replacement === 'lru';
+    this.tick = this.r[R_STAMP]!;
+    this.syncedTick = this.tick;
+    this.d4kBase = this.d4k.base;
+    this.d4kMask = this.d4k.setMask;
+    this.d4kWays = this.d4k.ways;
+    this.d4kStamps = this.d4k.stamps;
+    this.d4kSetWords = this.d4k.ways * ENTRY_WORDS;
+    this.d4kStampDelta = this.d4k.stamps - (this.d4k.base >> 2);
+    this.i4kBase = this.i4k.base;
+    this.i4kMask = this.i4k.setMask;
+    this.i4kWays = this.i4k.ways;
+    this.i4kStamps = this.i4k.stamps;
     this.refresh();
   }
 
@@ -248,6 +296,19 @@ export class Cpu {
       }
     }
     computePermissionTable(this.perm, this.wp, this.smep, this.smap, this.ac, this.nxe);
+    this.canonShift = this.la57 ? 24 : 15;
+    for (let kind = 0; kind < 3; kind++) {
+      for (let b = 0; b < 16; b++) {
+        const rights = b & 7;
+        const dirty = (b & 8) !== 0;
+        const ai = (this.cpl3 ? 3 : 0) + kind;
+        const ok = this.pg && kind !== K_FETCH && this.perm[ai * 8 + rights] === 0 && (kind !== K_WRITE || dirty) && !(this.pke && (rights & 1) !== 0);
+        this.hotOk[kind * 16 + b] = ok ? 1 : 0;
+      }
+    }
+    this.pcidTag = (this.pcid << W1_PCID_SHIFT) | W1_VALID;
+    this.costHit = this.cost.access + this.cost.tlbL1Hit;
+    this.attn = Atomics.load(r, R_ATTN);
   }
 
   private get gbPages(): boolean {
@@ -259,6 +320,7 @@ export class Cpu {
 
   private bump(): void {
     this.r[R_GEN] = (this.r[R_GEN]! + 1) | 0;
+    Atomics.add(this.r, R_ATTN, 1);
     this.refresh();
   }
 
@@ -574,24 +636,34 @@ export class Cpu {
 
   /** This CPU's virtual clock, in cycles. */
   get cycles(): number {
+    this.sync();
     return this.c[C_CLOCK]!;
   }
 
   set cycles(v: number) {
+    this.sync();
     this.c[C_CLOCK] = v;
   }
 
   get micros(): number {
-    return this.c[C_CLOCK]! / (this.clockGhz * 1000);
+    return this.cycles / (this.clockGhz * 1000);
   }
 
+  /**
+   * The counters by name. Three are derived rather than counted, to keep the TLB-hit path short:
+   * accesses = L1 hits + L1 misses + untranslated accesses; l1Hits4k = L1 hits − 2 MiB − 1 GiB hits.
+   */
   counters(): CpuCounters {
+    this.sync();
     const out: CpuCounters = {};
     for (const [i, name] of Object.entries(COUNTER_NAMES)) out[name] = this.c[Number(i)]!;
+    out.accesses = out.l1Hits! + out.l1Misses! + out.untranslated!;
+    out.l1Hits4k = out.l1Hits! - out.l1Hits2m! - out.l1Hits1g!;
     return out;
   }
 
   resetCounters(keepClock = true): void {
+    this.sync();
     const clock = this.c[C_CLOCK]!;
     this.c.fill(0);
     if (keepClock) this.c[C_CLOCK] = clock;
@@ -610,72 +682,122 @@ export class Cpu {
     if (code === undefined) throw new TypeError(`access kind must be "read", "write" or "fetch", got ${String(kind)}`);
     if (opts !== undefined && (typeof opts !== 'object' || opts === null)) throw new TypeError('access options must be an object');
     const [hi, lo] = toVa(va);
-    const pa = this.translate(hi, lo, code, opts?.implicit === true, opts?.stack === true);
-    if (pa >= 0) return { ok: true, pa };
+    if (this.translate(hi, lo, code, opts?.implicit === true, opts?.stack === true) === 0) return { ok: true, pa: this.pa };
     const cr2: LinearAddress = typeof va === 'bigint' ? this.readCr2() : vaNumberFromHalves(this.r[R_CR2_HI]!, this.r[R_CR2_LO]!);
     return { ok: false, vector: this.faultVector, errorCode: this.faultError, cr2: cr2 as V, ...(this.faultReason ? { reason: this.faultReason } : {}) };
   }
 
+  /** Physical address produced by the last successful translate(). */
+  pa = 0.5;
+
   /**
-   * Translate vaHi:vaLo for an access of `kind` (0 read, 1 write, 2 fetch). Returns the physical
-   * address, or -1 with faultVector/faultError set (and CR2 written for #PF).
+   * Translate vaHi:vaLo for an access of `kind` (0 read, 1 write, 2 fetch). Returns 0 with the
+   * physical address in `this.pa`, or -1 with faultVector/faultError set (and CR2 written for
+   * #PF). The status/field split keeps the physical address unboxed on this hot path.
    */
   translate(vaHi: number, vaLo: number, kind: number, implicit: boolean, stack: boolean): number {
+    // The common case — an L1 hit on a non-global 4 KiB data entry whose cached rights already
+    // allow the access — is decided here in few enough bytecodes (V8 inlines functions under 460)
+    // that this method is inlined into its callers; everything else, and every doubtful case,
+    // goes to translateFull, which decides the same cases the same way.
+    // Canonical: top ∈ {0, -1} ⇔ (top + 1) >>> 1 === 0.
     const r = this.r;
-    if (r[R_GEN] !== this.gen) this.refresh();
-    if (r[A_TAIL] !== r[A_HEAD]) this.deliverIpis(this);
-    const c = this.c;
-    c[C_CLOCK]! += this.cost.access;
-    c[C_ACCESSES]!++;
-    if (kind === K_WRITE) c[C_WRITES]!++;
-    else if (kind === K_FETCH) c[C_FETCHES]!++;
-    if (!this.pg) {
-      const pa = (vaHi >>> 0) * 0x100000000 + (vaLo >>> 0);
-      this.watchCheck(pa, vaHi, vaLo, kind);
-      return pa;
-    }
-    const top = this.la57 ? vaHi >> 24 : vaHi >> 15;
-    if (top !== 0 && top !== -1) {
-      this.faultVector = stack ? VEC_SS : VEC_GP;
-      this.faultError = 0;
-      this.faultReason = 'non-canonical linear address';
-      c[stack ? C_SS_FAULTS : C_GP_FAULTS]!++;
-      return -1;
-    }
-    const user = this.cpl3 && !implicit;
-    const ai = accessIndex(kind, user, implicit);
-
-    // ---- L1 TLB, 4 KiB array (inlined: this is the hot path) --------------------------------
-    const t4 = kind === K_FETCH ? this.i4k : this.d4k;
-    const vLo = (vaLo >>> 12) | (vaHi << 20);
-    const vHi = (vaHi >>> 12) & 0x1fff;
-    if (t4.count !== 0) {
-      const ways = t4.ways;
-      const tagNG = vHi | (this.pcid << W1_PCID_SHIFT) | W1_VALID;
-      const tagG = vHi | W1_VALID | W1_GLOBAL;
-      let e = t4.base + (vLo & t4.setMask) * ways * ENTRY_WORDS;
-      for (let w = 0; w < ways; w++, e += ENTRY_WORDS) {
-        if (r[e] !== vLo) continue;
-        const w1 = r[e + 1]!;
-        if (w1 !== tagNG && (w1 & ~W1_PCID_MASK) !== tagG) continue;
+    if (r[R_ATTN] === this.attn && kind !== K_FETCH && !implicit && ((vaHi >> this.canonShift) + 1) >>> 1 === 0) {
+      const vLo = (vaLo >>> 12) | (vaHi << 20);
+      const tag = ((vaHi >>> 12) & 0x1fff) | this.pcidTag;
+      let e = this.d4kBase + (vLo & this.d4kMask) * this.d4kSetWords;
+      for (const end = e + this.d4kSetWords; e < end; e += ENTRY_WORDS) {
+        if (r[e] !== vLo || r[e + 1] !== tag) continue;
         const w3 = r[e + 3]!;
-        if (this.usable(w3, kind, ai, user)) {
-          c[C_L1_HIT]!++;
-          c[C_L1_HIT_4K]!++;
-          c[C_CLOCK]! += this.cost.tlbL1Hit;
-          if (t4.replacement === 'lru') {
-            const s = (r[R_STAMP]! + 1) | 0;
-            r[R_STAMP] = s;
-            r[t4.stamps + (e - t4.base) / ENTRY_WORDS] = s;
-          }
-          const pa = ((w3 & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096 + (vaLo & 0xfff);
-          if (this.watch[pa >>> 12] !== 0 && pa < this.memSize) this.watchCheck(pa, vaHi, vaLo, kind);
-          return pa;
-        }
-        return this.rewalk(vaHi, vaLo, kind, ai, user, w3);
+        // hotOk: rights allow it, D is set for a write, and no protection key applies.
+        if (this.hotOk[kind * 16 + ((w3 >>> W3_RIGHTS_SHIFT) & 15)] === 0) break;
+        // Counted lazily: a hit only advances `tick`; sync() turns ticks into hits and cycles.
+        const t = (this.tick + 1) | 0;
+        this.tick = t;
+        if (this.lru) r[(e >> 2) + this.d4kStampDelta] = t;
+        const pa = ((w3 & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096 + (vaLo & 0xfff);
+        this.pa = pa;
+        if (this.watch[pa >>> 12] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
+        return 0;
       }
     }
+    return this.translateFull(vaHi, vaLo, kind, implicit, stack);
+  }
+
+  /** Every translation case; see translate() for the shortcut in front of it. */
+  translateFull(vaHi: number, vaLo: number, kind: number, implicit: boolean, stack: boolean): number {
+    const r = this.r;
+    if (r[R_ATTN] !== this.attn) this.attention();
+    if (!this.pg) return this.translateUnpaged(vaHi, vaLo, kind);
+    const top = vaHi >> this.canonShift;
+    if (top !== 0 && top !== -1) return this.nonCanonical(stack);
+    const user = this.cpl3 && !implicit;
+    const ai = user ? 3 + kind : implicit ? 6 + kind : kind;
+    // ---- L1 TLB, 4 KiB array: inlined, this is the hot path ----------------------------------
+    let base: number;
+    let mask: number;
+    let ways: number;
+    if (kind === K_FETCH) {
+      base = this.i4kBase;
+      mask = this.i4kMask;
+      ways = this.i4kWays;
+    } else {
+      base = this.d4kBase;
+      mask = this.d4kMask;
+      ways = this.d4kWays;
+    }
+    const vLo = (vaLo >>> 12) | (vaHi << 20);
+    const vHi = (vaHi >>> 12) & 0x1fff;
+    const tagNG = vHi | this.pcidTag;
+    let e = base + (vLo & mask) * ways * ENTRY_WORDS;
+    for (let w = 0; w < ways; w++, e += ENTRY_WORDS) {
+      if (r[e] !== vLo) continue;
+      const w1 = r[e + 1]!;
+      if (w1 !== tagNG && (w1 & ~W1_PCID_MASK) !== (vHi | W1_VALID | W1_GLOBAL)) continue;
+      const w3 = r[e + 3]!;
+      if (this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] !== 0 || (kind === K_WRITE && (w3 & W3_D) === 0) || ((w3 & W3_U) !== 0 && this.pke && this.pkeyBlocks(w3, kind, user))) {
+        return this.rewalk(vaHi, vaLo, kind, ai, user, w3, true);
+      }
+      const t = (this.tick + 1) | 0; // counted by sync(), as in translate()
+      this.tick = t;
+      if (this.lru) r[(kind === K_FETCH ? this.i4kStamps : this.d4kStamps) + ((e - base) >> 2)] = t;
+      const pa = ((w3 & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096 + (vaLo & 0xfff);
+      this.pa = pa;
+      if (this.watch[pa >>> 12] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
+      return 0;
+    }
     return this.translateSlow(vaHi, vaLo, kind, ai, user);
+  }
+
+  /** Does PKRU deny this data access to a user page (cached entry word 3)? */
+  private pkeyBlocks(w3: number, kind: number, user: boolean): boolean {
+    return pkeyDenies(this.pkru, (w3 >>> W3_PK_SHIFT) & 0xf, kind, user, this.wp);
+  }
+
+  /** Registers changed or an IPI is waiting (the R_ATTN word moved). */
+  private attention(): void {
+    this.attn = Atomics.load(this.r, R_ATTN);
+    if (this.r[R_GEN] !== this.gen) this.refresh();
+    if (this.r[A_TAIL] !== this.r[A_HEAD]) this.deliverIpis(this);
+  }
+
+  private translateUnpaged(vaHi: number, vaLo: number, kind: number): number {
+    this.c[C_CLOCK]! += this.cost.access;
+    this.c[C_UNTRANSLATED]!++;
+    const pa = (vaHi >>> 0) * 0x100000000 + (vaLo >>> 0);
+    this.pa = pa;
+    this.watchCheck(pa, vaHi, vaLo, kind);
+    return 0;
+  }
+
+  private nonCanonical(stack: boolean): number {
+    this.c[C_CLOCK]! += this.cost.access;
+    this.c[C_UNTRANSLATED]!++;
+    this.faultVector = stack ? VEC_SS : VEC_GP;
+    this.faultError = 0;
+    this.faultReason = 'non-canonical linear address';
+    this.c[stack ? C_SS_FAULTS : C_GP_FAULTS]!++;
+    return -1;
   }
 
   /** May a cached entry with w3 serve this access without a walk? */
@@ -686,9 +808,16 @@ export class Cpu {
     return true;
   }
 
-  private rewalk(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean, w3: number): number {
+  /**
+   * A cached entry matched but cannot serve this access (a write through D=0, or stricter
+   * rights): drop the page's cached entries and walk. `countMiss` is false when the L1 miss was
+   * already counted (the entry was found in the second-level TLB).
+   */
+  private rewalk(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean, w3: number, countMiss: boolean): number {
+    this.c[C_CLOCK]! += this.cost.access;
     if (kind === K_WRITE && (w3 & W3_D) === 0 && this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] === 0) this.c[C_D_REWALKS]!++;
     else this.c[C_RIGHTS_REWALKS]!++;
+    if (countMiss) this.c[C_L1_MISS]!++;
     this.dropPage(vaHi, vaLo);
     return this.walkAndFill(vaHi, vaLo, kind, ai, user);
   }
@@ -697,53 +826,73 @@ export class Cpu {
   private translateSlow(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
     const c = this.c;
     const fetch = kind === K_FETCH;
-    const t2 = fetch ? this.i2m : this.d2m;
-    const t1 = fetch ? this.i1g : this.d1g;
-    const pcid = this.pcid;
-    for (const [t, size, shift, ctr] of [
-      [t2, SIZE_2M, 21, C_L1_HIT_2M],
-      [t1, SIZE_1G, 30, C_L1_HIT_1G],
-    ] as const) {
-      if (t.count === 0) continue;
-      const e = t.lookup(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, size);
-      if (e < 0) continue;
-      const w3 = this.r[e + 3]!;
-      if (!this.usable(w3, kind, ai, user)) return this.rewalk(vaHi, vaLo, kind, ai, user, w3);
-      c[C_L1_HIT]!++;
-      c[ctr]!++;
-      c[C_CLOCK]! += this.cost.tlbL1Hit;
-      t.touch(e, this.nextStamp());
-      return this.finish(this.paOf(e, size, vaLo), vaHi, vaLo, kind);
+    if (this.probe(fetch ? this.i2m : this.d2m, SIZE_2M, 21, C_L1_HIT_2M, vaHi, vaLo, kind, ai, user) || this.probe(fetch ? this.i1g : this.d1g, SIZE_1G, 30, C_L1_HIT_1G, vaHi, vaLo, kind, ai, user)) {
+      return this.probeResult;
     }
     c[C_L1_MISS]!++;
     // ---- second-level TLB ---------------------------------------------------------------------
-    for (const [t, size, shift] of [
-      [this.stlb, SIZE_4K, 12],
-      [this.stlb, SIZE_2M, 21],
-      [this.stlb1g, SIZE_1G, 30],
-    ] as const) {
-      if (t.count === 0) continue;
-      const e = t.lookup(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, size);
-      if (e < 0) continue;
-      const r = this.r;
-      const w1 = r[e + 1]!;
-      const w2 = r[e + 2]!;
-      const w3 = r[e + 3]!;
-      if (!this.usable(w3, kind, ai, user)) return this.rewalk(vaHi, vaLo, kind, ai, user, w3);
-      c[C_STLB_HIT]!++;
-      c[C_CLOCK]! += this.cost.stlbHit;
-      t.touch(e, this.nextStamp());
-      this.fillL1(vaHi, vaLo, fetch, size, (w1 & W1_GLOBAL) !== 0, w2, w3, ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT));
-      return this.finish(this.paOf(e, size, vaLo), vaHi, vaLo, kind);
+    if (this.probe(this.stlb, SIZE_4K, 12, -1, vaHi, vaLo, kind, ai, user) || this.probe(this.stlb, SIZE_2M, 21, -1, vaHi, vaLo, kind, ai, user) || this.probe(this.stlb1g, SIZE_1G, 30, -1, vaHi, vaLo, kind, ai, user)) {
+      return this.probeResult;
     }
     c[C_STLB_MISS]!++;
+    c[C_CLOCK]! += this.cost.access;
     return this.walkAndFill(vaHi, vaLo, kind, ai, user);
   }
 
+  private probeResult = 0;
+
+  /**
+   * Look `t` up for a translation of `size`. On a usable hit set this.pa (and, for the
+   * second-level TLB, fill the L1 array) and return true with probeResult 0; on a hit that
+   * cannot serve the access, re-walk and return true with the walk's result; on a miss, false.
+   * `l1Counter` is the L1 hit counter to bump, or -1 for the second-level TLB.
+   */
+  private probe(t: TlbArray, size: number, shift: number, l1Counter: number, vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): boolean {
+    if (t.count === 0) return false;
+    const e = t.lookup(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), this.pcid, size);
+    if (e < 0) return false;
+    const r = this.r;
+    const w3 = r[e + 3]!;
+    if (!this.usable(w3, kind, ai, user)) {
+      this.probeResult = this.rewalk(vaHi, vaLo, kind, ai, user, w3, l1Counter >= 0);
+      return true;
+    }
+    t.touch(e, this.nextStamp());
+    if (l1Counter >= 0) {
+      this.c[C_L1_HIT]!++;
+      this.c[l1Counter]!++;
+      this.c[C_CLOCK]! += this.cost.access + this.cost.tlbL1Hit;
+    } else {
+      this.c[C_STLB_HIT]!++;
+      this.c[C_CLOCK]! += this.cost.access + this.cost.stlbHit;
+      const w1 = r[e + 1]!;
+      this.fillL1(vaHi, vaLo, kind === K_FETCH, size, (w1 & W1_GLOBAL) !== 0, r[e + 2]!, w3, (w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT);
+    }
+    this.probeResult = this.finish(this.paOf(e, size, vaLo), vaHi, vaLo, kind);
+    return true;
+  }
+
+  /** A stamp for a slow-path TLB use or fill (not an L1 hit; see sync()). */
   private nextStamp(): number {
-    const s = (this.r[R_STAMP]! + 1) | 0;
-    this.r[R_STAMP] = s;
-    return s;
+    this.slowTicks = (this.slowTicks + 1) | 0;
+    const t = (this.tick + 1) | 0;
+    this.tick = t;
+    return t;
+  }
+
+  /**
+   * Fold the L1 hits counted only as `tick` advances into the shared counters: each is one L1
+   * hit and `costHit` cycles. Every reader of the clock or the counters calls this first.
+   */
+  sync(): void {
+    const hits = ((this.tick - this.syncedTick) - (this.slowTicks - this.syncedSlow)) | 0;
+    if (hits !== 0) {
+      this.c[C_L1_HIT]! += hits;
+      this.c[C_CLOCK]! += hits * this.costHit;
+    }
+    this.syncedTick = this.tick;
+    this.syncedSlow = this.slowTicks;
+    this.r[R_STAMP] = this.tick;
   }
 
   private paOf(e: number, size: number, vaLo: number): number {
@@ -753,9 +902,10 @@ export class Cpu {
   }
 
   private walkAndFill(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
-    const res = walk(this, vaHi, vaLo, kind, ai, user, true);
-    if (res !== WALK_OK) {
-      if (res === WALK_MC) {
+    const pa = walk(this, vaHi, vaLo, kind, ai, user, true);
+    this.chargeWalk();
+    if (pa < 0) {
+      if (pa === WALK_MC_RESULT) {
         this.faultVector = VEC_MC;
         this.faultError = 0;
         this.faultReason = `paging-structure entry at physical 0x${this.mcAddress.toString(16)} is beyond installed memory`;
@@ -771,16 +921,17 @@ export class Cpu {
       this.faultInvalidate(vaHi, vaLo);
       return -1;
     }
-    this.chargeWalk();
     // Fill: second-level TLB, then the L1 array of this side.
-    const size = this.wSize;
-    const g = this.wGlobal;
+    const out = this.wW3;
+    const size = (out >>> WOUT_SIZE_SHIFT) & 3;
+    const g = (out & WOUT_GLOBAL) !== 0;
+    const w3 = out & WOUT_W3_MASK;
     const shift = size === SIZE_4K ? 12 : size === SIZE_2M ? 21 : 30;
     const st = size === SIZE_1G ? this.stlb1g : this.stlb;
-    if (st.count !== 0) st.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), this.pcid, size, g, this.wPfnLo, this.wW3);
-    this.fillL1(vaHi, vaLo, kind === K_FETCH, size, g, this.wPfnLo, this.wW3, this.pcid);
-    if (this.pscOn) this.fillPsc(vaHi, vaLo);
-    return this.finish(this.wPa, vaHi, vaLo, kind);
+    if (st.count !== 0) st.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), this.pcid, size, g, this.wPfnLo, w3, this.nextStamp());
+    this.fillL1(vaHi, vaLo, kind === K_FETCH, size, g, this.wPfnLo, w3, this.pcid);
+    if (this.pscOn && this.wN > 1) this.fillPsc(vaHi, vaLo);
+    return this.finish(pa, vaHi, vaLo, kind);
   }
 
   /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS. */
@@ -813,25 +964,28 @@ export class Cpu {
     const t = arrays[s]!;
     if (t.count === 0) return;
     const shift = s === SIZE_4K ? 12 : s === SIZE_2M ? 21 : 30;
-    t.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, s, g, pfnLo, pfnHiW3);
+    t.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, s, g, pfnLo, pfnHiW3, this.nextStamp());
   }
 
   /** Cache the non-leaf entries this walk read (SDM §4.10.3.1: only P=1, no reserved bits, A=1). */
   private fillPsc(vaHi: number, vaLo: number): void {
     const n = this.wN;
     let level = this.wStartLevel;
+    let rw = this.wStartRw;
+    let xd = this.wStartXd;
     for (let k = 0; k < n - 1; k++, level--) {
-      const t = level === LEVEL_PML5E ? this.pscPml5e : level === LEVEL_PML4E ? this.pscPml4e : level === LEVEL_PDPTE ? this.pscPdpte : this.pscPde;
-      if (t.count === 0) continue;
       const wi = this.ei[k]!;
       const lo = this.elo[k]!;
       const hi = this.m[wi + 1]!;
-      const acc = this.wAcc[k]!;
+      rw &= lo;
+      xd |= hi;
+      const t = level === LEVEL_PML5E ? this.pscPml5e : level === LEVEL_PML4E ? this.pscPml4e : level === LEVEL_PDPTE ? this.pscPdpte : this.pscPde;
+      if (t.count === 0) continue;
       const tableLo = lo & 0xfffff000;
       const tableHi = hi & this.addrHi;
       const w2 = (tableLo >>> 12) | (tableHi << 20);
-      const w3 = ((tableHi >>> 12) & 0xff) | (acc & 4 ? W3_U : 0) | (acc & 2 ? 1 << 9 : 0) | (acc & 0x80000000 ? 1 << 10 : 0);
-      t.insert(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), this.pcid, 0, false, w2, w3);
+      const w3 = ((tableHi >>> 12) & 0xff) | (rw & 4 ? W3_U : 0) | (rw & 2 ? 1 << 9 : 0) | (xd & 0x80000000 ? 1 << 10 : 0);
+      t.insert(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), this.pcid, 0, false, w2, w3, this.nextStamp());
     }
   }
 
@@ -872,8 +1026,9 @@ export class Cpu {
   }
 
   private finish(pa: number, vaHi: number, vaLo: number, kind: number): number {
+    this.pa = pa;
     if (pa < this.memSize && this.watch[pa >>> 12] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
-    return pa;
+    return 0;
   }
 
   // ======================================================================================
@@ -884,13 +1039,13 @@ export class Cpu {
     if (pa >= this.memSize) return;
     const pfn = pa >>> 12;
     if (this.watch[pfn] === 0) return;
-    this.recordWatch({ cpu: this.index, kind: KIND_NAMES[kind]!, va: vaFromHalves(vaHi, vaLo), pa, pfn, cycles: this.c[C_CLOCK]! });
+    this.recordWatch({ cpu: this.index, kind: KIND_NAMES[kind]!, va: vaFromHalves(vaHi, vaLo), pa, pfn, cycles: this.cycles });
   }
 
   /** A walk read a paging-structure entry from a watched frame. */
   watchTable(wordIndex: number, vaHi: number, vaLo: number): void {
     const pa = wordIndex * 4;
-    this.recordWatch({ cpu: this.index, kind: 'walk', va: vaFromHalves(vaHi, vaLo), pa, pfn: pa >>> 12, cycles: this.c[C_CLOCK]! });
+    this.recordWatch({ cpu: this.index, kind: 'walk', va: vaFromHalves(vaHi, vaLo), pa, pfn: pa >>> 12, cycles: this.cycles });
   }
 
   private recordWatch(hit: WatchHit): void {

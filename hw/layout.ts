@@ -49,6 +49,12 @@ export const R_STAMP = 14;
 export const R_RNG = 15;
 /** Set while the CPU is halted/idle (engines use it). */
 export const R_IDLE = 16;
+/**
+ * Attention word: incremented whenever this CPU must look up from its fast path — a register
+ * write (with R_GEN) or an IPI posted to its mailbox. The access path compares it with the last
+ * value it handled: one load per access instead of one per reason.
+ */
+export const R_ATTN = 17;
 
 // ---- Local APIC mailbox (Int32 indices relative to the CPU block) -----------------------------
 /** Messages ever posted to this CPU (senders reserve slots with Atomics.add). */
@@ -76,6 +82,7 @@ export const M_SEND_TIME_F64 = 6;
 
 // ---- Counters (Float64 indices relative to the CPU block's counter area) ---------------------
 export const C_CLOCK = 0;
+/** Derived in Cpu.counters(); the slot is kept for the layout. */
 export const C_ACCESSES = 1;
 export const C_L1_HIT = 2;
 export const C_L1_MISS = 3;
@@ -105,13 +112,14 @@ export const C_IPI_WAIT_CYCLES = 26;
 export const C_D_REWALKS = 27;
 export const C_RIGHTS_REWALKS = 28;
 export const C_WATCH_HITS = 29;
+/** Derived in Cpu.counters(). */
 export const C_L1_HIT_4K = 30;
 export const C_L1_HIT_2M = 31;
 export const C_L1_HIT_1G = 32;
-export const C_FETCHES = 33;
-export const C_WRITES = 34;
 export const C_MACHINE_CHECKS = 35;
 export const C_SS_FAULTS = 36;
+/** Accesses that never reached the TLB: paging disabled, or a non-canonical address. */
+export const C_UNTRANSLATED = 37;
 export const N_COUNTERS = 64;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -148,10 +156,9 @@ export const COUNTER_NAMES: Record<number, string> = {
   [C_L1_HIT_4K]: 'l1Hits4k',
   [C_L1_HIT_2M]: 'l1Hits2m',
   [C_L1_HIT_1G]: 'l1Hits1g',
-  [C_FETCHES]: 'fetches',
-  [C_WRITES]: 'writes',
   [C_MACHINE_CHECKS]: 'machineChecks',
   [C_SS_FAULTS]: 'ssFaults',
+  [C_UNTRANSLATED]: 'untranslated',
 };
 
 /** Words per TLB / PSC entry. */

@@ -36,7 +36,7 @@
  */
 
 import type { ArrayPlacement } from './layout.ts';
-import { ENTRY_WORDS, R_RNG, R_STAMP } from './layout.ts';
+import { ENTRY_WORDS, R_RNG } from './layout.ts';
 import type { Replacement } from './config.ts';
 
 export const W1_VPNHI_MASK = 0x1fff;
@@ -130,9 +130,10 @@ export class TlbArray {
   /**
    * Insert an entry, replacing an existing entry with the same tag (so a refill after a rights
    * re-walk or a D update does not leave two copies), else an invalid way, else a victim chosen
-   * by the replacement policy. Returns the entry's first word index.
+   * by the replacement policy. `stamp` is the CPU's LRU clock now. Returns the entry's first
+   * word index.
    */
-  insert(vpnLo: number, vpnHi: number, pcid: number, size: number, global: boolean, w2: number, w3: number): number {
+  insert(vpnLo: number, vpnHi: number, pcid: number, size: number, global: boolean, w2: number, w3: number, stamp: number): number {
     const r = this.r;
     const ways = this.ways;
     const set = vpnLo & this.setMask;
@@ -152,18 +153,16 @@ export class TlbArray {
         break;
       }
     }
-    if (victim < 0) victim = this.chooseVictim(first, set);
+    if (victim < 0) victim = this.chooseVictim(first, set, stamp);
     r[victim] = vpnLo;
     r[victim + 1] = tagBase | (pcid << W1_PCID_SHIFT) | (global ? W1_GLOBAL : 0);
     r[victim + 2] = w2;
     r[victim + 3] = w3;
-    const stamp = (r[R_STAMP]! + 1) | 0;
-    r[R_STAMP] = stamp;
     if (this.replacement === 'lru') r[this.stamps + (victim - this.base) / ENTRY_WORDS] = stamp;
     return victim;
   }
 
-  private chooseVictim(first: number, set: number): number {
+  private chooseVictim(first: number, set: number, now: number): number {
     const r = this.r;
     const ways = this.ways;
     if (ways === 1) return first;
@@ -172,7 +171,6 @@ export class TlbArray {
         const s0 = this.stamps + set * ways;
         let best = 0;
         let bestAge = -1;
-        const now = r[R_STAMP]!;
         for (let w = 0; w < ways; w++) {
           const age = (now - r[s0 + w]!) >>> 0; // wrap-safe age
           if (age > bestAge) {

@@ -20,13 +20,15 @@
  */
 
 import type { Cpu } from './cpu.ts';
-import { C_AD_UPDATES, C_WALK_REFS, C_WALK_RESTARTS, C_WALKS } from './layout.ts';
-import { PTE_A, PTE_D, PTE_G, PTE_P, PTE_PAT, PTE_PAT_LARGE, PTE_PCD, PTE_PS, PTE_PWT, PTE_RW, PTE_US, PTE_HI_PK_SHIFT } from './pte.ts';
-import { SIZE_1G, SIZE_2M, SIZE_4K, W3_D, W3_MT_SHIFT, W3_PK_SHIFT, W3_U, W3_W, W3_XD } from './tlb.ts';
+const C_AD_UPDATES=12, C_WALK_REFS=7, C_WALK_RESTARTS=13, C_WALKS=6;
+const PTE_A=32, PTE_D=64, PTE_G=256, PTE_P=1, PTE_PAT=128, PTE_PAT_LARGE=4096, PTE_PCD=16, PTE_PS=128, PTE_PWT=8, PTE_RW=2, PTE_US=4, PTE_HI_PK_SHIFT=27;
+const W3_D=2048, W3_MT_SHIFT=16, W3_PK_SHIFT=12, W3_XD=1024;
 
-export const WALK_OK = 0;
-export const WALK_PF = 1;
-export const WALK_MC = 2;
+/** walk() results below zero. */
+export const WALK_PF_RESULT = -1;
+export const WALK_MC_RESULT = -2;
+/** walkFast() could not handle this walk: run walkGeneral from the same start. */
+export const WALK_SLOW = -3;
 
 /** #PF error-code bits (SDM §4.7; Linux's X86_PF_*). */
 export const PF_P = 1 << 0;
@@ -95,12 +97,188 @@ export function pkeyDenies(pkru: number, pk: number, kind: number, user: boolean
 }
 
 /**
- * Walk the paging structures for the linear address vaHi:vaLo (already known canonical).
- * `usePsc` lets the walk start from a paging-structure-cache hit. On success the CPU's walk
- * outputs (wPa, wPfnLo, wPfnHi, wSize, wW3, wGlobal) describe the translation and the caller may
- * cache it; on a #PF, `cpu.faultError` holds the error code.
+ * The fast walkers: the common cases only, as straight-line code with every index, mask slot and
+ * leaf rule fixed (V8 runs this two to three times faster than the general walker's loop). They
+ * handle a walk that succeeds with A already set on every entry (and D on the leaf for a write),
+ * reads no watched frame, and leaves nothing to cache in the paging-structure caches. Anything
+ * else — faults, A/D updates, machine checks, watch hits, cache fills — returns WALK_SLOW before
+ * any state changes, and the caller runs walkGeneral from the same starting point. Both walkers
+ * are checked against the SDM reference by the same exhaustive tables.
+ *
+ * walkFast4: a 4-level walk from CR3 (no paging-structure-cache help, or caches disabled).
+ */
+export function walkFast4(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
+  const m = cpu.m;
+  const memSize = cpu.memSize;
+  const rl = cpu.rsvdLo;
+  const rh = cpu.rsvdHi;
+  const watch = cpu.watchWalks ? cpu.watch : cpu.noWatch;
+  // A next-table address with bits above 31 set lies beyond installed memory (at most 4 GiB):
+  // adding the address bits to the reserved mask of non-leaf entries sends it to the slow path.
+  const nlHi = cpu.addrHi;
+  let tLo = cpu.cr3Lo;
+  if (cpu.cr3Hi !== 0 || tLo >>> 0 >= memSize) return WALK_SLOW;
+  // PML4E
+  let wi = (tLo >>> 2) + ((vaHi >>> 7) & 0x1ff) * 2;
+  let lo = m[wi]!;
+  let hi = m[wi + 1]!;
+  if ((lo & PTE_P) === 0 || (lo & rl[8]!) | (hi & (rh[8]! | nlHi)) || watch[wi >>> 10] !== 0) return WALK_SLOW;
+  let rw = lo;
+  let xd = hi;
+  let andA = lo;
+  tLo = lo & 0xfffff000;
+  if (tLo >>> 0 >= memSize) return WALK_SLOW;
+  // PDPTE
+  wi = (tLo >>> 2) + (((vaLo >>> 30) | (vaHi << 2)) & 0x1ff) * 2;
+  lo = m[wi]!;
+  hi = m[wi + 1]!;
+  if ((lo & PTE_P) === 0 || watch[wi >>> 10] !== 0) return WALK_SLOW;
+  let leafLevel = 3;
+  if ((lo & PTE_PS) !== 0) {
+    if ((lo & rl[7]!) | (hi & rh[7]!)) return WALK_SLOW;
+  } else {
+    if ((lo & rl[6]!) | (hi & (rh[6]! | nlHi))) return WALK_SLOW;
+    rw &= lo;
+    xd |= hi;
+    andA &= lo;
+    tLo = lo & 0xfffff000;
+    if (tLo >>> 0 >= memSize) return WALK_SLOW;
+    // PDE
+    wi = (tLo >>> 2) + ((vaLo >>> 21) & 0x1ff) * 2;
+    lo = m[wi]!;
+    hi = m[wi + 1]!;
+    if ((lo & PTE_P) === 0 || watch[wi >>> 10] !== 0) return WALK_SLOW;
+    leafLevel = 2;
+    if ((lo & PTE_PS) !== 0) {
+      if ((lo & rl[5]!) | (hi & rh[5]!)) return WALK_SLOW;
+    } else {
+      if ((lo & rl[4]!) | (hi & (rh[4]! | nlHi))) return WALK_SLOW;
+      rw &= lo;
+      xd |= hi;
+      andA &= lo;
+      tLo = lo & 0xfffff000;
+      if (tLo >>> 0 >= memSize) return WALK_SLOW;
+      // PTE
+      wi = (tLo >>> 2) + ((vaLo >>> 12) & 0x1ff) * 2;
+      lo = m[wi]!;
+      hi = m[wi + 1]!;
+      if ((lo & PTE_P) === 0 || (lo & rl[3]!) | (hi & rh[3]!) || watch[wi >>> 10] !== 0) return WALK_SLOW;
+      leafLevel = 1;
+    }
+  }
+  rw &= lo;
+  xd |= hi;
+  andA &= lo;
+  if ((andA & PTE_A) === 0 || (kind === K_WRITE && (lo & PTE_D) === 0)) return WALK_SLOW;
+  const U = (rw >>> 2) & 1;
+  if (cpu.perm[ai * 8 + (U | (rw & PTE_RW) | ((xd >>> 29) & 4))] !== 0) return WALK_SLOW;
+  if (U !== 0 && cpu.pke && pkeyDenies(cpu.pkru, (hi >>> PTE_HI_PK_SHIFT) & 0xf, kind, user, cpu.wp)) return WALK_SLOW;
+  const c = cpu.c;
+  c[C_WALKS]!++;
+  c[C_WALK_REFS]! += 5 - leafLevel;
+  cpu.wN = 0;
+  return translation(cpu, vaLo, lo, hi, leafLevel, rw, xd);
+}
+
+/** walkFastPte: the walk that starts at a page table found in the PDE cache (one reference). */
+export function walkFastPte(cpu: Cpu, vaLo: number, kind: number, ai: number, user: boolean, tLo: number, tHi: number, rw: number, xd: number): number {
+  if (tHi !== 0 || tLo >>> 0 >= cpu.memSize) return WALK_SLOW;
+  const wi = (tLo >>> 2) + ((vaLo >>> 12) & 0x1ff) * 2;
+  const lo = cpu.m[wi]!;
+  const hi = cpu.m[wi + 1]!;
+  if ((lo & PTE_P) === 0 || (lo & cpu.rsvdLo[3]!) | (hi & cpu.rsvdHi[3]!) || (lo & PTE_A) === 0 || (kind === K_WRITE && (lo & PTE_D) === 0)) return WALK_SLOW;
+  if (cpu.watchWalks && cpu.watch[wi >>> 10] !== 0) return WALK_SLOW;
+  rw &= lo;
+  xd |= hi;
+  const U = (rw >>> 2) & 1;
+  if (cpu.perm[ai * 8 + (U | (rw & PTE_RW) | ((xd >>> 29) & 4))] !== 0) return WALK_SLOW;
+  if (U !== 0 && cpu.pke && pkeyDenies(cpu.pkru, (hi >>> PTE_HI_PK_SHIFT) & 0xf, kind, user, cpu.wp)) return WALK_SLOW;
+  const c = cpu.c;
+  c[C_WALKS]!++;
+  c[C_WALK_REFS]!++;
+  cpu.wN = 0;
+  return translation(cpu, vaLo, lo, hi, 1, rw, xd);
+}
+
+/** Bits of cpu.wW3 above the TLB entry's word 3: the translation's size and global flag. */
+export const WOUT_SIZE_SHIFT = 20;
+export const WOUT_GLOBAL = 1 << 22;
+export const WOUT_W3_MASK = (1 << WOUT_SIZE_SHIFT) - 1;
+
+/**
+ * The translation a successful walk produces: the TLB-entry words (wPfnLo, and wW3 which also
+ * carries the size and the global flag above WOUT_W3_MASK), and the physical address of the
+ * access (returned).
+ */
+function translation(cpu: Cpu, vaLo: number, lo: number, hi: number, leafLevel: number, rw: number, xd: number): number {
+  const ah = hi & cpu.addrHi;
+  let pfnLo: number;
+  let off: number;
+  let pat: number;
+  if (leafLevel === 1) {
+    pfnLo = (lo >>> 12) | (ah << 20);
+    off = vaLo & 0xfff;
+    pat = lo & PTE_PAT ? 4 : 0;
+  } else if (leafLevel === 2) {
+    pfnLo = ((lo & 0xffe00000) >>> 12) | (ah << 20);
+    off = vaLo & 0x1fffff;
+    pat = lo & PTE_PAT_LARGE ? 4 : 0;
+  } else {
+    pfnLo = ((lo & 0xc0000000) >>> 12) | (ah << 20);
+    off = vaLo & 0x3fffffff;
+    pat = lo & PTE_PAT_LARGE ? 4 : 0;
+  }
+  const pfnHi = ah >>> 12;
+  cpu.wPfnLo = pfnLo;
+  cpu.wW3 =
+    ((leafLevel - 1) << WOUT_SIZE_SHIFT) | // SIZE_4K, SIZE_2M, SIZE_1G
+    (cpu.pge && (lo & PTE_G) !== 0 ? WOUT_GLOBAL : 0) |
+    pfnHi |
+    (((rw >>> 2) & 1) << 8) |
+    ((rw & PTE_RW) << 8) |
+    ((xd >>> 21) & W3_XD) |
+    (lo & PTE_D ? W3_D : 0) |
+    (((hi >>> PTE_HI_PK_SHIFT) & 0xf) << W3_PK_SHIFT) |
+    ((pat | (lo & PTE_PCD ? 2 : 0) | (lo & PTE_PWT ? 1 : 0)) << W3_MT_SHIFT);
+  return (pfnHi * 0x100000000 + (pfnLo >>> 0)) * 4096 + off;
+}
+
+/**
+ * Walk vaHi:vaLo from the root, or below a paging-structure-cache hit when `usePsc`: a fast
+ * walker when one applies, else the general walker. Returns the physical address,
+ * WALK_PF_RESULT or WALK_MC_RESULT (see walkGeneral).
  */
 export function walk(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: number, user: boolean, usePsc: boolean): number {
+  if (usePsc && cpu.pscOn) return walkWithPsc(cpu, vaHi, vaLo, kind, ai, user);
+  if (cpu.levels === 4) {
+    const pa = walkFast4(cpu, vaHi, vaLo, kind, ai, user);
+    if (pa !== WALK_SLOW) return pa;
+  }
+  return walkGeneral(cpu, vaHi, vaLo, kind, ai, user, cpu.levels, cpu.cr3Lo, cpu.cr3Hi, PTE_RW | PTE_US, 0);
+}
+
+function walkWithPsc(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
+  if (cpu.pscLookup(vaHi, vaLo)) {
+    if (cpu.pLevel === 1) {
+      const pa = walkFastPte(cpu, vaLo, kind, ai, user, cpu.pTLo, cpu.pTHi, cpu.pRw, cpu.pXd);
+      if (pa !== WALK_SLOW) return pa;
+    }
+    return walkGeneral(cpu, vaHi, vaLo, kind, ai, user, cpu.pLevel, cpu.pTLo, cpu.pTHi, cpu.pRw, cpu.pXd);
+  }
+  // A miss in every paging-structure cache: the general walker reads and caches the upper levels.
+  return walkGeneral(cpu, vaHi, vaLo, kind, ai, user, cpu.levels, cpu.cr3Lo, cpu.cr3Hi, PTE_RW | PTE_US, 0);
+}
+
+/**
+ * The general walker: every case, one level per loop iteration. It records each entry it reads
+ * (for the A/D updates and for filling the paging-structure caches), sets A/D with a locked
+ * compare-and-exchange and restarts if an entry changed under it. Returns the physical address
+ * (>= 0), WALK_PF_RESULT with `cpu.faultError` set, or WALK_MC_RESULT. On success the walk
+ * outputs (wPfnLo, wW3, ei/elo/wN/wStartLevel/wStartRw/wStartXd) describe the
+ * translation; `start`, `tLo`, `tHi`, `rw`, `xd` say where the walk begins (the root, or below
+ * a paging-structure-cache hit) and what rights the skipped levels contributed.
+ */
+export function walkGeneral(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: number, user: boolean, start: number, startLo: number, startHi: number, startRw: number, startXd: number): number {
   const m = cpu.m;
   const c = cpu.c;
   const memSize = cpu.memSize;
@@ -109,29 +287,13 @@ export function walk(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: num
   const addrHi = cpu.addrHi;
   const ei = cpu.ei;
   const elo = cpu.elo;
-  const acc = cpu.wAcc;
   c[C_WALKS]!++;
   for (let attempt = 0; ; attempt++) {
-    let level: number;
-    let tLo: number; // next table, low 32 bits
-    let tHi: number; // next table, bits 51:32
-    let rw = PTE_RW | PTE_US; // AND of R/W and U/S so far
-    let xd = 0; // OR of XD (high-word bit 31) so far
-    if (usePsc && cpu.pscOn) {
-      const hit = cpu.pscLookup(vaHi, vaLo);
-      level = cpu.pLevel;
-      tLo = cpu.pTLo;
-      tHi = cpu.pTHi;
-      if (hit) {
-        rw = cpu.pRw;
-        xd = cpu.pXd;
-      }
-    } else {
-      level = cpu.levels;
-      tLo = cpu.cr3Lo;
-      tHi = cpu.cr3Hi;
-    }
-    cpu.wStartLevel = level;
+    let level = start;
+    let tLo = startLo; // next table, low 32 bits
+    let tHi = startHi; // next table, bits 51:32
+    let rw = startRw; // AND of R/W and U/S so far
+    let xd = startXd; // OR of the high words so far: bit 31 is XD
     let n = 0;
     let lo = 0;
     let hi = 0;
@@ -147,8 +309,9 @@ export function walk(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: num
       }
       // Entry address = table | idx * 8. The table is 4 KiB aligned, so the low half cannot carry.
       if (tHi !== 0 || (tLo >>> 0) + idx * 8 + 8 > memSize) {
+        c[C_WALK_REFS]! += n;
         cpu.mcAddress = tHi * 0x100000000 + (tLo >>> 0) + idx * 8;
-        return WALK_MC;
+        return WALK_MC_RESULT;
       }
       const wi = ((tLo >>> 2) | 0) + idx * 2;
       lo = m[wi]!;
@@ -160,18 +323,17 @@ export function walk(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: num
       if ((lo & PTE_P) === 0) {
         c[C_WALK_REFS]! += n;
         cpu.faultError = errorBits(cpu, kind, user);
-        return WALK_PF;
+        return WALK_PF_RESULT;
       }
       leaf = level === 1 || ((lo & PTE_PS) !== 0 && level <= 3);
       const ri = level * 2 + (leaf ? 1 : 0);
       if ((lo & rsvdLo[ri]!) | (hi & rsvdHi[ri]!)) {
         c[C_WALK_REFS]! += n;
-        cpu.faultError = PF_P | 8 /* RSVD */ | errorBits(cpu, kind, user);
-        return WALK_PF;
+        cpu.faultError = PF_P | PF_RSVD | errorBits(cpu, kind, user);
+        return WALK_PF_RESULT;
       }
       rw &= lo;
       xd |= hi;
-      acc[n - 1] = (rw & (PTE_RW | PTE_US)) | (xd & 0x80000000);
       if (leaf) break;
       tLo = lo & 0xfffff000;
       tHi = hi & addrHi;
@@ -190,7 +352,7 @@ export function walk(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: num
     }
     if (denied) {
       cpu.faultError = PF_P | errorBits(cpu, kind, user) | (pkDenied ? PF_PK : 0);
-      return WALK_PF;
+      return WALK_PF_RESULT;
     }
     // ---- accessed / dirty (SDM §4.8): set only now that the access is permitted --------------
     let restart = false;
@@ -214,41 +376,14 @@ export function walk(cpu: Cpu, vaHi: number, vaLo: number, kind: number, ai: num
     }
     lo = elo[n - 1]!;
     cpu.wN = n;
+    cpu.wStartLevel = start;
+    cpu.wStartRw = startRw;
+    cpu.wStartXd = startXd;
     // ---- the translation ---------------------------------------------------------------------
-    let size: number;
-    let pat: number;
-    if (level === 1) {
-      size = SIZE_4K;
-      pat = lo & PTE_PAT ? 4 : 0;
-      cpu.wPfnLo = (lo >>> 12) | ((hi & addrHi) << 20);
-      cpu.wPfnHi = (hi & addrHi) >>> 12;
-    } else if (level === 2) {
-      size = SIZE_2M;
-      pat = lo & PTE_PAT_LARGE ? 4 : 0;
-      cpu.wPfnLo = ((lo & 0xffe00000) >>> 12) | ((hi & addrHi) << 20);
-      cpu.wPfnHi = (hi & addrHi) >>> 12;
-    } else {
-      size = SIZE_1G;
-      pat = lo & PTE_PAT_LARGE ? 4 : 0;
-      cpu.wPfnLo = ((lo & 0xc0000000) >>> 12) | ((hi & addrHi) << 20);
-      cpu.wPfnHi = (hi & addrHi) >>> 12;
-    }
-    const mt = pat | (lo & PTE_PCD ? 2 : 0) | (lo & PTE_PWT ? 1 : 0);
-    cpu.wSize = size;
-    cpu.wGlobal = cpu.pge && (lo & PTE_G) !== 0;
-    cpu.wW3 =
-      (cpu.wPfnHi & 0xff) |
-      (U ? W3_U : 0) |
-      (rw & PTE_RW ? W3_W : 0) |
-      (xd & 0x80000000 ? W3_XD : 0) |
-      (lo & PTE_D ? W3_D : 0) |
-      (pk << W3_PK_SHIFT) |
-      (mt << W3_MT_SHIFT);
-    const off = size === SIZE_4K ? vaLo & 0xfff : size === SIZE_2M ? vaLo & 0x1fffff : vaLo & 0x3fffffff;
-    cpu.wPa = (cpu.wPfnHi * 0x100000000 + (cpu.wPfnLo >>> 0)) * 4096 + off;
-    return WALK_OK;
+    return translation(cpu, vaLo, lo, hi, level, rw, xd);
   }
 }
+
 
 /** W/R, U/S and I/D bits of the error code: they describe the access, not the page. */
 function errorBits(cpu: Cpu, kind: number, user: boolean): number {

@@ -71,13 +71,14 @@ export function entryValue(level: number, leaf: boolean, next: number, f: EntryF
 export class WalkHarness {
   readonly m: Machine;
   readonly mem: RefMemory;
-  constructor(opts: { la57?: boolean; gbPages?: boolean; maxPhyAddr?: number } = {}) {
+  constructor(opts: { la57?: boolean; gbPages?: boolean; maxPhyAddr?: number; psc?: boolean } = {}) {
     this.m = new Machine({
       memoryBytes: 8 << 20,
       cpus: 1,
       la57: opts.la57 ?? false,
       gbPages: opts.gbPages ?? true,
       maxPhyAddr: opts.maxPhyAddr ?? 46,
+      psc: { enabled: opts.psc ?? true },
       tlb: { l1d4k: { sets: 1, ways: 1 }, l1d2m: { sets: 1, ways: 1 }, l1d1g: { sets: 1, ways: 1 }, l1i4k: { sets: 1, ways: 1 }, l1i2m: { sets: 1, ways: 1 }, stlb: { sets: 1, ways: 2 }, stlb1g: { sets: 1, ways: 1 } },
     });
     const phys = this.m.phys;
