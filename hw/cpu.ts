@@ -881,6 +881,18 @@ export class Cpu {
   }
 
   /**
+   * Take over this CPU after another thread drove it: reload the LRU clock from the buffer.
+   * (The other thread synced its pending hits before letting go.)
+   */
+  adopt(): void {
+    this.tick = this.r[R_STAMP]!;
+    this.syncedTick = this.tick;
+    this.slowTicks = 0;
+    this.syncedSlow = 0;
+    this.refresh();
+  }
+
+  /**
    * Fold the L1 hits counted only as `tick` advances into the shared counters: each is one L1
    * hit and `costHit` cycles. Every reader of the clock or the counters calls this first.
    */

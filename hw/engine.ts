@@ -1,0 +1,317 @@
+/**
+ * hw/engine.ts — the deterministic engine: one thread simulates every CPU of a machine.
+ *
+ * Each CPU has its own virtual clock (cycles, charged by the cost model). An agent — an access
+ * stream, a test script, or (above hw/) the kernel's per-CPU scheduler — drives each CPU. The
+ * engine repeatedly picks the next event in virtual time: the runnable CPU with the smallest
+ * clock, or an IPI becoming visible on a CPU that is idle or waiting. Ties are broken by a seeded
+ * generator (or by a caller-supplied chooser, for systematic exploration of interleavings). A
+ * runnable CPU then runs for one quantum of virtual time, ending early at the first access
+ * boundary after one of its pending IPIs becomes visible, so interrupts are taken where the
+ * hardware would take them. The same seed and agents give byte-identical machine state.
+ *
+ * Granularity: the quantum (in cycles) is a setting. Large quanta are fast (as QEMU runs a
+ * translated block at a time); a quantum of 1 cycle makes every access its own turn, for
+ * exploring races. A CPU never runs further ahead of any other live CPU than one IPI latency
+ * (the conservative lookahead of parallel discrete-event simulation), so every IPI is taken at
+ * the first access boundary after it becomes visible. Plain memory (page-table writes seen by
+ * another CPU's walker) is ordered only to within a quantum.
+ */
+
+import type { Machine } from './machine.ts';
+import type { Cpu } from './cpu.ts';
+import { Random } from './random.ts';
+import { toVa, vaFromHalves, type LinearAddress } from './address.ts';
+import { KIND_CODES, type AccessKind } from './cpu.ts';
+
+export type AgentStatus = 'run' | 'wait' | 'done';
+
+export interface EngineContext {
+  readonly machine: Machine;
+  readonly rng: Random;
+  /** Scheduling steps taken so far. */
+  readonly steps: number;
+}
+
+/** Something that drives one CPU. */
+export interface Agent {
+  /**
+   * Run on `cpu` until its clock reaches `until` (then return 'run'), or until it must wait for
+   * something another CPU does ('wait'), or until it has nothing left to do ('done').
+   */
+  step(cpu: Cpu, until: number, ctx: EngineContext): AgentStatus;
+  /** For a waiting agent: may it run again? Without it, a waiting agent is retried each round. */
+  ready?(cpu: Cpu, ctx: EngineContext): boolean;
+}
+
+export interface EngineOptions {
+  /** Seed of the scheduler's tie-breaking and jitter. */
+  seed?: number;
+  /** Quantum in cycles (default 20,000 ≈ 6.7 µs at 3 GHz). */
+  quantum?: number;
+  /** Random extra quantum length, 0..jitter cycles (default 0). */
+  jitter?: number;
+}
+
+export interface RunLimits {
+  /** Stop once every runnable CPU's clock reaches this many cycles. */
+  untilCycles?: number;
+  /** Stop after this many scheduling steps. */
+  maxSteps?: number;
+}
+
+export interface RunResult {
+  steps: number;
+  /** Why the run ended. */
+  reason: 'done' | 'until' | 'maxSteps';
+}
+
+export class EngineError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EngineError';
+  }
+}
+
+/** A decision point: the events that could happen next, all at the same earliest time. */
+export interface Choice {
+  /** CPU indices of the candidates. */
+  cpus: number[];
+  time: number;
+}
+
+/** Chooses among simultaneous events; returns an index into `choice.cpus`. */
+export type Chooser = (choice: Choice, rng: Random) => number;
+
+interface Slot {
+  agent: Agent | null;
+  status: AgentStatus;
+}
+
+export class DeterministicEngine implements EngineContext {
+  readonly rng: Random;
+  readonly quantum: number;
+  readonly jitter: number;
+  steps = 0;
+  /** Set to explore interleavings systematically; default: seeded uniform choice. */
+  chooser: Chooser = (c, rng) => (c.cpus.length === 1 ? 0 : rng.below(c.cpus.length));
+  private readonly slots: Slot[];
+
+  constructor(
+    readonly machine: Machine,
+    options: EngineOptions = {},
+  ) {
+    const quantum = options.quantum ?? 20_000;
+    if (!Number.isFinite(quantum) || quantum < 1) throw new EngineError(`quantum must be at least 1 cycle, got ${String(options.quantum)}`);
+    const jitter = options.jitter ?? 0;
+    if (!Number.isFinite(jitter) || jitter < 0) throw new EngineError(`jitter must be a non-negative number of cycles, got ${String(options.jitter)}`);
+    this.quantum = quantum;
+    this.jitter = jitter;
+    this.rng = new Random(options.seed ?? 1);
+    this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
+    machine.apic.timed = true;
+  }
+
+  /** Give CPU `index` an agent to run. */
+  attach(index: number, agent: Agent): void {
+    this.machine.cpu(index);
+    if (typeof agent?.step !== 'function') throw new EngineError('an agent needs a step(cpu, until, ctx) method');
+    this.slots[index] = { agent, status: 'run' };
+  }
+
+  status(index: number): AgentStatus {
+    return this.slots[index]!.status;
+  }
+
+  /** Every agent is done and no IPI is pending. */
+  get finished(): boolean {
+    return this.slots.every((s) => s.status === 'done') && this.machine.cpus.every((c) => this.machine.apic.pending(c) === 0);
+  }
+
+  /** Take one scheduling step. Returns false when nothing can happen any more. */
+  step(): boolean {
+    const apic = this.machine.apic;
+    const cpus = this.machine.cpus;
+    let best = Infinity;
+    let cands: number[] = [];
+    let kinds: ('agent' | 'ipi')[] = [];
+    for (let i = 0; i < cpus.length; i++) {
+      const cpu = cpus[i]!;
+      const slot = this.slots[i]!;
+      let t = Infinity;
+      let kind: 'agent' | 'ipi' = 'agent';
+      const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
+      if (runnable) t = cpu.cycles;
+      else if (apic.pending(cpu) > 0) {
+        t = Math.max(cpu.cycles, apic.nextVisible(cpu));
+        kind = 'ipi';
+      }
+      if (t < best) {
+        best = t;
+        cands = [i];
+        kinds = [kind];
+      } else if (t === best && t !== Infinity) {
+        cands.push(i);
+        kinds.push(kind);
+      }
+    }
+    if (cands.length === 0) {
+      if (this.slots.some((s) => s.status === 'wait')) {
+        const waiting = this.slots.map((s, i) => (s.status === 'wait' ? i : -1)).filter((i) => i >= 0);
+        throw new EngineError(`deadlock: CPUs ${waiting.join(', ')} wait and nothing else can run`);
+      }
+      return false;
+    }
+    const pick = cands.length === 1 ? 0 : this.chooser({ cpus: cands, time: best }, this.rng);
+    if (!Number.isInteger(pick) || pick < 0 || pick >= cands.length) throw new EngineError(`chooser returned ${pick} for ${cands.length} candidates`);
+    const i = cands[pick]!;
+    const cpu = cpus[i]!;
+    this.steps++;
+    if (kinds[pick] === 'ipi') {
+      // An idle or waiting CPU takes the interrupt when it becomes visible.
+      apic.deliver(cpu, true);
+      return true;
+    }
+    const slot = this.slots[i]!;
+    apic.deliver(cpu, false);
+    let until = cpu.cycles + this.quantum + (this.jitter > 0 ? this.rng.below(Math.floor(this.jitter) + 1) : 0);
+    if (apic.pending(cpu) > 0) until = Math.min(until, apic.nextVisible(cpu));
+    // Lookahead: another CPU can reach this one only by an IPI, which is not visible before its
+    // send time plus the IPI latency. Running no further than that keeps every interrupt on time.
+    const latency = cpu.cost.ipiLatency;
+    for (let j = 0; j < cpus.length; j++) {
+      if (j === i) continue;
+      const st = this.slots[j]!.status;
+      if (st === 'done') continue;
+      const horizon = cpus[j]!.cycles + latency;
+      if (horizon < until) until = horizon;
+    }
+    if (until <= cpu.cycles) until = cpu.cycles + 1;
+    slot.status = slot.agent!.step(cpu, until, this);
+    if (slot.status !== 'run' && slot.status !== 'wait' && slot.status !== 'done') throw new EngineError(`agent on CPU ${i} returned status ${String(slot.status)}`);
+    return true;
+  }
+
+  /** Run until every agent is done (or a limit is reached). */
+  run(limits: RunLimits = {}): RunResult {
+    const start = this.steps;
+    for (;;) {
+      if (limits.maxSteps !== undefined && this.steps - start >= limits.maxSteps) return { steps: this.steps - start, reason: 'maxSteps' };
+      if (limits.untilCycles !== undefined && this.slots.every((s, i) => s.status !== 'run' || this.machine.cpu(i).cycles >= limits.untilCycles!)) {
+        return { steps: this.steps - start, reason: 'until' };
+      }
+      if (!this.step()) return { steps: this.steps - start, reason: 'done' };
+    }
+  }
+}
+
+// ==============================================================================================
+// Agents
+// ==============================================================================================
+
+/** A sequence of accesses, held as parallel arrays (the fast form). */
+export interface AccessStream {
+  his: Int32Array;
+  los: Int32Array;
+  /** 0 read, 1 write, 2 fetch. */
+  kinds: Uint8Array;
+  length: number;
+}
+
+/** Build an access stream from (address, kind) pairs. */
+export function accessStream(accesses: Iterable<[LinearAddress, AccessKind]>): AccessStream {
+  const list = [...accesses];
+  const s: AccessStream = { his: new Int32Array(list.length), los: new Int32Array(list.length), kinds: new Uint8Array(list.length), length: list.length };
+  list.forEach(([va, kind], i) => {
+    const [hi, lo] = toVa(va);
+    const k = KIND_CODES[kind];
+    if (k === undefined) throw new EngineError(`access ${i}: kind must be read, write or fetch, got ${String(kind)}`);
+    s.his[i] = hi;
+    s.los[i] = lo;
+    s.kinds[i] = k;
+  });
+  return s;
+}
+
+/** What to do after a faulting access of a stream. */
+export type FaultAction = 'retry' | 'skip' | 'stop';
+
+export interface StreamFault {
+  index: number;
+  va: bigint;
+  kind: AccessKind;
+  vector: number;
+  errorCode: number;
+}
+
+/**
+ * Runs an access stream. On a fault, `onFault` decides: retry the access (after mapping it),
+ * skip it, or stop the agent. Without a handler a fault is an error.
+ */
+export class StreamAgent implements Agent {
+  pos = 0;
+  faults = 0;
+  constructor(
+    readonly stream: AccessStream,
+    private readonly onFault?: (cpu: Cpu, fault: StreamFault) => FaultAction,
+  ) {}
+
+  step(cpu: Cpu, until: number): AgentStatus {
+    const { his, los, kinds, length } = this.stream;
+    const costHit = cpu.costHit > 0 ? cpu.costHit : 1;
+    let i = this.pos;
+    while (i < length) {
+      const now = cpu.cycles;
+      if (now >= until) break;
+      // Accesses cost at least costHit, so this many cannot overshoot `until` by more than the
+      // extra cost of the slower ones among them.
+      const end = Math.min(length, i + Math.max(1, Math.min(1024, Math.floor((until - now) / costHit))));
+      for (; i < end; i++) {
+        if (cpu.translate(his[i]!, los[i]!, kinds[i]!, false, false) !== 0) {
+          const action = this.fault(cpu, i);
+          if (action === 'retry') i--;
+          else if (action === 'stop') {
+            this.pos = length;
+            return 'done';
+          }
+        }
+      }
+    }
+    this.pos = i;
+    return i >= length ? 'done' : 'run';
+  }
+
+  private fault(cpu: Cpu, i: number): FaultAction {
+    this.faults++;
+    const { his, los, kinds } = this.stream;
+    const f: StreamFault = { index: i, va: vaFromHalves(his[i]!, los[i]!), kind: (['read', 'write', 'fetch'] as const)[kinds[i]!]!, vector: cpu.faultVector, errorCode: cpu.faultError };
+    if (!this.onFault) throw new EngineError(`CPU ${cpu.index}: access ${i} (${f.kind} 0x${f.va.toString(16)}) raised vector ${f.vector} error code 0x${f.errorCode.toString(16)} and the stream has no fault handler`);
+    const a = this.onFault(cpu, f);
+    if (a !== 'retry' && a !== 'skip' && a !== 'stop') throw new EngineError(`fault handler returned ${String(a)}; expected retry, skip or stop`);
+    return a;
+  }
+}
+
+/**
+ * An agent written as a generator: each `yield` ends the step with the yielded status ('run' to
+ * continue in a later turn, 'wait' to wait until `readyWhen` holds). Returning ends it.
+ * Convenient for tests and small scenarios; the hot loops use StreamAgent.
+ */
+export class ScriptAgent implements Agent {
+  private gen: Generator<AgentStatus, void, void> | null = null;
+  /** Condition a waiting script waits for; set by the script before yielding 'wait'. */
+  readyWhen: (() => boolean) | null = null;
+
+  constructor(private readonly body: (cpu: Cpu, agent: ScriptAgent, ctx: EngineContext) => Generator<AgentStatus, void, void>) {}
+
+  step(cpu: Cpu, _until: number, ctx: EngineContext): AgentStatus {
+    if (!this.gen) this.gen = this.body(cpu, this, ctx);
+    const r = this.gen.next();
+    if (r.done) return 'done';
+    return r.value;
+  }
+
+  ready(): boolean {
+    return this.readyWhen ? this.readyWhen() : true;
+  }
+}
