@@ -173,3 +173,52 @@ export function referenceTranslate(mem: RefMemory, s: RefCpuState, a: RefAccess,
 function fault(errorCode: number, va: bigint): RefResult {
   return { ok: false, vector: 14, errorCode, cr2: va };
 }
+
+/** What the paging structures say about one address, rights aside. */
+export type RefMapping =
+  | { present: true; frame: bigint; pageSize: bigint; user: boolean; writable: boolean; executeDisable: boolean; pkey: number; dirty: boolean; global: boolean }
+  | { present: false; level: number; reason: 'not-present' | 'reserved' | 'beyond-memory' };
+
+/**
+ * Read the translation of `va` from the tables rooted at `root` without checking rights or
+ * setting any flag (inspection only). `nxe` decides whether bit 63 is XD or reserved.
+ */
+export function referenceMapping(mem: RefMemory, root: bigint, va: bigint, f: RefFeatures & { nxe: boolean; la57: boolean }): RefMapping {
+  const v = BigInt.asUintN(64, va);
+  const M = f.maxPhyAddr;
+  let table = bits(root, M - 1, 12) << 12n;
+  let allUser = true;
+  let allWritable = true;
+  let anyXd = false;
+  for (let level = f.la57 ? 5 : 4; level >= 1; level--) {
+    const addr = table + bits(v, 12 + 9 * level - 1, 12 + 9 * (level - 1)) * 8n;
+    if (addr + 8n > mem.size) return { present: false, level, reason: 'beyond-memory' };
+    const e = mem.read64(addr);
+    if (!bit(e, 0)) return { present: false, level, reason: 'not-present' };
+    const ps = bit(e, 7);
+    const leaf = level === 1 || ((level === 2 || level === 3) && ps);
+    let reserved = (M < 52 && bits(e, 51, M) !== 0n) || (!f.nxe && bit(e, 63)) || ((level >= 4) && ps);
+    if (level === 3 && ps) reserved ||= !f.gbPages || bits(e, 29, 13) !== 0n;
+    if (level === 2 && ps) reserved ||= bits(e, 20, 13) !== 0n;
+    if (reserved) return { present: false, level, reason: 'reserved' };
+    if (!bit(e, 2)) allUser = false;
+    if (!bit(e, 1)) allWritable = false;
+    if (f.nxe && bit(e, 63)) anyXd = true;
+    if (leaf) {
+      const pageBits = level === 1 ? 12 : level === 2 ? 21 : 30;
+      return {
+        present: true,
+        frame: bits(e, M - 1, pageBits) << BigInt(pageBits - 12),
+        pageSize: 1n << BigInt(pageBits),
+        user: allUser,
+        writable: allWritable,
+        executeDisable: anyXd,
+        pkey: Number(bits(e, 62, 59)),
+        dirty: bit(e, 6),
+        global: bit(e, 8),
+      };
+    }
+    table = bits(e, M - 1, 12) << 12n;
+  }
+  throw new Error('unreachable: a walk always ends at a leaf or a fault');
+}
