@@ -139,9 +139,11 @@ export class Apic {
     let spins = 0;
     while (!this.acked(ticket)) {
       this.deliver(from, true);
-      if (++spins % 4096 === 0) {
+      // Spin: the acknowledgement usually arrives within microseconds. Check the wall-clock
+      // timeout now and then, and yield the CPU briefly only after a long wait.
+      if (++spins % 65536 === 0) {
         if (performance.now() - start > timeoutMs) throw new IpiError(`CPU ${from.index} waited ${timeoutMs} ms for IPI acknowledgements from CPUs ${ticket.targets.join(',')}`);
-        Atomics.wait(from.r, A_ACKS, Atomics.load(from.r, A_ACKS), 1);
+        Atomics.wait(from.r, A_ACKS, Atomics.load(from.r, A_ACKS), 0.05);
       }
     }
     this.settle(ticket);

@@ -10,6 +10,7 @@ import { Machine } from './machine.ts';
 import type { Agent, AgentStatus, EngineContext } from './engine.ts';
 import { Random } from './random.ts';
 import { P_ABORT, P_DONE, type AgentSpec } from './parallel.ts';
+import { A_TAIL } from './layout.ts';
 
 interface Init {
   sab: SharedArrayBuffer;
@@ -53,11 +54,19 @@ async function main(): Promise<void> {
   const ms = performance.now() - t0;
   for (const r of runs) r.cpu.sync();
   Atomics.add(coord, P_DONE, 1);
-  // Keep answering IPIs until every worker has finished its agents.
+  // Keep answering IPIs until every worker has finished its agents. Spin first (an IPI sender
+  // is spinning for its acknowledgement); sleep on the first CPU's mailbox tail only after a
+  // long quiet spell (senders notify that word).
+  let quiet = 0;
   while (Atomics.load(coord, P_DONE) < init.workers && Atomics.load(coord, P_ABORT) === 0) {
     let took = 0;
     for (const r of runs) took += machine.apic.deliver(r.cpu, false);
-    if (took === 0) Atomics.wait(coord, P_ABORT, 0, 0.2);
+    if (took !== 0) quiet = 0;
+    else if (++quiet > 200_000) {
+      const r0 = runs[0]!.cpu.r;
+      Atomics.wait(r0, A_TAIL, Atomics.load(r0, A_TAIL), 2);
+      quiet = 0;
+    }
   }
   for (const r of runs) r.cpu.sync();
   parentPort!.postMessage({ type: 'finished', ms });

@@ -1,0 +1,50 @@
+/**
+ * The mmulab command line: the default job, help, JSON output, and exit code 2 with one clear
+ * line for bad usage.
+ */
+
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli.ts';
+
+async function run(args: string[]) {
+  let out = '';
+  let err = '';
+  const code = await main(args, { out: (s) => void (out += s), err: (s) => void (err += s) });
+  return { code, out, err };
+}
+
+describe('mmulab command line', () => {
+  it('runs the demo by default and exits 0', async () => {
+    const r = await run([]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('stale TLB entry still answers');
+    expect(r.out).toMatch(/#PF error 0x4 \(not-present, read, user\)/);
+  });
+
+  it('prints the demo as JSON', async () => {
+    const r = await run(['demo', '--json']);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as { rows: { answeredBy: string }[]; counters: Record<string, number> };
+    expect(doc.rows.length).toBe(11);
+    expect(doc.rows[1]!.answeredBy).toBe('L1 TLB');
+    expect(doc.counters.pageFaults).toBe(5);
+  });
+
+  it('answers an unknown option with exit code 2 and a message', async () => {
+    const r = await run(['demo', '--bogus']);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain("unknown option '--bogus'");
+  });
+
+  it('answers an unknown command with exit code 2', async () => {
+    const r = await run(['frobnicate', 'x']);
+    expect(r.code).toBe(2);
+    expect(r.err.length).toBeGreaterThan(0);
+  });
+
+  it('prints help with exit code 0', async () => {
+    const r = await run(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('Usage: mmulab');
+  });
+});
