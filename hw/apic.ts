@@ -45,8 +45,8 @@ export interface IpiTicket {
   targets: number[];
 }
 
-/** mmulab's built-in invalidation vector (a hardware-level service, not a Linux vector). */
-export const VEC_INVALIDATE = 0xfd;
+/** mmulab's built-in invalidation vector (a hardware-level service below Linux's system vectors 0xec–0xff). */
+export const VEC_INVALIDATE = 0xe0;
 /** Payload operations of VEC_INVALIDATE. */
 export const INV_PAGES = 1; // INVLPG each page: [op, vaHi, vaLo, pages, strideShift]
 export const INV_PCID = 2; // INVPCID: [op, type, pcid, vaHi, vaLo]

@@ -188,6 +188,7 @@ export function resolveConfig(opts: MachineOptions): MachineConfig {
   if (rep !== 'lru' && rep !== 'fifo' && rep !== 'random') throw new ConfigError(`tlb.replacement must be "lru", "fifo" or "random", got ${String(rep)}`);
   tlb.replacement = rep;
   const pscIn = (opts.psc ?? {}) as Record<string, unknown>;
+  if (typeof pscIn !== 'object') throw new ConfigError('psc must be an object');
   for (const k of Object.keys(pscIn)) if (!(PSC_ARRAYS as readonly string[]).includes(k) && k !== 'enabled') throw new ConfigError(`psc.${k} is not a paging-structure-cache option`);
   const psc = { enabled: bool(pscIn.enabled, 'psc.enabled', DEFAULT_PSC.enabled) } as PscGeometry;
   for (const a of PSC_ARRAYS) psc[a] = geometry(pscIn[a], `psc.${a}`, DEFAULT_PSC[a]);

@@ -25,7 +25,7 @@ import {
   C_GP_FAULTS, C_INVLPG, C_INVPCID, C_L1_HIT, C_L1_HIT_1G, C_L1_HIT_2M, C_L1_MISS, C_MACHINE_CHECKS, C_PAGE_FAULTS,
   C_PSC_HIT_PDE, C_PSC_HIT_PDPTE, C_PSC_HIT_PML4E, C_PSC_HIT_PML5E, C_RIGHTS_REWALKS, C_SS_FAULTS, C_STLB_HIT, C_STLB_MISS, C_WATCH_HITS,
   C_UNTRANSLATED, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
-  R_ATTN, R_EFER_HI, R_EFER_LO, R_GEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS, type CpuLayout,
+  R_ATTN, R_EFER_HI, R_EFER_LO, R_GEN, R_MODEGEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS, type CpuLayout,
 } from './layout.ts';
 import type { MachineConfig } from './config.ts';
 import type { PhysicalMemory } from './phys.ts';
@@ -35,7 +35,7 @@ import {
 } from './control-registers.ts';
 import { LEVEL_PDE, LEVEL_PDPTE, LEVEL_PML4E, LEVEL_PML5E, LEVEL_PTE, addrHiMask, reservedMasks } from './pte.ts';
 import {
-  SIZE_1G, SIZE_2M, SIZE_4K, TlbArray, W1_GLOBAL, W1_PCID_MASK, W1_PCID_SHIFT, W1_VALID, W3_D, W3_PK_SHIFT, W3_RIGHTS_SHIFT, W3_U, vpnHi, vpnLo,
+  SIZE_1G, SIZE_2M, SIZE_4K, TlbArray, W1_GLOBAL, W1_PCID_MASK, W1_PCID_SHIFT, W1_VALID, W3_D, W3_PIECE_MASK, W3_PIECE_SHIFT, W3_PK_SHIFT, W3_RIGHTS_SHIFT, W3_U, vpnHi, vpnLo,
 } from './tlb.ts';
 import { K_FETCH, K_READ, K_WRITE, WALK_MC_RESULT, WOUT_GLOBAL, WOUT_SIZE_SHIFT, WOUT_W3_MASK, computePermissionTable, pkeyDenies, walk } from './walk.ts';
 import type { HwCostModel } from './cost.ts';
@@ -117,7 +117,7 @@ export class Cpu {
    * write) by the current CPL through an entry whose word 3 carries these U, W, XD, D bits? Zero
    * whenever protection keys could apply, so those cases take the full path.
    */
-  readonly hotOk = new Uint8Array(48);
+  hotOk = new Uint8Array(48);
   /**
    * LRU clock of this CPU's TLB arrays, advanced by every L1 hit and every slow-path use or fill;
    * `slowTicks` counts the latter, so ticks − slowTicks are L1 hits not yet in the counters.
@@ -159,7 +159,14 @@ export class Cpu {
   pscOn: boolean;
   readonly rsvdLo = new Int32Array(12);
   readonly rsvdHi = new Int32Array(12);
-  readonly perm = new Uint8Array(72);
+  /** The permission table in force (one of permAc), see hw/walk.ts computePermissionTable. */
+  perm = new Uint8Array(72);
+  /** Permission tables for RFLAGS.AC = 0 and 1, recomputed when CR0/CR4/EFER change. */
+  private readonly permAc = [new Uint8Array(72), new Uint8Array(72)];
+  /** hotOk tables for [CPL 0, CPL 3] × [AC 0, AC 1]. */
+  private readonly hotTables = [new Uint8Array(48), new Uint8Array(48), new Uint8Array(48), new Uint8Array(48)];
+  /** Last R_MODEGEN handled (CPL, RFLAGS.AC and PKRU changes: cheap to apply). */
+  modegen = -1;
 
   // ---- walk outputs (hw/walk.ts writes them) ---------------------------------------------------
   readonly ei = new Int32Array(6);
@@ -229,6 +236,13 @@ export class Cpu {
     this.pscPml4e = new TlbArray('pml4e', this.r, a.pml4e, rep, 0, 39, true);
     this.pscPdpte = new TlbArray('pdpte', this.r, a.pdpte, rep, 0, 30, true);
     this.pscPde = new TlbArray('pde', this.r, a.pde, rep, 0, 21, true);
+    // A first-level array receives pieces of larger pages when the array of the larger size is
+    // absent (see fillL1): 4 KiB arrays when there is no 2 MiB array, 2 MiB arrays when there is
+    // no 1 GiB array.
+    for (const [a4k, a2m, a1g] of [[this.d4k, this.d2m, this.d1g], [this.i4k, this.i2m, this.i1g]] as const) {
+      a4k.holdsPieces = a2m.count === 0;
+      a2m.holdsPieces = a2m.count > 0 && a1g.count === 0;
+    }
     const uniq = new Set([this.d4k, this.d2m, this.d1g, this.i4k, this.i2m, this.i1g, this.stlb, this.stlb1g]);
     this.tlbArrays = [...uniq].filter((t) => t.present);
     this.pscArrays = [this.pscPml5e, this.pscPml4e, this.pscPdpte, this.pscPde].filter((t) => t.present);
@@ -280,9 +294,6 @@ export class Cpu {
     this.smap = (cr4 & CR4_SMAP) !== 0;
     this.pke = (cr4 & CR4_PKE) !== 0;
     this.nxe = (efer & EFER_NXE) !== 0;
-    this.ac = (r[R_RFLAGS]! & RFLAGS_AC) !== 0;
-    this.cpl3 = r[R_CPL] === 3;
-    this.pkru = r[R_PKRU]! >>> 0;
     const cr3Lo = r[R_CR3_LO]!;
     this.pcid = this.pcide ? cr3Lo & 0xfff : 0;
     this.cr3Lo = cr3Lo & 0xfffff000;
@@ -295,20 +306,37 @@ export class Cpu {
         this.rsvdHi[level * 2 + (leaf ? 1 : 0)] = hi;
       }
     }
-    computePermissionTable(this.perm, this.wp, this.smep, this.smap, this.ac, this.nxe);
-    this.canonShift = this.la57 ? 24 : 15;
-    for (let kind = 0; kind < 3; kind++) {
-      for (let b = 0; b < 16; b++) {
-        const rights = b & 7;
-        const dirty = (b & 8) !== 0;
-        const ai = (this.cpl3 ? 3 : 0) + kind;
-        const ok = this.pg && kind !== K_FETCH && this.perm[ai * 8 + rights] === 0 && (kind !== K_WRITE || dirty) && !(this.pke && (rights & 1) !== 0);
-        this.hotOk[kind * 16 + b] = ok ? 1 : 0;
+    for (let ac = 0; ac < 2; ac++) computePermissionTable(this.permAc[ac]!, this.wp, this.smep, this.smap, ac === 1, this.nxe);
+    for (let t = 0; t < 4; t++) {
+      const cpl3 = t >= 2;
+      const perm = this.permAc[t & 1]!;
+      const hot = this.hotTables[t]!;
+      for (let kind = 0; kind < 3; kind++) {
+        for (let b = 0; b < 16; b++) {
+          const rights = b & 7;
+          const dirty = (b & 8) !== 0;
+          const ai = (cpl3 ? 3 : 0) + kind;
+          const ok = this.pg && kind !== K_FETCH && perm[ai * 8 + rights] === 0 && (kind !== K_WRITE || dirty) && !(this.pke && (rights & 1) !== 0);
+          hot[kind * 16 + b] = ok ? 1 : 0;
+        }
       }
     }
+    this.canonShift = this.la57 ? 24 : 15;
     this.pcidTag = (this.pcid << W1_PCID_SHIFT) | W1_VALID;
     this.costHit = this.cost.access + this.cost.tlbL1Hit;
+    this.refreshMode();
     this.attn = Atomics.load(r, R_ATTN);
+  }
+
+  /** Apply CPL, RFLAGS.AC and PKRU (no table is recomputed: they only select one). */
+  private refreshMode(): void {
+    const r = this.r;
+    this.modegen = r[R_MODEGEN]!;
+    this.ac = (r[R_RFLAGS]! & RFLAGS_AC) !== 0;
+    this.cpl3 = r[R_CPL] === 3;
+    this.pkru = r[R_PKRU]! >>> 0;
+    this.perm = this.permAc[this.ac ? 1 : 0]!;
+    this.hotOk = this.hotTables[(this.cpl3 ? 2 : 0) + (this.ac ? 1 : 0)]!;
   }
 
   private get gbPages(): boolean {
@@ -322,6 +350,14 @@ export class Cpu {
     this.r[R_GEN] = (this.r[R_GEN]! + 1) | 0;
     Atomics.add(this.r, R_ATTN, 1);
     this.refresh();
+  }
+
+  /** A CPL, AC or PKRU change: other views re-read the mode; this one applies it directly. */
+  private bumpMode(): void {
+    this.r[R_MODEGEN] = (this.r[R_MODEGEN]! + 1) | 0;
+    const attn = Atomics.add(this.r, R_ATTN, 1) + 1;
+    this.refreshMode();
+    if (this.attn === attn - 1) this.attn = attn;
   }
 
   readCr0(): bigint {
@@ -441,21 +477,21 @@ export class Cpu {
       throw new RangeError(`PKRU must be an integer from 0 to 0xffffffff, got ${String(value)}`);
     }
     this.r[R_PKRU] = value | 0;
-    this.bump();
+    this.bumpMode();
   }
 
   /** STAC/CLAC: set or clear RFLAGS.AC. */
   setAc(on: boolean): void {
     if (typeof on !== 'boolean') throw new TypeError(`setAc takes a boolean, got ${typeof on}`);
     this.r[R_RFLAGS] = on ? this.r[R_RFLAGS]! | RFLAGS_AC : this.r[R_RFLAGS]! & ~RFLAGS_AC;
-    this.bump();
+    this.bumpMode();
   }
 
   /** Current privilege level: 0 (kernel) or 3 (user). */
   setCpl(cpl: 0 | 3): void {
     if (cpl !== 0 && cpl !== 3) throw new RangeError(`CPL must be 0 or 3, got ${String(cpl)}`);
     this.r[R_CPL] = cpl;
-    this.bump();
+    this.bumpMode();
   }
 
   /** Load register state without checks or flushes (machine construction and snapshots). */
@@ -778,6 +814,7 @@ export class Cpu {
   private attention(): void {
     this.attn = Atomics.load(this.r, R_ATTN);
     if (this.r[R_GEN] !== this.gen) this.refresh();
+    else if (this.r[R_MODEGEN] !== this.modegen) this.refreshMode();
     if (this.r[A_TAIL] !== this.r[A_HEAD]) this.deliverIpis(this);
   }
 
@@ -973,6 +1010,8 @@ export class Cpu {
       pfnHiW3 = (w3 & ~0xff) | Math.floor(pfn / 0x100000000);
       s--;
     }
+    // Mark a piece with the size of the whole page, so invalidations find every piece.
+    if (s < size) pfnHiW3 = (pfnHiW3 & ~W3_PIECE_MASK) | (size << W3_PIECE_SHIFT);
     const t = arrays[s]!;
     if (t.count === 0) return;
     const shift = s === SIZE_4K ? 12 : s === SIZE_2M ? 21 : 30;

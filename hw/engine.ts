@@ -42,6 +42,14 @@ export interface Agent {
   step(cpu: Cpu, until: number, ctx: EngineContext): AgentStatus;
   /** For a waiting agent: may it run again? Without it, a waiting agent is retried each round. */
   ready?(cpu: Cpu, ctx: EngineContext): boolean;
+  /**
+   * For a waiting agent that is not ready: is it merely idle, with nothing anywhere that could
+   * give it work? When every waiting agent is quiescent and nothing can run, the run is over;
+   * otherwise it is a deadlock.
+   */
+  quiescent?(cpu: Cpu, ctx: EngineContext): boolean;
+  /** A line describing what the agent waits for (for deadlock reports). */
+  describe?(cpu: Cpu): string;
 }
 
 export interface EngineOptions {
@@ -96,6 +104,8 @@ export class DeterministicEngine implements EngineContext {
   /** Set to explore interleavings systematically; default: seeded uniform choice. */
   chooser: Chooser = (c, rng) => (c.cpus.length === 1 ? 0 : rng.below(c.cpus.length));
   private readonly slots: Slot[];
+  /** Per CPU, whether it could run at the last scheduling decision. */
+  private readonly live: Uint8Array;
 
   constructor(
     readonly machine: Machine,
@@ -109,6 +119,7 @@ export class DeterministicEngine implements EngineContext {
     this.jitter = jitter;
     this.rng = new Random(options.seed ?? 1);
     this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
+    this.live = new Uint8Array(machine.cpus.length);
     machine.apic.timed = true;
   }
 
@@ -135,12 +146,14 @@ export class DeterministicEngine implements EngineContext {
     let best = Infinity;
     let cands: number[] = [];
     let kinds: ('agent' | 'ipi')[] = [];
+    const live = this.live;
     for (let i = 0; i < cpus.length; i++) {
       const cpu = cpus[i]!;
       const slot = this.slots[i]!;
       let t = Infinity;
       let kind: 'agent' | 'ipi' = 'agent';
       const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
+      live[i] = runnable ? 1 : 0;
       if (runnable) t = cpu.cycles;
       else if (apic.pending(cpu) > 0) {
         t = Math.max(cpu.cycles, apic.nextVisible(cpu));
@@ -156,9 +169,10 @@ export class DeterministicEngine implements EngineContext {
       }
     }
     if (cands.length === 0) {
-      if (this.slots.some((s) => s.status === 'wait')) {
-        const waiting = this.slots.map((s, i) => (s.status === 'wait' ? i : -1)).filter((i) => i >= 0);
-        throw new EngineError(`deadlock: CPUs ${waiting.join(', ')} wait and nothing else can run`);
+      const stuck = this.slots.map((s, i) => (s.status === 'wait' && !(s.agent!.quiescent && s.agent!.quiescent(cpus[i]!, this)) ? i : -1)).filter((i) => i >= 0);
+      if (stuck.length > 0) {
+        const why = stuck.map((i) => `CPU ${i}${this.slots[i]!.agent!.describe ? ': ' + this.slots[i]!.agent!.describe!(cpus[i]!) : ''}`);
+        throw new EngineError(`deadlock: nothing can run and ${why.join('; ')} waits`);
       }
       return false;
     }
@@ -178,11 +192,11 @@ export class DeterministicEngine implements EngineContext {
     if (apic.pending(cpu) > 0) until = Math.min(until, apic.nextVisible(cpu));
     // Lookahead: another CPU can reach this one only by an IPI, which is not visible before its
     // send time plus the IPI latency. Running no further than that keeps every interrupt on time.
+    // CPUs that are done, or waiting and not ready, cannot send until another CPU's action
+    // readies them — and their clock then moves to that action's time — so they do not count.
     const latency = cpu.cost.ipiLatency;
     for (let j = 0; j < cpus.length; j++) {
-      if (j === i) continue;
-      const st = this.slots[j]!.status;
-      if (st === 'done') continue;
+      if (j === i || live[j] === 0) continue;
       const horizon = cpus[j]!.cycles + latency;
       if (horizon < until) until = horizon;
     }

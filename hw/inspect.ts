@@ -86,7 +86,7 @@ export function pagingCacheEntries(cpu: Cpu): CachedPagingEntry[] {
       out.push({
         cpu: cpu.index,
         array: t.name,
-        va: entryVa(w0, 0, t.shift),
+        va: entryVa(w0, w1, t.shift),
         pcid: (w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT,
         table: ((BigInt(w3 & 0xff) << 32n) | BigInt(w2 >>> 0)) << 12n,
         user: (w3 & W3_U) !== 0,

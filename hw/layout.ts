@@ -55,6 +55,8 @@ export const R_IDLE = 16;
  * value it handled: one load per access instead of one per reason.
  */
 export const R_ATTN = 17;
+/** Bumped on CPL, RFLAGS.AC and PKRU changes (cheap to apply, unlike R_GEN). */
+export const R_MODEGEN = 18;
 
 // ---- Local APIC mailbox (Int32 indices relative to the CPU block) -----------------------------
 /** Messages ever posted to this CPU (senders reserve slots with Atomics.add). */

@@ -13,11 +13,12 @@
  */
 
 import { resolveConfig, ConfigError, type MachineConfig, type MachineOptions } from './config.ts';
-import { computeLayout, H_JSON_LENGTH, H_JSON_OFFSET, H_MAGIC, H_VERSION, HEADER_BYTES, LAYOUT_VERSION, MAGIC, type MachineLayout } from './layout.ts';
+import { computeLayout, H_JSON_LENGTH, H_JSON_OFFSET, H_MAGIC, H_VERSION, HEADER_BYTES, LAYOUT_VERSION, MAGIC, R_RNG, type MachineLayout } from './layout.ts';
 import { PhysicalMemory } from './phys.ts';
 import { Cpu } from './cpu.ts';
 import { Apic } from './apic.ts';
 import { RESET_LONG_MODE } from './control-registers.ts';
+import { Random } from './random.ts';
 
 export class Machine {
   readonly sab: SharedArrayBuffer;
@@ -46,11 +47,16 @@ export class Machine {
     }
     this.phys = new PhysicalMemory(this.sab, this.layout.physBase, this.config.memoryBytes, this.layout.watchBase);
     this.cpuList = [];
+    // The hardware's own pseudo-random choices (random TLB replacement) start from the seed.
+    const hwRng = new Random(this.config.seed);
     for (let i = 0; i < this.config.cpus; i++) {
       const cpu = new Cpu(i, this.sab, this.layout.cpuBase + i * this.layout.cpu.blockBytes, this.layout.cpu, this.config, this.phys);
       cpu.stlb1gAllowed = this.config.gbPages;
       cpu.invpcidSupported = this.config.invpcid;
-      if (fresh) cpu.loadRegisters({ ...RESET_LONG_MODE });
+      if (fresh) {
+        cpu.loadRegisters({ ...RESET_LONG_MODE });
+        cpu.r[R_RNG] = hwRng.u32() | 0 || 1; // xorshift state must not be 0
+      }
       cpu.refresh();
       this.cpuList.push(cpu);
     }

@@ -271,7 +271,7 @@ export interface EntryFields {
   D?: boolean;
   /** Set PS (PDPTE/PDE leaves). */
   PS?: boolean;
-  /** PAT: placed at bit 7 for a PTE and at bit 12 for a large leaf. */
+  /** PAT: placed at bit 7 for a PTE and at bit 12 for a large leaf; other entries have no PAT bit. */
   PAT?: boolean;
   G?: boolean;
   XD?: boolean;
@@ -305,7 +305,11 @@ export function encodeEntry(level: number, f: EntryFields): bigint {
   if (f.A) v |= PTE64_A;
   if (f.D) v |= PTE64_D;
   if (f.PS) v |= PTE64_PS;
-  if (f.PAT) v |= level === LEVEL_PTE ? PTE64_PAT : PTE64_PAT_LARGE;
+  if (f.PAT) {
+    // Bit 12 of a non-leaf entry is an address bit: PAT there would move the next table.
+    if (level !== LEVEL_PTE && !large) throw new RangeError(`a ${LEVEL_NAMES[level]} without PS=1 maps no page and has no PAT bit`);
+    v |= level === LEVEL_PTE ? PTE64_PAT : PTE64_PAT_LARGE;
+  }
   if (f.G) v |= PTE64_G;
   if (f.XD) v |= PTE64_XD;
   if (f.special) v |= PTE64_SPECIAL;

@@ -21,6 +21,8 @@
  *       bit  11    D   (TLB: the leaf's dirty flag when the entry was filled)
  *       bits 15:12 PK  (TLB: protection key of the leaf)
  *       bits 18:16 PAT index (PAT<<2 | PCD<<1 | PWT) of the leaf
+ *       bits 21:20 first-level entries only: 0 for a whole translation, else the size code of the
+ *                  larger page this entry caches a piece of (see "splintering" below)
  *
  * Rights are cached raw (combined over levels, SDM §4.10.2.2); CR0.WP, CR4.SMEP/SMAP, RFLAGS.AC
  * and PKRU are applied at use time by hw/cpu.ts, so changing them needs no invalidation.
@@ -28,6 +30,12 @@
  * The second-level TLB holds 4 KiB and 2 MiB translations in one array (as Skylake's STLB does):
  * a 4 KiB translation goes to set (va >> 12) mod sets, a 2 MiB one to set (va >> 21) mod sets,
  * and the size bits keep their tags apart.
+ *
+ * Splintering: when the first-level array for a translation's size is absent, the translation
+ * is cached as the piece of the next smaller size that contains the address (SDM §4.10.2.3).
+ * INVLPG, INVPCID type 0 and #PF must still invalidate every piece of the large page, so such
+ * pieces are marked in word 3 and clearAddress() also removes the pieces of any large page that
+ * contains the address.
  *
  * Replacement per array: true LRU by stamps, FIFO, or pseudo-random from a seeded xorshift kept
  * in the CPU block (deterministic). Stale entries are never dropped behind software's back:
@@ -54,6 +62,9 @@ export const W3_XD = 1 << 10;
 export const W3_D = 1 << 11;
 export const W3_PK_SHIFT = 12;
 export const W3_MT_SHIFT = 16;
+/** Size code of the larger page a splintered first-level entry is a piece of (0: a whole translation). */
+export const W3_PIECE_SHIFT = 20;
+export const W3_PIECE_MASK = 3 << W3_PIECE_SHIFT;
 /** The three rights bits, shifted down, form a 3-bit index: U=1, W=2, XD=4. */
 export const W3_RIGHTS_SHIFT = 8;
 
@@ -77,6 +88,8 @@ export class TlbArray {
   readonly base: number;
   readonly stamps: number;
   readonly count: number;
+  /** This array may hold pieces of larger pages (set by the CPU when the larger array is absent). */
+  holdsPieces = false;
 
   constructor(
     readonly name: ArrayName,
@@ -257,6 +270,31 @@ export class TlbArray {
           r[e + 1] = 0;
           n++;
         }
+      }
+    }
+    if (this.holdsPieces) n += this.clearPieces(vaHi, vaLo, pcid, includeGlobal);
+    return n;
+  }
+
+  /**
+   * Remove, under the same PCID and global rules as clearAddress, every piece of a larger page
+   * that contains (vaHi:vaLo), whichever part of that page the piece caches.
+   */
+  private clearPieces(vaHi: number, vaLo: number, pcid: number, includeGlobal: boolean): number {
+    const r = this.r;
+    let n = 0;
+    const end = this.base + this.count * ENTRY_WORDS;
+    for (let e = this.base; e < end; e += ENTRY_WORDS) {
+      const w1 = r[e + 1]!;
+      const piece = (r[e + 3]! & W3_PIECE_MASK) >>> W3_PIECE_SHIFT;
+      if (!(w1 & W1_VALID) || piece === 0) continue;
+      const shift = SIZE_SHIFTS[(w1 & W1_SIZE_MASK) >>> W1_SIZE_SHIFT]!;
+      const d = SIZE_SHIFTS[piece]! - shift; // 9 or 18: the piece's page number bits inside the large page
+      if ((w1 & W1_VPNHI_MASK) !== vpnHi(vaHi, shift) || r[e]! >>> d !== vpnLo(vaHi, vaLo, shift) >>> d) continue;
+      const g = (w1 & W1_GLOBAL) !== 0;
+      if ((g && includeGlobal) || (!g && ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT) === pcid)) {
+        r[e + 1] = 0;
+        n++;
       }
     }
     return n;

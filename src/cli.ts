@@ -19,7 +19,7 @@ export class UsageError extends Error {
   }
 }
 
-export function buildProgram(out: (s: string) => void, err: (s: string) => void): Command {
+export function buildProgram(out: (s: string) => unknown, err: (s: string) => unknown): Command {
   const program = new Command();
   program
     .name('mmulab')
@@ -41,7 +41,7 @@ export function buildProgram(out: (s: string) => void, err: (s: string) => void)
 }
 
 /** Run the command line; returns the exit code. */
-export async function main(argv: string[], io = { out: (s: string) => process.stdout.write(s), err: (s: string) => process.stderr.write(s) }): Promise<number> {
+export async function main(argv: string[], io: { out: (s: string) => unknown; err: (s: string) => unknown } = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) }): Promise<number> {
   const program = buildProgram(io.out, io.err);
   try {
     await program.parseAsync(argv, { from: 'user' });

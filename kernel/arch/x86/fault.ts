@@ -1,0 +1,121 @@
+/**
+ * kernel/arch/x86/fault.ts — the user page-fault path (arch/x86/mm/fault.c do_user_addr_fault):
+ * decode the error code, try the per-VMA lock first, fall back to the mmap read lock
+ * (lock_mm_and_find_vma), check the access against the VMA (access_error), call handle_mm_fault,
+ * retry under the mmap lock when the VMA-lock attempt says VM_FAULT_RETRY, and turn what cannot
+ * be resolved into a signal: SIGSEGV (SEGV_MAPERR without a VMA, SEGV_ACCERR for a forbidden
+ * access, SEGV_PKUERR for a protection-key fault) or SIGBUS (BUS_ADRERR), or kill on OOM.
+ *
+ * Deviation: stack VMAs do not grow (no VM_GROWSDOWN expansion).
+ */
+
+import type { Kernel } from '../../kernel.ts';
+import type { KGen, Task } from '../../sched/core.ts';
+import { PF_ID, PF_P, PF_PK, PF_RSVD, PF_U, PF_W } from '../../../hw/walk.ts';
+import {
+  FAULT_FLAG_INSTRUCTION, FAULT_FLAG_TRIED, FAULT_FLAG_USER, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, VM_EXEC, VM_FAULT_COMPLETED, VM_FAULT_OOM, VM_FAULT_RETRY,
+  VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_READ, VM_WRITE, type VmArea,
+} from '../../mm/mm_types.ts';
+import { faultCounters, handle_mm_fault } from '../../mm/memory.ts';
+
+export const SIGBUS = 7;
+export const SIGKILL = 9;
+export const SIGSEGV = 11;
+export const SEGV_MAPERR = 1;
+export const SEGV_ACCERR = 2;
+export const SEGV_PKUERR = 4;
+export const BUS_ADRERR = 2;
+
+export interface SignalInfo {
+  signo: number;
+  code: number;
+  addr: number;
+  /** Why, in words (for reports). */
+  why: string;
+}
+
+/** access_error: may this access go ahead in this VMA at all? */
+export function access_error(error_code: number, vma: VmArea): boolean {
+  if (error_code & PF_PK) return true;
+  if (error_code & PF_W) return !(vma.vm_flags & VM_WRITE);
+  if (error_code & PF_P) return true; // read of a present page: a protection fault
+  return !(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC));
+}
+
+/**
+ * do_user_addr_fault: resolve a #PF raised by `task` in user mode at `address`. Returns null
+ * when the access can be retried, or the signal to deliver.
+ */
+export function* do_user_addr_fault(k: Kernel, task: Task, address: number, error_code: number): KGen<SignalInfo | null> {
+  const mm = task.mm;
+  k.charge(k.costs.faultEntry);
+  if (k.trace.enabled) {
+    k.trace.emit('exceptions:page_fault_user', { address, ip: 0, error_code }, `address=0x${address.toString(16)} ip=0x0 error_code=0x${error_code.toString(16)}`);
+  }
+  const fc = faultCounters(k);
+  if (!mm) return { signo: SIGSEGV, code: SEGV_MAPERR, addr: address, why: 'no address space' };
+  if (error_code & PF_RSVD) {
+    // pgtable_bad: a reserved bit in a user page table is corruption.
+    k.report({ kind: 'oops', title: `${task.comm}[${task.pid}]: corrupted page table at address ${address.toString(16)}`, text: `${task.comm}: Corrupted page table at address ${address.toString(16)}\nBad pagetable: 0x${error_code.toString(16)} [#1] PREEMPT SMP`, data: { address, error_code } });
+    return { signo: SIGKILL, code: 0, addr: address, why: 'corrupted page table' };
+  }
+  let flags = FAULT_FLAG_USER;
+  if (error_code & PF_W) flags |= FAULT_FLAG_WRITE;
+  if (error_code & PF_ID) flags |= FAULT_FLAG_INSTRUCTION;
+  void PF_U;
+  // The per-VMA lock first.
+  const vma0 = k.locks.lock_vma_under_rcu(mm, address, 'do_user_addr_fault');
+  if (vma0) {
+    if (access_error(error_code, vma0)) {
+      k.locks.vma_end_read(vma0);
+      fc.sigsegv++;
+      return { signo: SIGSEGV, code: error_code & PF_PK ? SEGV_PKUERR : SEGV_ACCERR, addr: address, why: 'access not allowed by the VMA' };
+    }
+    const fault = yield* handle_mm_fault(k, vma0, address, flags | FAULT_FLAG_VMA_LOCK);
+    if (!(fault & (VM_FAULT_RETRY | VM_FAULT_COMPLETED))) k.locks.vma_end_read(vma0);
+    if (!(fault & VM_FAULT_RETRY)) return faultResult(k, fault, address);
+    k.locks.vmaStats.retry++;
+    fc.retries++;
+  }
+  // lock_mm_and_find_vma
+  for (let tries = 0; ; tries++) {
+    yield* k.locks.mmap_read_lock(mm, 'do_user_addr_fault');
+    const vma = mm.find_vma(address);
+    if (!vma || vma.vm_start > address) {
+      k.locks.mmap_read_unlock(mm);
+      fc.sigsegv++;
+      return { signo: SIGSEGV, code: SEGV_MAPERR, addr: address, why: 'no VMA at this address' };
+    }
+    if (access_error(error_code, vma)) {
+      k.locks.mmap_read_unlock(mm);
+      fc.sigsegv++;
+      return { signo: SIGSEGV, code: error_code & PF_PK ? SEGV_PKUERR : SEGV_ACCERR, addr: address, why: 'access not allowed by the VMA' };
+    }
+    const fault = yield* handle_mm_fault(k, vma, address, flags | (tries > 0 ? FAULT_FLAG_TRIED : 0));
+    if (fault & VM_FAULT_RETRY) {
+      // The handler dropped the lock (it may not have; Linux's contract is that it did).
+      if (mm.mmap_lock.heldBy(k.current)) k.locks.mmap_read_unlock(mm);
+      if (tries > 16) return { signo: SIGBUS, code: BUS_ADRERR, addr: address, why: 'fault retried too often' };
+      continue;
+    }
+    if (!(fault & VM_FAULT_COMPLETED)) k.locks.mmap_read_unlock(mm);
+    return faultResult(k, fault, address);
+  }
+}
+
+function faultResult(k: Kernel, fault: number, address: number): SignalInfo | null {
+  const fc = faultCounters(k);
+  if (fault & VM_FAULT_OOM) {
+    fc.oom++;
+    return { signo: SIGKILL, code: 0, addr: address, why: 'out of memory' };
+  }
+  if (fault & VM_FAULT_SIGBUS) {
+    fc.sigbus++;
+    return { signo: SIGBUS, code: BUS_ADRERR, addr: address, why: 'the mapping has no page here' };
+  }
+  if (fault & VM_FAULT_SIGSEGV) {
+    fc.sigsegv++;
+    return { signo: SIGSEGV, code: SEGV_ACCERR, addr: address, why: 'the fault handler refused' };
+  }
+  return null;
+}

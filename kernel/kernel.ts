@@ -1,0 +1,492 @@
+/**
+ * kernel/kernel.ts — the mini-kernel as one object: it boots a machine (init/main.c's
+ * start_kernel, reduced), owns the subsystems (page allocator, schedulers, TLB state, reports,
+ * tracing) and offers the services every subsystem uses: the current task and CPU, virtual time,
+ * charging cycles, waking tasks, and running the whole system on the deterministic engine.
+ *
+ * Per-CPU variables of Linux are arrays indexed by CPU here; `current` is the task being run by
+ * the engine at this moment (one thread simulates all CPUs, so there is exactly one).
+ */
+
+import { Machine } from '../hw/machine.ts';
+import type { MachineOptions } from '../hw/config.ts';
+import { DeterministicEngine, type RunLimits, type RunResult } from '../hw/engine.ts';
+import type { Cpu, WatchHit } from '../hw/cpu.ts';
+import type { HwCostModel } from '../hw/cost.ts';
+import { CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP } from '../hw/control-registers.ts';
+import { DEFAULT_KERNEL_COSTS, type KernelCostModel } from './cost.ts';
+import { KernelBug, ReportLog, type Report } from './report.ts';
+import { CpuScheduler, Task, type KGen } from './sched/core.ts';
+import { PageAllocator } from './mm/page_alloc.ts';
+import { Tracer } from './trace/trace.ts';
+import { kasanCpuAccess, reportBadPage } from './mm/kasan.ts';
+import { PageTables } from './arch/x86/pgtable.ts';
+import { TlbFlusher } from './arch/x86/tlb.ts';
+import { Lockdep } from './locking/lockdep.ts';
+import { MmapLocking } from './mm/mmap_lock.ts';
+import { VmaOps } from './mm/vma.ts';
+import { MmStruct, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_WRITE, type VmArea } from './mm/mm_types.ts';
+import { Workqueue } from './workqueue.ts';
+import { mm_alloc, mmdrop, mmgrab } from './fork.ts';
+import { ThreadGroup, FdTable, do_exit, groupOf } from './exit.ts';
+import { ExitRequest, User, type Program } from './uapi.ts';
+import { SignalError, reportFatalSignal } from './signal.ts';
+import type { File } from './fs/file.ts';
+import { WaitQueue } from './sched/wait.ts';
+
+/** IPI vectors (arch/x86/include/asm/irq_vectors.h). */
+export const RESCHEDULE_VECTOR = 0xfd;
+export const CALL_FUNCTION_VECTOR = 0xfc;
+
+export interface KernelOptions {
+  /** Physical memory (default 256 MiB). */
+  memoryBytes?: number;
+  cpus?: number;
+  /** Seed of the scheduler's interleaving and of workloads that ask the kernel for randomness. */
+  seed?: number;
+  /** Engine quantum in cycles. */
+  quantum?: number;
+  /** Use PCIDs (X86_FEATURE_PCID), default true. */
+  pcid?: boolean;
+  smep?: boolean;
+  smap?: boolean;
+  /** Further machine options (TLB geometry, MAXPHYADDR, …). */
+  machine?: Partial<MachineOptions>;
+  costs?: Partial<KernelCostModel>;
+  hwCosts?: Partial<HwCostModel>;
+  clockGhz?: number;
+  /** Record tracepoints (default false). */
+  trace?: boolean;
+}
+
+export class Kernel {
+  readonly machine: Machine;
+  readonly engine: DeterministicEngine;
+  readonly costs: KernelCostModel;
+  readonly reports = new ReportLog();
+  readonly pages: PageAllocator;
+  readonly sched: CpuScheduler[];
+  readonly trace: Tracer;
+  readonly tasks = new Map<number, Task>();
+  readonly options: Required<Pick<KernelOptions, 'pcid' | 'smep' | 'smap'>>;
+  /** The task the engine is running right now (null in interrupt or idle context). */
+  current: Task | null = null;
+  /** CPU of the code running now when no task is current (IPI handlers). */
+  irqCpu = -1;
+  private nextPid = 1;
+  /** Subsystems register here so others can reach them without import cycles. */
+  readonly subsystems = new Map<string, unknown>();
+  /** Hooks run on every context switch. */
+  readonly switchHooks: ((cpu: number, prev: Task | null, next: Task) => void)[] = [];
+  readonly pt: PageTables;
+  readonly lockdep: Lockdep;
+  readonly locks: MmapLocking;
+  readonly vmaOps: VmaOps;
+  readonly tlb: TlbFlusher;
+  readonly workqueue: Workqueue;
+  /** The kernel's own mm (kernel threads and idle CPUs with nothing loaded). */
+  readonly init_mm: MmStruct;
+  /** Character devices by path ("/dev/binder" …). */
+  readonly devices = new Map<string, { open(t: Task): File | number | KGen<File | number> }>();
+  /** Processes (thread groups) by tgid. */
+  readonly groups = new Map<number, ThreadGroup>();
+  /** VMAs currently inside a driver's ->mmap hook (the Rust API's VmaNew window). */
+  readonly vmaNewWindow = new VmaNewWindow();
+  private readonly timers: { at: number; task: Task; wq: WaitQueue }[] = [];
+
+  constructor(opts: KernelOptions = {}) {
+    const cpus = opts.cpus ?? 2;
+    this.machine = new Machine({
+      memoryBytes: opts.memoryBytes ?? 256 << 20,
+      cpus,
+      ...opts.machine,
+      ...(opts.hwCosts ? { cost: opts.hwCosts } : {}),
+      ...(opts.clockGhz ? { clockGhz: opts.clockGhz } : {}),
+    });
+    this.options = { pcid: opts.pcid ?? true, smep: opts.smep ?? true, smap: opts.smap ?? true };
+    this.costs = { ...DEFAULT_KERNEL_COSTS, ...opts.costs };
+    this.engine = new DeterministicEngine(this.machine, { seed: opts.seed ?? 1, quantum: opts.quantum ?? 20_000 });
+    this.trace = new Tracer(this, opts.trace ?? false);
+    this.pages = new PageAllocator(this.machine.phys, { reservedFrames: 16 });
+    this.pages.hooks = {
+      currentPid: () => this.current?.pid ?? 0,
+      badPage: (pfn, reason) => reportBadPage(this, pfn, reason),
+      onAlloc: (pfn, order, gfp) => this.trace.pageAlloc(pfn, order, gfp),
+      onFree: (pfn, order) => this.trace.pageFree(pfn, order),
+    };
+    this.sched = [];
+    for (let i = 0; i < cpus; i++) {
+      const s = new CpuScheduler(this, i);
+      this.sched.push(s);
+      this.engine.attach(i, s);
+      const cpu = this.machine.cpu(i);
+      cpu.onWatch = (hit: WatchHit) => kasanCpuAccess(this, hit);
+    }
+    this.machine.apic.on(RESCHEDULE_VECTOR, () => {});
+    this.pt = new PageTables(this);
+    this.lockdep = new Lockdep(this);
+    this.locks = new MmapLocking(this, this.lockdep);
+    this.vmaOps = new VmaOps(this);
+    this.workqueue = new Workqueue(this);
+    const init = new MmStruct(this);
+    this.locks.init(init);
+    if (this.pt.pgd_alloc(init) < 0) throw new Error('boot: no memory for init_mm');
+    init.mm_users = 1 << 30; // never torn down
+    this.init_mm = init;
+    this.bootCpus(init.pgd);
+    this.tlb = new TlbFlusher(this, init);
+  }
+
+  /**
+   * Bring the CPUs to the kernel's configuration: CR3 on `rootPa` (the init page tables), then
+   * PGE, SMEP/SMAP and (if used) PCIDE.
+   */
+  bootCpus(rootPa: number): void {
+    for (const cpu of this.machine.cpus) {
+      check(cpu.writeCr3(BigInt(rootPa)), 'CR3');
+      let cr4 = cpu.readCr4() | BigInt(CR4_PGE);
+      if (this.options.smep) cr4 |= BigInt(CR4_SMEP);
+      if (this.options.smap) cr4 |= BigInt(CR4_SMAP);
+      if (this.options.pcid) cr4 |= BigInt(CR4_PCIDE);
+      check(cpu.writeCr4(cr4), 'CR4');
+    }
+  }
+
+  // ---- time and place -------------------------------------------------------------------------
+
+  /** The CPU the running code is on. */
+  thisCpu(): number {
+    if (this.current) return this.current.cpu;
+    if (this.irqCpu >= 0) return this.irqCpu;
+    return 0;
+  }
+
+  /** Hardware CPU of the running code. */
+  cpu(): Cpu {
+    return this.machine.cpu(this.thisCpu());
+  }
+
+  /** Virtual time on the current CPU, in cycles. */
+  now(): number {
+    return this.cpu().cycles;
+  }
+
+  /** Charge `cycles` of kernel work to the current CPU. */
+  charge(cycles: number): void {
+    this.cpu().charge(cycles);
+  }
+
+  micros(cycles: number): number {
+    return cycles / (this.machine.config.cost.clockGhz * 1000);
+  }
+
+  // ---- tasks ---------------------------------------------------------------------------------
+
+  /** Tasks not yet dead. */
+  liveTasks(): number {
+    return this.tasks.size;
+  }
+
+  /** Release the lazy reference of a dead mm held by CPU `cpu` (mmdrop via the fork module). */
+  mmdrop(mm: MmStruct): void {
+    mmdrop(this, mm);
+  }
+
+  allocPid(): number {
+    return this.nextPid++;
+  }
+
+  /** Create a task running `body` and make it runnable on `cpu` at time `at`. */
+  createTask(opts: { pid?: number; tgid?: number; comm: string; kthread: boolean; cpu?: number; allowed?: number[] | null }, body: (t: Task) => KGen<number | void>): Task {
+    const pid = opts.pid ?? this.allocPid();
+    const t = new Task(pid, opts.tgid ?? pid, opts.comm, opts.kthread);
+    t.allowed = opts.allowed ?? null;
+    const cpu = opts.cpu ?? this.pickCpu(t);
+    if (cpu < 0 || cpu >= this.sched.length) throw new RangeError(`CPU ${cpu} does not exist`);
+    t.cpu = cpu;
+    t.inKernel = opts.kthread ? 1 : 0;
+    t.body = body(t);
+    this.tasks.set(pid, t);
+    const at = this.current ? this.now() : this.machine.cpu(cpu).cycles;
+    this.sched[cpu]!.enqueue(t, at);
+    return t;
+  }
+
+  /** A CPU for a new task: the allowed CPU with the shortest run queue (lowest index on ties). */
+  pickCpu(t: Task): number {
+    let best = -1;
+    let bestLoad = Infinity;
+    for (const s of this.sched) {
+      if (t.allowed && !t.allowed.includes(s.index)) continue;
+      const load = s.rq.length + (s.curr ? 1 : 0);
+      if (load < bestLoad) {
+        best = s.index;
+        bestLoad = load;
+      }
+    }
+    if (best < 0) throw new RangeError(`task ${t.comm} is allowed on no CPU`);
+    return best;
+  }
+
+  /**
+   * Make a sleeping task runnable on its CPU, no earlier than the waker's clock. A remote idle
+   * CPU gets a reschedule IPI, and the task runs there once the IPI is delivered.
+   */
+  wake(t: Task): void {
+    if (t.state !== 'sleeping') return;
+    const here = this.thisCpu();
+    const at = this.now();
+    t.stats.sleepCycles += Math.max(0, at - t.since);
+    t.waitingFor = '';
+    let target = t.cpu;
+    if (t.allowed && !t.allowed.includes(target)) target = this.pickCpu(t);
+    const s = this.sched[target]!;
+    let wakeAt = at + this.costs.sleepWake;
+    if (target !== here && s.curr === null && s.rq.length === 0) {
+      const from = this.machine.cpu(here);
+      this.machine.apic.send(from, target, RESCHEDULE_VECTOR);
+      wakeAt = Math.max(wakeAt, at + from.cost.ipiLatency + from.cost.ipiHandlerEntry);
+    }
+    this.charge(this.costs.sleepWake);
+    s.enqueue(t, at);
+    t.wakeAt = wakeAt;
+  }
+
+  /** Called by a CPU's scheduler when it switches tasks. */
+  contextSwitch(s: CpuScheduler, prev: Task | null, next: Task): void {
+    const cpu = s.hw;
+    cpu.charge(this.costs.contextSwitch);
+    this.trace.schedSwitch(s.index, prev, next);
+    const st = this.tlb.cpuState[s.index]!;
+    if (next.mm) {
+      this.switchLoadedMm(s.index, next.mm, next);
+      next.active_mm = next.mm;
+    } else {
+      // A kernel thread borrows whatever is loaded (lazy TLB), unless that mm is dead.
+      if (st.loaded_mm !== this.init_mm && st.loaded_mm.mm_users === 0) this.switchLoadedMm(s.index, this.init_mm, next);
+      else this.tlb.enter_lazy_tlb(s.index, next);
+      next.active_mm = st.loaded_mm;
+    }
+    for (const h of this.switchHooks) h(s.index, prev, next);
+    const want = next.inKernel > 0 ? 0 : 3;
+    if (cpu.readCpl() !== want) cpu.setCpl(want);
+  }
+
+  /**
+   * switch_mm with the lazy-TLB reference: a CPU holds an mm_count reference on the mm it has
+   * loaded, so the page tables outlive their last user while a CPU may still walk them.
+   */
+  switchLoadedMm(cpu: number, next: MmStruct, task: Task | null): void {
+    const st = this.tlb.cpuState[cpu]!;
+    const prev = st.loaded_mm;
+    if (prev !== next && next !== this.init_mm) mmgrab(next);
+    this.tlb.switch_mm_irqs_off(cpu, next, task);
+    if (prev !== next && prev !== this.init_mm) mmdrop(this, prev);
+  }
+
+  /** A CPU has nothing to run: a dead loaded mm is dropped now (see the scheduler). */
+  cpuIdle(cpu: number): void {
+    const st = this.tlb.cpuState[cpu]!;
+    if (st.loaded_mm !== this.init_mm && st.loaded_mm.mm_users === 0) this.switchLoadedMm(cpu, this.init_mm, null);
+    else this.tlb.enter_lazy_tlb(cpu, null);
+  }
+
+  /** A task returned from its body. */
+  taskExited(t: Task, code: number): void {
+    t.exitCode = code;
+    t.state = 'dead';
+    for (const f of t.onExit) f(t);
+    this.tasks.delete(t.pid);
+  }
+
+  /** A task's body threw: an oops (KernelBug) or an internal error. */
+  taskCrashed(t: Task, e: unknown): void {
+    if (e instanceof KernelBug) {
+      t.killedBy = e.report;
+      const g = groupOf(t);
+      if (g) {
+        g.threads.delete(t);
+        if (g.threads.size === 0) {
+          g.exitCode = 128 + 9;
+          const parent = this.groups.get(g.parentPid);
+          if (parent) {
+            parent.zombies.set(g.tgid, g.exitCode);
+            parent.exited.wakeAll(this);
+          }
+          g.exited.wakeAll(this);
+          this.groups.delete(g.tgid);
+        }
+      }
+      this.taskExited(t, 128 + 9);
+      return;
+    }
+    // Anything else is a bug in mmulab itself: stop the run loudly.
+    throw e;
+  }
+
+  // ---- processes -------------------------------------------------------------------------------
+
+  /**
+   * Start a new process running `program` (as init would exec it): a fresh address space and an
+   * empty file table. Returns its main thread.
+   */
+  spawn(program: Program, opts: { comm?: string; cpu?: number; allowed?: number[] | null } = {}): Task {
+    if (typeof program !== 'function') throw new TypeError('spawn: a program is a generator function (u) => …');
+    const mm = mm_alloc(this);
+    if (!mm) throw new Error('spawn: out of memory for a new address space');
+    return this.startProcess(program, { comm: opts.comm ?? (program.name || 'prog'), mm, files: new FdTable(), parent: 0, cpu: opts.cpu, allowed: opts.allowed ?? null });
+  }
+
+  /** The process part of fork/spawn: a new thread group and its main thread. */
+  startProcess(program: Program, o: { comm: string; mm: MmStruct; files: FdTable; parent: number; cpu: number | undefined; allowed: number[] | null }): Task {
+    const pid = this.allocPid();
+    const g = new ThreadGroup(pid, o.files);
+    g.parentPid = o.parent;
+    this.groups.set(pid, g);
+    this.groups.get(o.parent)?.children.add(pid);
+    o.mm.owner = null;
+    const t = this.createTask({ pid, tgid: pid, comm: o.comm.slice(0, 15), kthread: false, cpu: o.cpu, allowed: o.allowed }, (task) => this.userBody(task, program));
+    t.mm = o.mm;
+    o.mm.owner = t;
+    t.ext.set('group', g);
+    g.threads.add(t);
+    return t;
+  }
+
+  /** A new thread in process `g` (clone with CLONE_VM): the caller took the mm reference. */
+  startThread(g: ThreadGroup, program: Program, o: { comm: string; mm: MmStruct; cpu?: number }): Task {
+    const t = this.createTask({ tgid: g.tgid, comm: o.comm.slice(0, 15), kthread: false, cpu: o.cpu }, (task) => this.userBody(task, program));
+    t.mm = o.mm;
+    t.ext.set('group', g);
+    g.threads.add(t);
+    return t;
+  }
+
+  /** Run a program in user mode, then exit; signals and program errors end the process. */
+  private *userBody(task: Task, program: Program): KGen<number> {
+    const u = new User(this, task);
+    let code = 0;
+    try {
+      const r = yield* program(u);
+      code = typeof r === 'number' ? r : 0;
+    } catch (e) {
+      if (e instanceof ExitRequest) code = e.code;
+      else if (e instanceof SignalError) {
+        reportFatalSignal(this, task, e);
+        code = 128 + e.signo;
+      } else if (e instanceof KernelBug) throw e;
+      else {
+        const msg = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+        this.report({ kind: 'signal', title: `${task.comm}[${task.pid}]: program error: ${msg}`, text: `${task.comm}[${task.pid}]: the program threw ${msg}\nkilled (SIGABRT)`, pid: task.pid, comm: task.comm, data: { error: msg } });
+        code = 128 + 6;
+      }
+    }
+    return yield* do_exit(this, task, code);
+  }
+
+  /** Start a kernel thread. */
+  kthread(comm: string, body: () => KGen<number | void>, cpu?: number): Task {
+    return this.createTask({ comm, kthread: true, cpu }, body);
+  }
+
+  /** Sleep the current task for `cycles` of virtual time. */
+  *sleepFor(cycles: number): KGen {
+    const t = this.current!;
+    const wq = new WaitQueue('hrtimer_nanosleep');
+    this.timers.push({ at: this.now() + cycles, task: t, wq });
+    this.timers.sort((a, b) => a.at - b.at || a.task.serial - b.task.serial);
+    yield* wq.sleep(this, 'hrtimer_nanosleep');
+  }
+
+  /** The earliest timer of a task on `cpu`, or Infinity. */
+  nextTimer(cpu: number): number {
+    for (const x of this.timers) if (x.task.cpu === cpu) return x.at;
+    return Infinity;
+  }
+
+  /** Fire the timers of tasks on `cpu` that expired by `now`. */
+  fireTimers(cpu: number, now: number): void {
+    for (let i = 0; i < this.timers.length; ) {
+      const x = this.timers[i]!;
+      if (x.task.cpu === cpu && x.at <= now) {
+        this.timers.splice(i, 1);
+        const saved = this.irqCpu;
+        this.irqCpu = cpu;
+        try {
+          x.wq.wakeAll(this);
+        } finally {
+          this.irqCpu = saved;
+        }
+      } else i++;
+    }
+  }
+
+  hasTimers(): boolean {
+    return this.timers.length > 0;
+  }
+
+  // ---- contracts ---------------------------------------------------------------------------------
+
+  /** Invariants of VMA flags Linux relies on (checked where flags change). */
+  checkVmaFlags(vma: VmArea, caller: string): void {
+    const f = vma.vm_flags;
+    if ((f & (VM_MIXEDMAP | VM_PFNMAP)) === (VM_MIXEDMAP | VM_PFNMAP)) {
+      this.bug('kernel BUG: VM_MIXEDMAP and VM_PFNMAP both set', `VM_BUG_ON_VMA((vma->vm_flags & (VM_PFNMAP|VM_MIXEDMAP)) == (VM_PFNMAP|VM_MIXEDMAP)) for ${vma} (${caller})`, { vma: vma.id, caller, contract: 'mixedmap-pfnmap' });
+    }
+    if (f & VM_WRITE && !(f & VM_MAYWRITE)) {
+      this.warn('WARNING: VM_WRITE without VM_MAYWRITE', `VM_WARN_ON_ONCE(vma->vm_flags & VM_WRITE && !(vma->vm_flags & VM_MAYWRITE)) for ${vma} (${caller})`, { vma: vma.id, caller, contract: 'write-maywrite' });
+    }
+  }
+
+  // ---- reports -------------------------------------------------------------------------------
+
+  /** File a report (with the current task and CPU filled in). */
+  report(r: Omit<Report, 'cpu' | 'cycles' | 'pid' | 'comm'> & Partial<Pick<Report, 'pid' | 'comm'>>): Report {
+    const t = this.current;
+    return this.reports.add({ cpu: this.thisCpu(), cycles: this.now(), pid: r.pid ?? t?.pid, comm: r.comm ?? t?.comm, ...r });
+  }
+
+  /** BUG(): report and abort the current kernel operation (the task dies). */
+  bug(title: string, text: string, data: Record<string, unknown> = {}): never {
+    const rep = this.report({ kind: 'BUG', title, text, data });
+    throw new KernelBug(rep);
+  }
+
+  /** WARN(): report and continue. */
+  warn(title: string, text: string, data: Record<string, unknown> = {}): Report {
+    return this.report({ kind: 'WARN', title, text, data });
+  }
+
+  // ---- running -------------------------------------------------------------------------------
+
+  /** Run the system until every task has finished (or a limit is reached). */
+  run(limits: RunLimits = {}): RunResult {
+    // A scheduler whose CPU went quiet earlier may have new work now.
+    for (const s of this.sched) if (this.engine.status(s.index) === 'done') this.engine.attach(s.index, s);
+    return this.engine.run(limits);
+  }
+
+  subsystem<T>(name: string): T {
+    const s = this.subsystems.get(name);
+    if (s === undefined) throw new Error(`kernel subsystem "${name}" is not initialised`);
+    return s as T;
+  }
+}
+
+function check(r: { ok: boolean; reason?: string }, what: string): void {
+  if (!r.ok) throw new Error(`boot: writing ${what} failed: ${r.reason}`);
+}
+
+/** Tracks the VMAs inside a driver's ->mmap hook (where VmaNew and flag initialisation are legal). */
+export class VmaNewWindow {
+  private readonly open_ = new Set<VmArea>();
+  open(v: VmArea): void {
+    this.open_.add(v);
+  }
+  close(v: VmArea): void {
+    this.open_.delete(v);
+  }
+  isOpen(v: VmArea): boolean {
+    return this.open_.has(v);
+  }
+}

@@ -1,0 +1,319 @@
+/**
+ * kernel/mm/mmap.ts — mmap, munmap and address-space teardown (mm/mmap.c, the mapping half of
+ * mm/vma.c: __mmap_region, do_vmi_munmap, unmap_region, exit_mmap).
+ *
+ * mmap: argument checks with Linux's errno; flags → VM_* (calc_vm_prot_bits,
+ * calc_vm_flag_bits); get_unmapped_area (top down from mmap_base, hints honoured when free,
+ * MAP_FIXED replacing what was there, MAP_FIXED_NOREPLACE refusing with EEXIST); a merge with a
+ * neighbour is tried before any ->mmap hook runs (so a merged mapping never sees ->mmap); a new
+ * VMA is handed to the file's ->mmap before it is visible (the Rust API's VmaNew), and a failing
+ * hook undoes the mapping; MAP_POPULATE faults the range in; MAP_HUGETLB maps 2 MiB pages.
+ *
+ * munmap: the first and last VMAs are split, the VMAs in range detached, the mmap lock
+ * downgraded to read (as the munmap syscall does), the PTEs zapped and empty page tables freed
+ * through one mmu_gather, the TLB flushed, and only then each removed VMA's ->close runs, once.
+ */
+
+import type { Kernel } from '../kernel.ts';
+import type { KGen } from '../sched/core.ts';
+import {
+  MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE,
+  VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_WRITE, VmArea, type MmStruct,
+} from './mm_types.ts';
+import { EEXIST, EINVAL, ENODEV, ENOMEM, EOPNOTSUPP, EOVERFLOW, EPERM } from '../errno.ts';
+import { MmuGather } from './mmu_gather.ts';
+import { handle_mm_fault, zap_range } from './memory.ts';
+import { FAULT_FLAG_WRITE, VM_FAULT_ERROR } from './mm_types.ts';
+import type { File } from '../fs/file.ts';
+import { shmem_zero_setup } from './shmem.ts';
+
+export const PROT_NONE = 0x0;
+export const PROT_READ = 0x1;
+export const PROT_WRITE = 0x2;
+export const PROT_EXEC = 0x4;
+export const PROT_SEM = 0x8;
+export const PROT_GROWSDOWN = 0x01000000;
+export const PROT_GROWSUP = 0x02000000;
+
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_SHARED_VALIDATE = 0x03;
+export const MAP_TYPE = 0x0f;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_GROWSDOWN = 0x0100;
+export const MAP_DENYWRITE = 0x0800;
+export const MAP_EXECUTABLE = 0x1000;
+export const MAP_LOCKED = 0x2000;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000;
+export const MAP_NONBLOCK = 0x10000;
+export const MAP_STACK = 0x20000;
+export const MAP_HUGETLB = 0x40000;
+export const MAP_SYNC = 0x80000;
+export const MAP_FIXED_NOREPLACE = 0x100000;
+/** Flags MAP_SHARED_VALIDATE accepts (LEGACY_MAP_MASK | MAP_SYNC … in Linux). */
+const LEGACY_MAP_MASK = MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE | MAP_EXECUTABLE | MAP_UNINITIALIZED_() | MAP_GROWSDOWN | MAP_LOCKED | MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB;
+function MAP_UNINITIALIZED_(): number {
+  return 0x4000000;
+}
+
+export const HPAGE_SIZE = 2 << 20;
+
+export interface MmapCounters {
+  mmaps: number;
+  munmaps: number;
+  merged: number;
+  hookErrors: number;
+}
+
+export function mmapCounters(k: Kernel): MmapCounters {
+  let c = k.subsystems.get('mmap') as MmapCounters | undefined;
+  if (!c) {
+    c = { mmaps: 0, munmaps: 0, merged: 0, hookErrors: 0 };
+    k.subsystems.set('mmap', c);
+  }
+  return c;
+}
+
+export function page_align(n: number): number {
+  return Math.ceil(n / PAGE_SIZE) * PAGE_SIZE;
+}
+
+/** calc_vm_prot_bits | calc_vm_flag_bits | the VM_MAY* defaults of do_mmap. */
+export function calc_vm_flags(prot: number, flags: number, file: File | null): number {
+  let vm = 0;
+  if (prot & PROT_READ) vm |= VM_READ;
+  if (prot & PROT_WRITE) vm |= VM_WRITE;
+  if (prot & PROT_EXEC) vm |= VM_EXEC;
+  vm |= VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC;
+  if (flags & MAP_GROWSDOWN) vm |= VM_GROWSDOWN;
+  if (flags & MAP_LOCKED) vm |= VM_LOCKED;
+  if ((flags & MAP_TYPE) === MAP_SHARED || (flags & MAP_TYPE) === MAP_SHARED_VALIDATE) vm |= VM_SHARED | VM_MAYSHARE;
+  if (flags & MAP_NORESERVE) vm |= VM_NORESERVE;
+  if (flags & MAP_HUGETLB) vm |= VM_HUGETLB | VM_DONTEXPAND;
+  if (!(vm & VM_SHARED) && vm & VM_WRITE && !(vm & VM_NORESERVE)) vm |= VM_ACCOUNT;
+  void file;
+  return vm >>> 0;
+}
+
+/**
+ * get_unmapped_area: a free range of `len` bytes. A hint is used when free; MAP_FIXED takes the
+ * address as is (after checks). Returns the address or -errno.
+ */
+export function get_unmapped_area(mm: MmStruct, addr: number, len: number, flags: number, align = PAGE_SIZE): number {
+  if (len > TASK_SIZE) return -ENOMEM;
+  if (flags & MAP_FIXED) {
+    if (addr > TASK_SIZE - len) return -ENOMEM;
+    return addr;
+  }
+  if (addr) {
+    addr = Math.ceil(addr / align) * align;
+    if (addr >= MMAP_MIN_ADDR && addr <= TASK_SIZE - len) {
+      const v = mm.find_vma(addr);
+      if (!v || addr + len <= v.vm_start) return addr;
+    }
+  }
+  // Top down from mmap_base, aligned.
+  let high = mm.mmap_base;
+  for (let tries = 0; tries < 64; tries++) {
+    const a = mm.findGapTopDown(len + align - PAGE_SIZE, MMAP_MIN_ADDR, high);
+    if (a < 0) return -ENOMEM;
+    const aligned = Math.floor((a + align - PAGE_SIZE) / align) * align;
+    const v = mm.find_vma(aligned);
+    if (aligned >= MMAP_MIN_ADDR && (!v || aligned + len <= v.vm_start)) return aligned;
+    high = a;
+  }
+  return -ENOMEM;
+}
+
+/**
+ * do_mmap: map `len` bytes. `file` null means anonymous. Requires the mmap write lock. Returns
+ * the address or -errno.
+ */
+export function* do_mmap(k: Kernel, mm: MmStruct, file: File | null, addr: number, len: number, prot: number, flags: number, pgoff: number): KGen<number> {
+  k.locks.mmap_assert_write_locked(mm, 'do_mmap');
+  if (len === 0) return -EINVAL;
+  if (!Number.isSafeInteger(len) || len < 0 || !Number.isSafeInteger(addr) || addr < 0) return -EINVAL;
+  const type = flags & MAP_TYPE;
+  if (type !== MAP_SHARED && type !== MAP_PRIVATE && type !== MAP_SHARED_VALIDATE) return -EINVAL;
+  if (type === MAP_SHARED_VALIDATE && flags & ~(LEGACY_MAP_MASK | MAP_SYNC | MAP_FIXED_NOREPLACE)) return -EOPNOTSUPP;
+  const noreplace = (flags & MAP_FIXED_NOREPLACE) !== 0;
+  if (noreplace) flags |= MAP_FIXED;
+  const hugetlb = (flags & MAP_HUGETLB) !== 0;
+  if (hugetlb && file) return -EINVAL; // only anonymous hugetlb mappings are modelled
+  const unit = hugetlb ? HPAGE_SIZE : PAGE_SIZE;
+  if (hugetlb && flags & MAP_FIXED && addr % HPAGE_SIZE) return -EINVAL;
+  len = Math.ceil(len / unit) * unit;
+  if (len === 0 || len > TASK_SIZE) return -ENOMEM;
+  if (flags & MAP_FIXED && addr % PAGE_SIZE) return -EINVAL;
+  if (pgoff + len / PAGE_SIZE > Number.MAX_SAFE_INTEGER || pgoff + len / PAGE_SIZE < pgoff) return -EOVERFLOW;
+  if (flags & MAP_FIXED && addr < MMAP_MIN_ADDR) return -EPERM;
+  if (file && !file.f_op.mmap) return -ENODEV;
+  if (mm.map_count > k.vmaOps.max_map_count) return -ENOMEM;
+  const vmFlags = calc_vm_flags(prot, flags, file);
+  if (noreplace) {
+    const v = mm.find_vma(addr);
+    if (v && v.vm_start < addr + len) return -EEXIST;
+  }
+  const a = get_unmapped_area(mm, addr, len, flags, unit);
+  if (a < 0) return a;
+  // Anonymous private mappings use the address as page offset (so neighbours merge); shared
+  // anonymous memory is a shmem object starting at offset 0.
+  if (!file) pgoff = type === MAP_PRIVATE ? a / PAGE_SIZE : 0;
+  const r = yield* mmap_region(k, mm, file, a, len, vmFlags, pgoff, flags);
+  if (r >= 0 && flags & MAP_POPULATE) yield* populate(k, mm, r, len, (vmFlags & VM_WRITE) !== 0);
+  return r;
+}
+
+/** mmap_region: create (or merge) the VMA for [addr, addr + len). */
+export function* mmap_region(k: Kernel, mm: MmStruct, file: File | null, addr: number, len: number, vmFlags: number, pgoff: number, mapFlags: number): KGen<number> {
+  const end = addr + len;
+  // MAP_FIXED over existing mappings: they go first (their ->close runs now).
+  if ((mm.find_vma(addr)?.vm_start ?? Infinity) < end) {
+    const err = yield* do_vmi_munmap(k, mm, addr, len, false);
+    if (err) return err;
+  }
+  const shared = (vmFlags & VM_SHARED) !== 0;
+  const anonShared = !file && shared;
+  // Try to extend a neighbour first (before any ->mmap hook).
+  if (!anonShared) {
+    const merged = yield* k.vmaOps.mergeNew(mm, addr, end, { flags: vmFlags, file, pgoff, anon_vma: null, uffd: null, anon_name: null });
+    if (merged) {
+      mmapCounters(k).mmaps++;
+      mmapCounters(k).merged++;
+      return addr;
+    }
+  }
+  const vma = new VmArea(mm, addr, end, vmFlags);
+  vma.vm_pgoff = pgoff;
+  k.charge(k.costs.vmaOp);
+  if (file) {
+    vma.vm_file = file.get();
+    const before = { start: vma.vm_start, end: vma.vm_end, mayWrite: (vma.vm_flags & VM_MAYWRITE) !== 0 };
+    k.vmaNewWindow.open(vma);
+    let err: number;
+    try {
+      const hook = file.f_op.mmap!(file, vma);
+      err = typeof hook === 'number' ? hook : yield* hook;
+    } finally {
+      k.vmaNewWindow.close(vma);
+    }
+    if (vma.vm_start !== before.start || vma.vm_end !== before.end) {
+      k.warn('WARNING: ->mmap changed the VMA bounds', `WARN_ON(addr != vma->vm_start) in __mmap_new_file_vma: ${file.f_op.name}->mmap moved ${before.start.toString(16)}-${before.end.toString(16)}`, { file: file.path });
+    }
+    if (!before.mayWrite && vma.vm_flags & VM_MAYWRITE) {
+      k.warn('WARNING: ->mmap set VM_MAYWRITE', `VM_WARN_ON_ONCE: ${file.f_op.name}->mmap turned on VM_MAYWRITE`, { file: file.path });
+    }
+    if (err) {
+      mmapCounters(k).hookErrors++;
+      // Undo: anything the hook inserted goes (unmap_region), then the file reference.
+      yield* unmapDetached(k, mm, [vma], 'mmap_region (->mmap failed)');
+      vma.vm_file = null;
+      file.put();
+      vma.freed = true;
+      return err;
+    }
+  } else if (anonShared) {
+    const e = shmem_zero_setup(k, vma);
+    if (e) return e;
+  }
+  yield* k.vmaOps.link(vma);
+  k.checkVmaFlags(vma, 'mmap_region');
+  mmapCounters(k).mmaps++;
+  void mapFlags;
+  return addr;
+}
+
+/** MAP_POPULATE / populate_vma_page_range: fault every page in. */
+function* populate(k: Kernel, mm: MmStruct, start: number, len: number, write: boolean): KGen {
+  for (let a = start; a < start + len; a += PAGE_SIZE) {
+    const vma = mm.vma_lookup(a);
+    if (!vma) break;
+    if (vma.vm_flags & VM_HUGETLB && a % HPAGE_SIZE) continue;
+    const r = yield* handle_mm_fault(k, vma, a, write && vma.vm_flags & VM_WRITE ? FAULT_FLAG_WRITE : 0);
+    if (r & VM_FAULT_ERROR) break;
+  }
+}
+
+/** Zap and free the tables of VMAs that are no longer linked (unmap_region). */
+export function* unmapDetached(k: Kernel, mm: MmStruct, vmas: VmArea[], site: string, floor?: number, ceiling?: number): KGen {
+  if (vmas.length === 0) return;
+  const tlb = new MmuGather(k, mm, false, k.tlb, k.pt, `tlb_finish_mmu <- ${site}`);
+  for (const v of vmas) {
+    yield* zap_range(k, tlb, v, v.vm_start, v.vm_end);
+    yield* tlb.endVma();
+  }
+  const start = vmas[0]!.vm_start;
+  const end = vmas[vmas.length - 1]!.vm_end;
+  const prev = mm.find_vma(start) ? mm.prevVma(mm.find_vma(start)!) : mm.mm_mt.last()?.value ?? null;
+  const lo = floor ?? (prev && prev.vm_end <= start ? prev.vm_end : 0);
+  const nextV = mm.find_vma(start);
+  const hi = ceiling ?? (nextV ? nextV.vm_start : TASK_SIZE + PAGE_SIZE);
+  k.pt.free_pgd_range(mm, start, end, Math.min(lo, start), Math.max(hi, end), (t) => tlb.removeTable(t, start, 12));
+  yield* tlb.finish();
+}
+
+/**
+ * do_vmi_munmap: unmap [start, start + len). With `downgrade` the mmap write lock is downgraded
+ * to read before the PTEs are zapped (the caller then holds it for read). Returns 0 or -errno.
+ */
+export function* do_vmi_munmap(k: Kernel, mm: MmStruct, start: number, len: number, downgrade: boolean): KGen<number> {
+  k.locks.mmap_assert_write_locked(mm, 'do_vmi_munmap');
+  if (start % PAGE_SIZE || !Number.isSafeInteger(start) || start < 0) return -EINVAL;
+  if (!Number.isSafeInteger(len) || len < 0) return -EINVAL;
+  len = page_align(len);
+  if (len === 0 || start > TASK_SIZE || len > TASK_SIZE - start) return -EINVAL;
+  const end = start + len;
+  let vma = mm.find_vma(start);
+  if (!vma || vma.vm_start >= end) {
+    if (downgrade) k.locks.mmap_write_downgrade(mm);
+    return 0;
+  }
+  // Splitting a VMA in the middle needs one more map entry.
+  if (vma.vm_start < start && end < vma.vm_end && mm.map_count >= k.vmaOps.max_map_count) return -ENOMEM;
+  if (vma.vm_start < start) {
+    const r = yield* k.vmaOps.split(vma, start, true, false);
+    if (typeof r === 'number') return r;
+  }
+  const last = mm.find_vma(end - 1);
+  if (last && last.vm_start < end && end < last.vm_end) {
+    const r = yield* k.vmaOps.split(last, end, false, false);
+    if (typeof r === 'number') return r;
+  }
+  const victims = mm.vmasIn(start, end);
+  const floorVma = victims.length ? mm.prevVma(victims[0]!) : null;
+  const ceilVma = victims.length ? mm.nextVma(victims[victims.length - 1]!) : null;
+  const floor = floorVma ? floorVma.vm_end : 0;
+  const ceiling = ceilVma ? ceilVma.vm_start : TASK_SIZE + PAGE_SIZE;
+  for (const v of victims) yield* k.vmaOps.detach(v);
+  mmapCounters(k).munmaps++;
+  if (downgrade) k.locks.mmap_write_downgrade(mm);
+  yield* unmapDetached(k, mm, victims, 'do_vmi_munmap', floor, ceiling);
+  // Only now, with the PTEs gone and the TLBs flushed, do the ->close hooks run.
+  for (const v of victims) k.vmaOps.remove(v);
+  return 0;
+}
+
+/** exit_mmap: tear the whole address space down (the last mmput). */
+export function* exit_mmap(k: Kernel, mm: MmStruct): KGen {
+  const vmas = mm.vmas();
+  const tlb = new MmuGather(k, mm, true, k.tlb, k.pt, 'tlb_finish_mmu <- exit_mmap');
+  for (const v of vmas) yield* zap_range(k, tlb, v, v.vm_start, v.vm_end);
+  k.pt.free_pgd_range(mm, 0, TASK_SIZE + PAGE_SIZE, 0, TASK_SIZE + PAGE_SIZE, (t) => tlb.removeTable(t, 0, 12));
+  yield* tlb.finish();
+  for (const v of vmas) {
+    mm.treeRemove(v);
+    k.locks.vma_mark_detached(v);
+    if (v.vm_file) {
+      const m = v.vm_file.f_mapping;
+      yield* m.i_mmap_rwsem.down_write('exit_mmap');
+      m.i_mmap.remove(v);
+      m.i_mmap_rwsem.up_write();
+    }
+    k.vmaOps.remove(v);
+  }
+  mm.dead = true;
+}
+
+export { VM_MAYSHARE };

@@ -1,0 +1,252 @@
+/**
+ * kernel/sched/core.ts — tasks, per-CPU run queues and the scheduler loop (kernel/sched/core.c
+ * reduced to what memory-management experiments need).
+ *
+ * Every task is a generator. Kernel code that may sleep is written as generator functions called
+ * with `yield*`; when it must wait it yields to the scheduler:
+ *   PREEMPT          a preemption point: the scheduler may switch if the slice is used up;
+ *   { kind:'sleep' } the task has put itself on a wait queue and set itself sleeping;
+ *   { kind:'spin' }  the CPU busy-waits (interrupts enabled) until a condition holds, e.g. the
+ *                    IPI acknowledgements of a TLB shootdown; nothing else runs on that CPU.
+ * Plain (non-generator) kernel functions never sleep, which is how the code shows where
+ * might_sleep() holds.
+ *
+ * Each CPU's scheduler is an agent of the deterministic engine (hw/engine.ts): the engine picks
+ * CPUs by virtual clock; the scheduler runs its current task until the CPU's quantum ends,
+ * switching on sleep, exit or an expired time slice (round robin within a CPU, FIFO wake-up
+ * order). A task woken on an idle CPU runs there no earlier than the waker's clock; a remote idle
+ * CPU is kicked with a reschedule IPI. An oops (a KernelBug) kills the task that hit it.
+ *
+ * Simplifications: round robin instead of CFS, no wake-up preemption, no load balancing (a task
+ * stays on its CPU unless its affinity is changed); tasks migrate only when requeued.
+ */
+
+import type { Cpu } from '../../hw/cpu.ts';
+import type { AgentStatus, Agent } from '../../hw/engine.ts';
+import type { Kernel } from '../kernel.ts';
+import { KernelBug, type Report } from '../report.ts';
+import type { MmStruct } from '../mm/mm_types.ts';
+
+export const PREEMPT = Object.freeze({ kind: 'preempt' as const });
+export interface SleepYield {
+  kind: 'sleep';
+  reason: string;
+}
+export interface SpinYield {
+  kind: 'spin';
+  reason: string;
+  until: () => boolean;
+  /** Called once the condition holds, before the task resumes (e.g. to settle IPI clocks). */
+  after?: () => void;
+}
+export type SchedYield = typeof PREEMPT | SleepYield | SpinYield;
+
+/** What kernel code that may sleep looks like. */
+export type KGen<T = void> = Generator<SchedYield, T, unknown>;
+
+export type TaskState = 'runnable' | 'running' | 'sleeping' | 'dead';
+
+export interface TaskStats {
+  /** Cycles spent running on a CPU. */
+  runCycles: number;
+  /** Cycles spent runnable but waiting for a CPU. */
+  queueCycles: number;
+  /** Cycles spent sleeping (blocked). */
+  sleepCycles: number;
+  switches: number;
+  preemptions: number;
+}
+
+let nextTaskSerial = 1;
+
+export class Task {
+  state: TaskState = 'runnable';
+  body: KGen<number | void> | null = null;
+  /** CPU this task runs on or will run on next. */
+  cpu = 0;
+  /** CPUs it may run on (null: any). */
+  allowed: number[] | null = null;
+  /** Earliest virtual time it may run after a wake-up. */
+  wakeAt = 0;
+  /** When it last started waiting (sleep or run queue). */
+  since = 0;
+  /** Nesting of kernel entries: 0 means the task is in user mode (CPL 3). */
+  inKernel = 0;
+  /** The address space it runs in (null for kernel threads). */
+  mm: MmStruct | null = null;
+  /** The mm loaded while it runs (a kernel thread borrows the previous one). */
+  active_mm: MmStruct | null = null;
+  exitCode: number | null = null;
+  /** A report explaining why the task died, if it did not exit by itself. */
+  killedBy: Report | null = null;
+  readonly stats: TaskStats = { runCycles: 0, queueCycles: 0, sleepCycles: 0, switches: 0, preemptions: 0 };
+  /** What it is blocked on (for reports and deadlock messages). */
+  waitingFor = '';
+  /** Value passed into the generator at its next resumption. */
+  resume: unknown = undefined;
+  /** Exception to throw into the generator at its next resumption (signals). */
+  pendingThrow: unknown = null;
+  readonly serial = nextTaskSerial++;
+  /** Subsystem-private per-task data (locks held, signal state, user context…). */
+  readonly ext = new Map<string, unknown>();
+  /** Called once when the task is dead (exit paths, waiters). */
+  readonly onExit: ((t: Task) => void)[] = [];
+
+  constructor(
+    readonly pid: number,
+    readonly tgid: number,
+    public comm: string,
+    /** A kernel thread (no user mm of its own). */
+    readonly kthread: boolean,
+  ) {}
+}
+
+/** One CPU's scheduler: its run queue and its loop, as an engine agent. */
+export class CpuScheduler implements Agent {
+  readonly rq: Task[] = [];
+  curr: Task | null = null;
+  private spin: SpinYield | null = null;
+  private sliceEnd = 0;
+  /** Cycles this CPU spent idle / spinning. */
+  idleCycles = 0;
+  spinCycles = 0;
+  private idleSince = -1;
+  private spinSince = 0;
+
+  constructor(
+    readonly kernel: Kernel,
+    readonly index: number,
+  ) {}
+
+  get hw(): Cpu {
+    return this.kernel.machine.cpu(this.index);
+  }
+
+  /** Is there anything for this CPU to do? (The engine asks while it waits.) */
+  ready(): boolean {
+    if (this.spin) return this.spin.until();
+    return this.rq.length > 0 || (this.curr !== null && this.curr.state === 'running') || this.kernel.nextTimer(this.index) < Infinity;
+  }
+
+  /** Idle with no task alive anywhere: nothing can ever wake this CPU. */
+  quiescent(): boolean {
+    return this.spin === null && this.kernel.liveTasks() === 0;
+  }
+
+  describe(): string {
+    if (this.spin) return `spinning: ${this.spin.reason}`;
+    const sleepers = [...this.kernel.tasks.values()].filter((t) => t.state === 'sleeping' && t.cpu === this.index);
+    return sleepers.length ? `idle; sleeping here: ${sleepers.map((t) => `${t.comm}/${t.pid} on ${t.waitingFor}`).join(', ')}` : 'idle';
+  }
+
+  enqueue(t: Task, at: number): void {
+    t.state = 'runnable';
+    t.cpu = this.index;
+    t.since = at;
+    if (t.wakeAt < at) t.wakeAt = at;
+    this.rq.push(t);
+  }
+
+  step(cpu: Cpu, until: number): AgentStatus {
+    const k = this.kernel;
+    for (;;) {
+      if (this.spin) {
+        if (!this.spin.until()) return 'wait';
+        const s = this.spin;
+        this.spin = null;
+        if (s.after) s.after();
+        this.spinCycles += cpu.cycles - this.spinSince;
+      }
+      const now = cpu.cycles;
+      if (now >= until) return 'run';
+      let t = this.curr;
+      if (t !== null && t.state !== 'running') t = this.curr = null;
+      if (t !== null && now >= this.sliceEnd && this.rq.length > 0) {
+        // Time slice used up and someone is waiting: round robin.
+        t.stats.preemptions++;
+        this.curr = null;
+        this.enqueue(t, now);
+        t = null;
+      }
+      if (t === null) {
+        k.fireTimers(this.index, now);
+        t = this.rq.shift() ?? null;
+        if (t === null) {
+          const timer = k.nextTimer(this.index);
+          if (timer < Infinity) {
+            // Idle until the next timer of a task here.
+            if (this.idleSince < 0) this.idleSince = now;
+            cpu.cycles = Math.max(now, timer);
+            continue;
+          }
+          if (this.idleSince < 0) {
+            this.idleSince = now;
+            k.cpuIdle(this.index);
+          }
+          return 'wait';
+        }
+        if (this.idleSince >= 0) {
+          // Idle until the task may run: the woken task's time bounds this CPU's clock.
+          if (cpu.cycles < t.wakeAt) cpu.cycles = t.wakeAt;
+          this.idleCycles += cpu.cycles - this.idleSince;
+          this.idleSince = -1;
+        } else if (cpu.cycles < t.wakeAt) {
+          cpu.cycles = t.wakeAt;
+        }
+        const prev = this.curr;
+        k.contextSwitch(this, prev, t);
+        t.stats.queueCycles += Math.max(0, cpu.cycles - t.since);
+        t.stats.switches++;
+        t.state = 'running';
+        this.curr = t;
+        this.sliceEnd = cpu.cycles + k.costs.timeSlice;
+      }
+      // Run the task up to its next yield.
+      const start = cpu.cycles;
+      k.current = t;
+      let r: IteratorResult<SchedYield, number | void>;
+      try {
+        if (t.pendingThrow !== null) {
+          const e = t.pendingThrow;
+          t.pendingThrow = null;
+          r = t.body!.throw(e);
+        } else {
+          const v = t.resume;
+          t.resume = undefined;
+          r = t.body!.next(v);
+        }
+      } catch (e) {
+        k.current = null;
+        t.stats.runCycles += cpu.cycles - start;
+        this.curr = null;
+        k.taskCrashed(t, e);
+        continue;
+      }
+      k.current = null;
+      t.stats.runCycles += cpu.cycles - start;
+      if (r.done) {
+        this.curr = null;
+        k.taskExited(t, typeof r.value === 'number' ? r.value : 0);
+        continue;
+      }
+      const y = r.value;
+      switch (y.kind) {
+        case 'preempt':
+          break;
+        case 'sleep':
+          if (t.state === 'running') throw new Error(`task ${t.pid} yielded sleep without sleeping (${y.reason})`);
+          t.waitingFor = y.reason;
+          if (this.curr === t) this.curr = null;
+          break;
+        case 'spin':
+          this.spin = y;
+          this.spinSince = cpu.cycles;
+          break;
+        default:
+          throw new Error(`task ${t.pid} yielded ${JSON.stringify(y)} to the scheduler`);
+      }
+    }
+  }
+}
+
+export { KernelBug };

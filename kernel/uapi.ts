@@ -1,0 +1,493 @@
+/**
+ * kernel/uapi.ts — what an emulated program sees: loads and stores of 1 to 8 bytes and bulk
+ * copies at virtual addresses, performed by its CPU's MMU at CPL 3, and system calls.
+ *
+ * A program is a generator function `function* (u: User) { … }`. Memory accesses and system
+ * calls are generators too, called with `yield*`, because either may have to wait (a page fault
+ * that needs the mmap lock, a syscall that sleeps). An access that the MMU refuses enters the
+ * kernel's page-fault handler (do_user_addr_fault) at CPL 0 and is retried, as the hardware
+ * re-executes a faulting instruction; a fault the kernel cannot resolve throws a SignalError
+ * (SIGSEGV/SIGBUS with the address and code) into the program at that access — catching it is
+ * handling the signal; not catching it kills the process with Linux's log line. A failing system
+ * call throws SyscallError (errno name in `.code`), as libc returns -1 with errno.
+ *
+ * Deviation: fork cannot resume a copy of the caller's JavaScript stack, so `fork(child)` takes
+ * the program the child runs; the child starts in a copy of the parent's address space and file
+ * table, exactly as after fork returned 0.
+ */
+
+import type { Kernel } from './kernel.ts';
+import { PREEMPT, type KGen, type SchedYield, type Task } from './sched/core.ts';
+import { K_FETCH, K_READ, K_WRITE } from '../hw/walk.ts';
+import type { AccessStream } from '../hw/engine.ts';
+import { VEC_MC, VEC_PF } from '../hw/control-registers.ts';
+import { SyscallError, EBADF, EINVAL, ECHILD, ENOENT, ENOMEM, EFAULT } from './errno.ts';
+import { SignalError, signalFromFault } from './signal.ts';
+import { BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV, do_user_addr_fault } from './arch/x86/fault.ts';
+import { do_mmap, do_vmi_munmap } from './mm/mmap.ts';
+import { do_mprotect_pkey } from './mm/mprotect.ts';
+import { do_mremap } from './mm/mremap.ts';
+import { do_madvise } from './mm/madvise.ts';
+import { dup_mm, mmget } from './fork.ts';
+import { do_exit, groupOf, ThreadGroup, FdTable } from './exit.ts';
+import { kasanState } from './mm/kasan.ts';
+
+export type Program = (u: User) => Generator<SchedYield, number | void, unknown>;
+
+/** Thrown by User.exit to unwind the program. */
+export class ExitRequest {
+  constructor(readonly code: number) {}
+}
+
+const KIND_OF = { read: K_READ, write: K_WRITE, fetch: K_FETCH } as const;
+
+export class User {
+  /** Accesses since the last preemption point. */
+  private budget = 0;
+
+  constructor(
+    readonly k: Kernel,
+    readonly task: Task,
+  ) {}
+
+  get pid(): number {
+    return this.task.tgid;
+  }
+
+  get tid(): number {
+    return this.task.pid;
+  }
+
+  // ==============================================================================================
+  // Memory
+  // ==============================================================================================
+
+  /**
+   * Translate `va` for `kind` at CPL 3, taking page faults as the hardware would (the kernel
+   * handles them; an unresolved one throws a SignalError). Returns the physical address.
+   */
+  private *translate(va: number, kind: number, size: number): KGen<number> {
+    const k = this.k;
+    const t = this.task;
+    if (!Number.isSafeInteger(va)) throw new SignalError(SIGSEGV, SEGV_MAPERR, 0, `address ${String(va)} is not an integer`);
+    for (let attempt = 0; ; attempt++) {
+      const cpu = k.machine.cpu(t.cpu);
+      const hi = Math.floor(va / 4294967296) | 0;
+      const lo = va | 0;
+      kasanState(k).accessSize = size;
+      if (cpu.translate(hi, lo, kind, false, false) === 0) return cpu.pa;
+      if (cpu.faultVector === VEC_PF) {
+        const err = cpu.faultError;
+        t.inKernel++;
+        cpu.setCpl(0);
+        let sig;
+        try {
+          sig = yield* do_user_addr_fault(k, t, va, err);
+        } finally {
+          t.inKernel--;
+          k.machine.cpu(t.cpu).setCpl(3);
+        }
+        if (sig) throw signalFromFault(sig, err);
+        if (attempt > 64) throw new SignalError(SIGBUS, BUS_ADRERR, va, 'the fault keeps recurring');
+        continue;
+      }
+      if (cpu.faultVector === VEC_MC) throw new SignalError(SIGBUS, BUS_ADRERR, va, `machine check: ${cpu.faultReason}`);
+      throw new SignalError(SIGSEGV, 0x80 /* SI_KERNEL */, va, `general protection fault (${cpu.faultReason || 'vector ' + cpu.faultVector})`);
+    }
+  }
+
+  private pace(): SchedYield | null {
+    if (++this.budget >= 64) {
+      this.budget = 0;
+      return PREEMPT;
+    }
+    return null;
+  }
+
+  /** Physical address of byte `i` of an access that may cross a page. */
+  private *bytesPa(va: number, size: number, kind: number): KGen<number[]> {
+    const out: number[] = [];
+    for (let i = 0; i < size; i++) {
+      if (i === 0 || (va + i) % 4096 === 0) out.push(yield* this.translate(va + i, kind, size));
+      else out.push(out[i - 1]! + 1);
+    }
+    return out;
+  }
+
+  private checkPa(pa: number, size: number, va: number): void {
+    if (pa + size > this.k.machine.phys.size) throw new SignalError(SIGBUS, BUS_ADRERR, va, `physical address 0x${pa.toString(16)} is beyond installed memory (machine check)`);
+  }
+
+  /** Load `size` (1, 2, 4) bytes, little endian, unsigned. */
+  *load(va: number, size: 1 | 2 | 4): KGen<number> {
+    const phys = this.k.machine.phys;
+    let v: number;
+    if ((va & 4095) + size <= 4096) {
+      const pa = yield* this.translate(va, K_READ, size);
+      this.checkPa(pa, size, va);
+      v = size === 4 && (pa & 3) === 0 ? phys.i32[pa >>> 2]! >>> 0 : phys.readN(pa, size);
+    } else {
+      const pas = yield* this.bytesPa(va, size, K_READ);
+      v = 0;
+      for (let i = size - 1; i >= 0; i--) {
+        this.checkPa(pas[i]!, 1, va);
+        v = v * 256 + phys.u8[pas[i]!]!;
+      }
+    }
+    const y = this.pace();
+    if (y) yield y;
+    return v;
+  }
+
+  /** Store `size` (1, 2, 4) bytes, little endian. Both pages of a crossing store are checked first. */
+  *store(va: number, size: 1 | 2 | 4, value: number): KGen {
+    const phys = this.k.machine.phys;
+    if ((va & 4095) + size <= 4096) {
+      const pa = yield* this.translate(va, K_WRITE, size);
+      this.checkPa(pa, size, va);
+      phys.writeN(pa, size, value);
+    } else {
+      const pas = yield* this.bytesPa(va, size, K_WRITE);
+      let v = value >>> 0;
+      for (let i = 0; i < size; i++) {
+        this.checkPa(pas[i]!, 1, va);
+        phys.u8[pas[i]!] = v & 0xff;
+        v >>>= 8;
+      }
+    }
+    const y = this.pace();
+    if (y) yield y;
+  }
+
+  *load8(va: number): KGen<number> {
+    return yield* this.load(va, 1);
+  }
+
+  *load16(va: number): KGen<number> {
+    return yield* this.load(va, 2);
+  }
+
+  *load32(va: number): KGen<number> {
+    return yield* this.load(va, 4);
+  }
+
+  *load64(va: number): KGen<bigint> {
+    const b = yield* this.read(va, 8);
+    return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
+  }
+
+  *store8(va: number, v: number): KGen {
+    yield* this.store(va, 1, v);
+  }
+
+  *store16(va: number, v: number): KGen {
+    yield* this.store(va, 2, v);
+  }
+
+  *store32(va: number, v: number): KGen {
+    yield* this.store(va, 4, v);
+  }
+
+  *store64(va: number, v: bigint): KGen {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, v), true);
+    yield* this.write(va, b);
+  }
+
+  /** Touch one address (an access without data): 'read', 'write' or 'fetch'. */
+  *touch(va: number, kind: keyof typeof KIND_OF = 'read'): KGen {
+    const code = KIND_OF[kind];
+    if (code === undefined) throw new TypeError(`touch: kind must be read, write or fetch, got ${String(kind)}`);
+    yield* this.translate(va, code, 1);
+    const y = this.pace();
+    if (y) yield y;
+  }
+
+  /** Copy `len` bytes of user memory out (each page translated once). */
+  *read(va: number, len: number): KGen<Uint8Array> {
+    if (!Number.isSafeInteger(len) || len < 0) throw new RangeError(`read length must be a non-negative integer, got ${String(len)}`);
+    const out = new Uint8Array(len);
+    const phys = this.k.machine.phys;
+    let done = 0;
+    while (done < len) {
+      const a = va + done;
+      const n = Math.min(len - done, 4096 - (a & 4095));
+      const pa = yield* this.translate(a, K_READ, n);
+      this.checkPa(pa, n, a);
+      out.set(phys.u8.subarray(pa, pa + n), done);
+      done += n;
+      this.k.charge(n * this.k.costs.copyPerByte);
+    }
+    const y = this.pace();
+    if (y) yield y;
+    return out;
+  }
+
+  /** Copy bytes into user memory. Every page is translated (and faulted in) before its bytes move. */
+  *write(va: number, data: Uint8Array): KGen {
+    const phys = this.k.machine.phys;
+    let done = 0;
+    while (done < data.length) {
+      const a = va + done;
+      const n = Math.min(data.length - done, 4096 - (a & 4095));
+      const pa = yield* this.translate(a, K_WRITE, n);
+      this.checkPa(pa, n, a);
+      phys.u8.set(data.subarray(done, done + n), pa);
+      done += n;
+      this.k.charge(n * this.k.costs.copyPerByte);
+    }
+    const y = this.pace();
+    if (y) yield y;
+  }
+
+  /** Fill `len` bytes with `byte`. */
+  *fill(va: number, len: number, byte: number): KGen {
+    const chunk = new Uint8Array(Math.min(len, 4096)).fill(byte & 0xff);
+    for (let off = 0; off < len; off += 4096) yield* this.write(va + off, chunk.subarray(0, Math.min(4096, len - off)));
+  }
+
+  /**
+   * Run an access stream (the fast path for workloads and traces): TLB hits are taken in a tight
+   * loop; faults go through the kernel as for single accesses. Returns the number of accesses.
+   */
+  *run(stream: AccessStream): KGen<number> {
+    const k = this.k;
+    const t = this.task;
+    const { his, los, kinds, length } = stream;
+    let i = 0;
+    while (i < length) {
+      const cpu = k.machine.cpu(t.cpu);
+      const end = Math.min(length, i + 256);
+      for (; i < end; i++) {
+        if (cpu.translate(his[i]!, los[i]!, kinds[i]!, false, false) !== 0) break;
+      }
+      if (i < end) {
+        const va = his[i]! * 4294967296 + (los[i]! >>> 0);
+        yield* this.translate(va, kinds[i]!, 1);
+        i++;
+      }
+      yield PREEMPT;
+    }
+    return length;
+  }
+
+  // ==============================================================================================
+  // System calls
+  // ==============================================================================================
+
+  /** Enter the kernel, run `body`, leave it; a negative small result becomes SyscallError. */
+  *syscall<T>(name: string, body: () => KGen<T>): KGen<T> {
+    const k = this.k;
+    const t = this.task;
+    t.inKernel++;
+    k.machine.cpu(t.cpu).setCpl(0);
+    k.charge(k.costs.syscall);
+    let r: T;
+    try {
+      r = yield* body();
+    } finally {
+      t.inKernel--;
+      if (t.inKernel === 0) k.machine.cpu(t.cpu).setCpl(3);
+    }
+    yield PREEMPT;
+    if (typeof r === 'number' && r < 0 && r > -4096) throw new SyscallError(name, -r);
+    return r;
+  }
+
+  private get mm() {
+    const mm = this.task.mm;
+    if (!mm) throw new SyscallError('mm', EFAULT);
+    return mm;
+  }
+
+  private get files(): FdTable {
+    return groupOf(this.task)!.files;
+  }
+
+  *getpid(): KGen<number> {
+    return yield* this.syscall('getpid', function* (this: User) {
+      return this.task.tgid;
+    }.bind(this));
+  }
+
+  /** mmap(addr, len, prot, flags, fd, offset). Returns the address. */
+  *mmap(addr: number, len: number, prot: number, flags: number, fd = -1, offset = 0): KGen<number> {
+    const k = this.k;
+    const mm = this.mm;
+    const self = this;
+    return yield* this.syscall('mmap', function* () {
+      if (!Number.isSafeInteger(offset) || offset < 0) return -EINVAL;
+      if (offset % 4096) return -EINVAL;
+      let file = null;
+      if (!(flags & 0x20 /* MAP_ANONYMOUS */)) {
+        file = self.files.get(fd);
+        if (!file) return -EBADF;
+      }
+      yield* k.locks.mmap_write_lock(mm, 'vm_mmap_pgoff');
+      try {
+        return yield* do_mmap(k, mm, file, addr, len, prot, flags, offset / 4096);
+      } finally {
+        k.locks.mmap_write_unlock(mm);
+      }
+    });
+  }
+
+  *munmap(addr: number, len: number): KGen<number> {
+    const k = this.k;
+    const mm = this.mm;
+    return yield* this.syscall('munmap', function* () {
+      yield* k.locks.mmap_write_lock(mm, '__vm_munmap');
+      // munmap downgrades to a read lock while zapping; release whichever it holds at the end.
+      const r = yield* do_vmi_munmap(k, mm, addr, len, true);
+      if (mm.mmap_lock.heldBy(k.current, 'write')) k.locks.mmap_write_unlock(mm);
+      else k.locks.mmap_read_unlock(mm);
+      return r;
+    });
+  }
+
+  *mprotect(addr: number, len: number, prot: number): KGen<number> {
+    const k = this.k;
+    const mm = this.mm;
+    return yield* this.syscall('mprotect', () => do_mprotect_pkey(k, mm, addr, len, prot));
+  }
+
+  *mremap(addr: number, oldLen: number, newLen: number, flags: number, newAddr = 0): KGen<number> {
+    const k = this.k;
+    const mm = this.mm;
+    return yield* this.syscall('mremap', () => do_mremap(k, mm, addr, oldLen, newLen, flags, newAddr));
+  }
+
+  *madvise(addr: number, len: number, advice: number): KGen<number> {
+    const k = this.k;
+    const mm = this.mm;
+    return yield* this.syscall('madvise', () => do_madvise(k, mm, addr, len, advice));
+  }
+
+  /** fork: the child runs `child` in a copy of this process; returns the child's pid. */
+  *fork(child: Program, comm?: string): KGen<number> {
+    const k = this.k;
+    const t = this.task;
+    const self = this;
+    return yield* this.syscall('fork', function* () {
+      const mm = yield* dup_mm(k, self.mm);
+      if (typeof mm === 'number') return mm;
+      const g = groupOf(t)!;
+      const c = k.startProcess(child, { comm: comm ?? t.comm, mm, files: g.files.dup(), parent: g.tgid, cpu: undefined, allowed: t.allowed });
+      return c.pid;
+    });
+  }
+
+  /** A thread of this process running `body`; returns its tid. */
+  *clone(body: Program, opts: { comm?: string; cpu?: number } = {}): KGen<number> {
+    const k = this.k;
+    const t = this.task;
+    const self = this;
+    return yield* this.syscall('clone', function* () {
+      const mm = self.mm;
+      mmget(mm);
+      const g = groupOf(t)!;
+      const th = k.startThread(g, body, { comm: opts.comm ?? t.comm, mm, cpu: opts.cpu });
+      return th.pid;
+    });
+  }
+
+  /** exit: never returns. */
+  *exit(code = 0): KGen<never> {
+    throw new ExitRequest(code);
+  }
+
+  /** waitpid for a child process; returns its exit code. */
+  *wait(pid: number): KGen<number> {
+    const k = this.k;
+    const g = groupOf(this.task)!;
+    return yield* this.syscall('wait4', function* () {
+      if (!g.children.has(pid)) return -ECHILD;
+      yield* g.exited.waitEvent(k, () => g.zombies.has(pid), `wait4(${pid})`);
+      const code = g.zombies.get(pid)!;
+      g.zombies.delete(pid);
+      g.children.delete(pid);
+      return code;
+    });
+  }
+
+  /** open a device or file by path; returns the fd. */
+  *open(path: string): KGen<number> {
+    const k = this.k;
+    const self = this;
+    return yield* this.syscall('open', function* () {
+      const dev = k.devices.get(path);
+      if (!dev) return -ENOENT;
+      const r = dev.open(self.task);
+      const f = typeof r === 'object' && r !== null && 'next' in r ? yield* r : r;
+      if (typeof f === 'number') return f;
+      return self.files.install(f);
+    });
+  }
+
+  *close(fd: number): KGen<number> {
+    const self = this;
+    return yield* this.syscall('close', function* () {
+      return self.files.close(fd);
+    });
+  }
+
+  /** ioctl(fd, cmd, arg): the driver's unlocked_ioctl. */
+  *ioctl(fd: number, cmd: number, arg?: unknown): KGen<number> {
+    const self = this;
+    return yield* this.syscall('ioctl', function* () {
+      const f = self.files.get(fd);
+      if (!f) return -EBADF;
+      if (!f.f_op.ioctl) return -25; // ENOTTY
+      const r = f.f_op.ioctl(f, cmd, arg);
+      return typeof r === 'number' ? r : yield* r;
+    });
+  }
+
+  /** Read from a file descriptor (pipes). */
+  *readFd(fd: number, len: number): KGen<Uint8Array> {
+    const self = this;
+    const r = yield* this.syscall('read', function* () {
+      const f = self.files.get(fd);
+      if (!f) return -EBADF;
+      if (!f.f_op.read) return -EINVAL;
+      const x = f.f_op.read(f, len);
+      return x instanceof Uint8Array || typeof x === 'number' ? x : yield* x;
+    });
+    return r as Uint8Array;
+  }
+
+  /** Write to a file descriptor (pipes). */
+  *writeFd(fd: number, data: Uint8Array): KGen<number> {
+    const self = this;
+    return yield* this.syscall('write', function* () {
+      const f = self.files.get(fd);
+      if (!f) return -EBADF;
+      if (!f.f_op.write) return -EINVAL;
+      const x = f.f_op.write(f, data);
+      return typeof x === 'number' ? x : yield* x;
+    });
+  }
+
+  /** sched_yield. */
+  *yield(): KGen {
+    yield PREEMPT;
+  }
+
+  /** Sleep `cycles` of virtual time (nanosleep). */
+  *sleep(cycles: number): KGen {
+    const k = this.k;
+    yield* this.syscall('nanosleep', function* () {
+      yield* k.sleepFor(cycles);
+      return 0;
+    });
+  }
+
+  /** Give the kernel an arbitrary generator to run as a syscall (for drivers' extra entry points). */
+  *call<T>(name: string, body: (k: Kernel, t: Task) => KGen<T>): KGen<T> {
+    const k = this.k;
+    const t = this.task;
+    return yield* this.syscall(name, () => body(k, t));
+  }
+}
+
+export { ENOMEM, ThreadGroup, do_exit };
