@@ -87,12 +87,16 @@ export class Apic {
     }
     if (payload !== undefined && payload.length > M_PAYLOAD_WORDS) throw new IpiError(`IPI payload holds at most ${M_PAYLOAD_WORDS} words, got ${payload.length}`);
     const fr = from.r;
+    let published = 0;
     for (const t of list) {
       const target = this.cpus[t]!;
       const tr = target.r;
       const seq = Atomics.add(tr, A_TAIL, 1);
       if (seq - Atomics.load(tr, A_HEAD) >= RING_CAPACITY) {
         Atomics.sub(tr, A_TAIL, 1);
+        // The messages already published to earlier targets will be acknowledged: count them as
+        // sent, or the acknowledgements would satisfy a later ticket early.
+        if (published > 0) Atomics.add(fr, A_SENT, published);
         throw new IpiError(`APIC mailbox of CPU ${t} is full (${RING_CAPACITY} undelivered IPIs)`);
       }
       from.charge(from.cost.ipiSend);
@@ -106,6 +110,7 @@ export class Apic {
       Atomics.add(tr, R_ATTN, 1);
       Atomics.notify(tr, A_TAIL);
       from.c[C_IPI_SENT]!++;
+      published++;
     }
     const token = Atomics.add(fr, A_SENT, list.length) + list.length;
     return { sender: from.index, token, targets: list };

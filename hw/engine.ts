@@ -68,6 +68,15 @@ export interface RunLimits {
   maxSteps?: number;
 }
 
+/** Reject limits that are unknown or not non-negative numbers (a typo must not mean "no limit"). */
+export function checkRunLimits(limits: RunLimits): void {
+  if (typeof limits !== 'object' || limits === null) throw new EngineError('run limits must be an object');
+  for (const [key, v] of Object.entries(limits)) {
+    if (key !== 'untilCycles' && key !== 'maxSteps') throw new EngineError(`unknown run limit "${key}" (known: untilCycles, maxSteps)`);
+    if (v !== undefined && (typeof v !== 'number' || !(v >= 0))) throw new EngineError(`run limit ${key} must be a non-negative number, got ${String(v)}`);
+  }
+}
+
 export interface RunResult {
   steps: number;
   /** Why the run ended. */
@@ -106,6 +115,8 @@ export class DeterministicEngine implements EngineContext {
   private readonly slots: Slot[];
   /** Per CPU, whether it could run at the last scheduling decision. */
   private readonly live: Uint8Array;
+  /** Virtual time of the latest scheduling decision (the chosen event's time; never decreases). */
+  private now = 0;
 
   constructor(
     readonly machine: Machine,
@@ -154,6 +165,10 @@ export class DeterministicEngine implements EngineContext {
       let kind: 'agent' | 'ipi' = 'agent';
       const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
       live[i] = runnable ? 1 : 0;
+      // A waiting agent that is ready again was readied by an action of an earlier turn, taken at
+      // that turn's time or later: it resumes then, not at the clock it stopped with (which the
+      // lookahead below ignored while it waited).
+      if (runnable && slot.status === 'wait' && cpu.cycles < this.now) cpu.cycles = this.now;
       if (runnable) t = cpu.cycles;
       else if (apic.pending(cpu) > 0) {
         t = Math.max(cpu.cycles, apic.nextVisible(cpu));
@@ -181,6 +196,7 @@ export class DeterministicEngine implements EngineContext {
     const i = cands[pick]!;
     const cpu = cpus[i]!;
     this.steps++;
+    if (best > this.now) this.now = best;
     if (kinds[pick] === 'ipi') {
       // An idle or waiting CPU takes the interrupt when it becomes visible.
       apic.deliver(cpu, true);
@@ -206,14 +222,27 @@ export class DeterministicEngine implements EngineContext {
     return true;
   }
 
+  /**
+   * Has every CPU that could run reached `cycles`? A waiting agent that is ready again counts
+   * too, at the time it would resume (the engine's current time, see step()).
+   */
+  private reached(cycles: number): boolean {
+    const cpus = this.machine.cpus;
+    return this.slots.every((s, i) => {
+      const cpu = cpus[i]!;
+      if (s.status === 'run') return cpu.cycles >= cycles;
+      if (s.status === 'wait' && (s.agent!.ready ? s.agent!.ready(cpu, this) : true)) return Math.max(cpu.cycles, this.now) >= cycles;
+      return true;
+    });
+  }
+
   /** Run until every agent is done (or a limit is reached). */
   run(limits: RunLimits = {}): RunResult {
+    checkRunLimits(limits);
     const start = this.steps;
     for (;;) {
       if (limits.maxSteps !== undefined && this.steps - start >= limits.maxSteps) return { steps: this.steps - start, reason: 'maxSteps' };
-      if (limits.untilCycles !== undefined && this.slots.every((s, i) => s.status !== 'run' || this.machine.cpu(i).cycles >= limits.untilCycles!)) {
-        return { steps: this.steps - start, reason: 'until' };
-      }
+      if (limits.untilCycles !== undefined && this.reached(limits.untilCycles)) return { steps: this.steps - start, reason: 'until' };
       if (!this.step()) return { steps: this.steps - start, reason: 'done' };
     }
   }

@@ -71,6 +71,20 @@ export function mmdrop(k: Kernel, mm: MmStruct): void {
     k.pt.freeTable(mm, mm.pgd, '__mmdrop <- pgd_free');
     mm.pgd = 0;
   }
+  check_mm(k, mm);
+  k.mms.delete(mm);
+}
+
+const RSS_NAMES = [['file', 'MM_FILEPAGES'], ['anon', 'MM_ANONPAGES'], ['swap', 'MM_SWAPENTS'], ['shmem', 'MM_SHMEMPAGES']] as const;
+
+/** check_mm (kernel/fork.c): counters of a freed mm must all be zero. */
+function check_mm(k: Kernel, mm: MmStruct): void {
+  for (const [key, name] of RSS_NAMES) {
+    const v = mm.rss[key];
+    if (v !== 0) k.report({ kind: 'bad-page', title: `BUG: Bad rss-counter state mm:${mm.ctx_id} type:${name} val:${v}`, text: `BUG: Bad rss-counter state mm:${mm.ctx_id} type:${name} val:${v} Comm:${k.current?.comm ?? 'swapper'} Pid:${k.current?.pid ?? 0}`, data: { mm: mm.ctx_id, counter: name, value: v } });
+  }
+  if (mm.pgtables_bytes !== 0) k.report({ kind: 'bad-page', title: `BUG: non-zero pgtables_bytes on freeing mm: ${mm.pgtables_bytes}`, text: `BUG: non-zero pgtables_bytes on freeing mm: ${mm.pgtables_bytes}`, data: { mm: mm.ctx_id, pgtables_bytes: mm.pgtables_bytes } });
+  if (mm.hugetlb_usage !== 0) k.report({ kind: 'bad-page', title: `BUG: non-zero hugetlb_usage on freeing mm: ${mm.hugetlb_usage}`, text: `BUG: non-zero hugetlb_usage on freeing mm: ${mm.hugetlb_usage}`, data: { mm: mm.ctx_id } });
 }
 
 /** mmput: drop a user; the last one tears the address space down. */

@@ -17,7 +17,7 @@ import { CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP } from '../hw/control-registers.
 import { DEFAULT_KERNEL_COSTS, type KernelCostModel } from './cost.ts';
 import { KernelBug, ReportLog, type Report } from './report.ts';
 import { CpuScheduler, Task, type KGen } from './sched/core.ts';
-import { PageAllocator } from './mm/page_alloc.ts';
+import { PageAllocator, type PageRefHolder } from './mm/page_alloc.ts';
 import { Tracer } from './trace/trace.ts';
 import { kasanCpuAccess, reportBadPage } from './mm/kasan.ts';
 import { PageTables } from './arch/x86/pgtable.ts';
@@ -93,6 +93,10 @@ export class Kernel {
   /** VMAs currently inside a driver's ->mmap hook (the Rust API's VmaNew window). */
   readonly vmaNewWindow = new VmaNewWindow();
   private readonly timers: { at: number; task: Task; wq: WaitQueue }[] = [];
+  /** Holders of page references outside page tables (see PageRefHolder). */
+  readonly pageRefHolders = new Set<PageRefHolder>();
+  /** Every mm_struct not yet freed (the last mmdrop removes it). */
+  readonly mms = new Set<MmStruct>();
 
   constructor(opts: KernelOptions = {}) {
     const cpus = opts.cpus ?? 2;

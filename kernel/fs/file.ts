@@ -34,6 +34,16 @@ export class AddressSpace {
     readonly host: Inode,
   ) {
     this.i_mmap_rwsem = new RwSemaphore(k, I_MMAP_CLASS, k.lockdep);
+    k.pageRefHolders.add(this);
+  }
+
+  get holderName(): string {
+    return `page cache of inode ${this.host.i_ino} (${this.host.kind})`;
+  }
+
+  /** The page cache holds one reference per cached page (for the invariant checker). */
+  forEachPageRef(emit: (pfn: number) => void): void {
+    for (const pfn of this.i_pages.values()) emit(pfn);
   }
 }
 
@@ -41,14 +51,25 @@ export class Inode {
   readonly i_ino = nextIno++;
   readonly i_mapping: AddressSpace;
   i_size = 0;
+  /** Open files on this inode (iput evicts at zero). */
+  i_count = 0;
   constructor(
-    k: Kernel,
+    readonly k: Kernel,
     /** "anon_inode", "chr", "shmem", "pipe", "reg" (for /proc/PID/maps' dev column and names). */
     readonly kind: string,
     /** Device numbers shown in /proc/PID/maps (major, minor). */
     readonly dev: [number, number] = [0, 0],
   ) {
     this.i_mapping = new AddressSpace(k, this);
+  }
+
+  /** evict: the last file went; a page cache still holding pages here is a leak. */
+  evict(): void {
+    const m = this.i_mapping;
+    if (m.i_pages.size > 0) {
+      this.k.report({ kind: 'bad-page', title: `BUG: inode ${this.i_ino} evicted with ${m.i_pages.size} cached pages`, text: `BUG: inode ${this.i_ino} (${this.kind}) evicted while its page cache still holds ${m.i_pages.size} pages`, data: { ino: this.i_ino, pages: m.i_pages.size } });
+    }
+    this.k.pageRefHolders.delete(m);
   }
 }
 
@@ -84,6 +105,7 @@ export class File {
     readonly path: string,
   ) {
     this.f_mapping = f_inode.i_mapping;
+    f_inode.i_count++;
   }
 
   /** get_file. */
@@ -102,5 +124,6 @@ export class File {
     }
     this.released = true;
     if (this.f_op.release) this.f_op.release(this);
+    if (--this.f_inode.i_count === 0) this.f_inode.evict();
   }
 }

@@ -29,7 +29,7 @@ import {
   AnonVma, PAGE_SIZE, is_cow_mapping, type MmStruct, type VmArea, type VmFault,
 } from './mm_types.ts';
 import { GFP_HIGHUSER_MOVABLE, PG_anon, PG_anon_exclusive, PG_buddy, PG_dirty, PG_referenced, PG_slab, PG_table, PG_zero, __GFP_ZERO } from './page_alloc.ts';
-import { folio_add_file_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, isAnon } from './rmap.ts';
+import { folio_add_file_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, isAnon, mm_counter_file } from './rmap.ts';
 import { MmuGather } from './mmu_gather.ts';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, ptePfn, vm_get_page_prot, type PgProt } from '../arch/x86/pgtable.ts';
 import { EBUSY, EFAULT, EINVAL, ENOMEM, EAGAIN } from '../errno.ts';
@@ -256,7 +256,7 @@ function finish_fault(k: Kernel, vmf: VmFault, ptep: number, write: boolean, cow
     vma.vm_mm.rss.anon++;
   } else {
     folio_add_file_rmap_pte(k, pfn);
-    vma.vm_mm.rss.file++;
+    vma.vm_mm.rss[mm_counter_file(k, pfn)]++;
   }
   updateHiwater(vma.vm_mm);
   pt.set_pte(ptep, lo, hi);
@@ -343,7 +343,7 @@ function* do_wp_page(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
   pt.set_pte(ptep, nlo, nhi);
   if (pfn >= 0) {
     if (!isAnon(k, pfn)) {
-      mm.rss.file--;
+      mm.rss[mm_counter_file(k, pfn)]--;
       mm.rss.anon++;
     }
     folio_remove_rmap_pte(k, pfn);
@@ -381,8 +381,8 @@ function* hugetlb_fault(k: Kernel, vmf: VmFault): KGen<number> {
   if (vma.vm_flags & VM_WRITE && (vma.vm_flags & VM_SHARED || vmf.flags & FAULT_FLAG_WRITE)) lo |= _PAGE_RW | _PAGE_DIRTY;
   if (!vma.anon_vma) vma.anon_vma = new AnonVma();
   folio_add_new_anon_rmap(k, head, vma, base);
-  k.pages.flags[head] |= 0;
-  mm.rss.anon += 512;
+  // Hugetlb pages are not RSS: they count in hugetlb_usage (hugetlb_count_add).
+  mm.hugetlb_usage += 512;
   updateHiwater(mm);
   pt.set_pte(pmdp, lo, hi);
   return 0;
@@ -439,9 +439,10 @@ export function* zap_range(k: Kernel, tlb: MmuGather, vma: VmArea, start: number
       continue;
     }
     const p = k.pages;
-    if (isAnon(k, pfn)) mm.rss.anon -= level === 1 ? 1 : 512;
+    if (level > 1) mm.hugetlb_usage -= 512;
+    else if (isAnon(k, pfn)) mm.rss.anon--;
     else {
-      mm.rss.file--;
+      mm.rss[mm_counter_file(k, pfn)]--;
       if (olo & _PAGE_DIRTY) p.flags[pfn] |= PG_dirty;
     }
     if (olo & _PAGE_ACCESSED) p.flags[pfn] |= PG_referenced;
@@ -556,7 +557,7 @@ function insert_page(k: Kernel, vma: VmArea, addr: number, pfn: number, prot: Pg
   }
   k.pages.getPage(pfn);
   folio_add_file_rmap_pte(k, pfn);
-  vma.vm_mm.rss.file++;
+  vma.vm_mm.rss[mm_counter_file(k, pfn)]++;
   updateHiwater(vma.vm_mm);
   pt.set_pte(ptep, lo, hi);
   insertCounters(k).inserted++;
@@ -730,7 +731,7 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
         lo &= ~_PAGE_RW;
       }
       pt.set_pte(dptep, lo, hi);
-      dmm.rss.anon += 512;
+      dmm.hugetlb_usage += 512;
       continue;
     }
     const pfn = vm_normal_page(k, src, addr, lo, hi);
@@ -770,7 +771,7 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
         lo &= ~_PAGE_RW;
       }
       pt.set_pte(dptep, lo, hi);
-      dmm.rss.file++;
+      dmm.rss[mm_counter_file(k, pfn)]++;
     }
   }
   updateHiwater(dmm);

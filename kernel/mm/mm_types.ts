@@ -284,6 +284,8 @@ export class MmStruct {
   /** Number of mmu_gather batches in flight (tlb_flush_pending). */
   tlb_flush_pending = 0;
   readonly rss: RssStat = { file: 0, anon: 0, swap: 0, shmem: 0 };
+  /** Pages mapped from hugetlb (mm->hugetlb_usage, in 4 KiB pages; not part of RSS). */
+  hugetlb_usage = 0;
   /** Page-table pages of this mm (VmPTE accounting). */
   pgtables_bytes = 0;
   /** Peak RSS in pages. */
@@ -304,6 +306,7 @@ export class MmStruct {
   write_protect_seq = 0;
 
   constructor(readonly kernel: Kernel) {
+    kernel.mms.add(this);
     // Augmented with the largest gap below any VMA of the subtree (the old rbtree mm's
     // rb_subtree_gap), so get_unmapped_area finds a hole in O(log n).
     this.mm_mt = new RbTree<number, VmArea>((a, b) => a - b, {

@@ -47,6 +47,15 @@ export class MmuGather {
     readonly site: string,
   ) {
     mm.tlb_flush_pending++;
+    k.pageRefHolders.add(this);
+  }
+
+  get holderName(): string {
+    return `mmu_gather of mm ${this.mm.ctx_id} (${this.site})`;
+  }
+
+  forEachPageRef(emit: (pfn: number) => void): void {
+    for (const pfn of this.pages) emit(pfn);
   }
 
   /** tlb_remove_tlb_entry: a leaf entry for [addr, addr + size) was cleared. */
@@ -120,5 +129,6 @@ export class MmuGather {
     }
     yield* this.flush();
     this.mm.tlb_flush_pending--;
+    this.k.pageRefHolders.delete(this);
   }
 }

@@ -16,7 +16,7 @@ import type { KGen } from '../sched/core.ts';
 import { PAGE_SIZE, TASK_SIZE, VM_ACCESS_FLAGS, VM_EXEC, VM_READ, VM_SHARED, VM_WRITE, type MmStruct, type VmArea } from './mm_types.ts';
 import { EACCES, EINVAL, ENOMEM } from '../errno.ts';
 import { PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE } from './mmap.ts';
-import { _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_RW, ptePfn, vm_get_page_prot } from '../arch/x86/pgtable.ts';
+import { _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_RW, _PAGE_SPECIAL, ptePfn, vm_get_page_prot } from '../arch/x86/pgtable.ts';
 import { PG_anon_exclusive } from './page_alloc.ts';
 
 /** change_protection: rewrite the PTEs of [start, end) for `vma`'s new flags; flush if any changed. */
@@ -30,7 +30,11 @@ export function* change_protection(k: Kernel, vma: VmArea, start: number, end: n
     const hi = pt.hi(ptep);
     if (!(lo & _PAGE_PRESENT)) return;
     const pfn = ptePfn(lo, hi);
-    let writable = (vma.vm_flags & VM_WRITE) !== 0 && ((vma.vm_flags & VM_SHARED) !== 0 || (pfn < k.pages.nframes && (k.pages.flags[pfn]! & PG_anon_exclusive) !== 0 && (lo & _PAGE_RW) !== 0));
+    // pte_modify with the new protection, then can_change_pte_writable: a private page becomes
+    // writable again only if it is an exclusive anonymous page (shared writable mappings without
+    // dirty tracking carry RW in their protection already).
+    const special = (lo & _PAGE_SPECIAL) !== 0;
+    let writable = (vma.vm_flags & VM_WRITE) !== 0 && ((vma.vm_flags & VM_SHARED) !== 0 || (!special && pfn < k.pages.nframes && (k.pages.flags[pfn]! & PG_anon_exclusive) !== 0));
     if (!(vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))) writable = false;
     let nlo = writable ? lo | _PAGE_RW : lo & ~_PAGE_RW;
     let nhi = (hi & ~_PAGE_NX_HI) | (prot.hi & _PAGE_NX_HI);

@@ -101,6 +101,17 @@ export function gfpNames(gfp: number): string {
 }
 
 /** PAGE_POISON (include/linux/poison.h): what freed pages are filled with. */
+/**
+ * Anything in the kernel that holds page references outside page tables (page cache, pipe
+ * buffers, GUP pins, mmu_gather batches, driver page arrays) registers as a holder, so the
+ * invariant checker (kernel/mm/debug_vm.ts) can account for every reference.
+ */
+export interface PageRefHolder {
+  readonly holderName: string;
+  /** Emit each page this holder has a reference on, once per reference. */
+  forEachPageRef(emit: (pfn: number) => void): void;
+}
+
 export const PAGE_POISON = 0xaa;
 const POISON_WORD = 0xaaaaaaaa | 0;
 

@@ -11,7 +11,7 @@
 
 import type { Kernel } from '../kernel.ts';
 import type { VmArea } from './mm_types.ts';
-import { PG_anon, PG_anon_exclusive, PG_zero } from './page_alloc.ts';
+import { PG_anon, PG_anon_exclusive, PG_swapbacked, PG_zero } from './page_alloc.ts';
 
 /** folio_add_new_anon_rmap: a freshly allocated anonymous page mapped once, exclusively. */
 export function folio_add_new_anon_rmap(k: Kernel, pfn: number, vma: VmArea, addr: number): void {
@@ -45,4 +45,9 @@ export function folio_remove_rmap_pte(k: Kernel, pfn: number): void {
 
 export function isAnon(k: Kernel, pfn: number): boolean {
   return (k.pages.flags[pfn]! & PG_anon) !== 0;
+}
+
+/** mm_counter_file: which RSS counter a mapped non-anonymous page counts in (shmem or file). */
+export function mm_counter_file(k: Kernel, pfn: number): 'shmem' | 'file' {
+  return (k.pages.flags[pfn]! & PG_swapbacked) !== 0 ? 'shmem' : 'file';
 }
