@@ -5,7 +5,10 @@
  * stream, a test script, or (above hw/) the kernel's per-CPU scheduler — drives each CPU. The
  * engine repeatedly picks the next event in virtual time: the runnable CPU with the smallest
  * clock, or an IPI becoming visible on a CPU that is idle or waiting. Ties are broken by a seeded
- * generator (or by a caller-supplied chooser, for systematic exploration of interleavings). A
+ * generator (or by a caller-supplied chooser, for systematic exploration of interleavings). With
+ * the `window` option (default 0: exact ties only) every event within `window` cycles of the
+ * earliest one is a candidate too, so an explorer (kernel/sched/explore.ts) can let CPUs overtake
+ * each other by up to that much virtual time; see EngineOptions.window for what that relaxes. A
  * runnable CPU then runs for one quantum of virtual time, ending early at the first access
  * boundary after one of its pending IPIs becomes visible, so interrupts are taken where the
  * hardware would take them. The same seed and agents give byte-identical machine state.
@@ -59,6 +62,17 @@ export interface EngineOptions {
   quantum?: number;
   /** Random extra quantum length, 0..jitter cycles (default 0). */
   jitter?: number;
+  /**
+   * Choice window in cycles (default 0). 0: only events at exactly the earliest time compete
+   * (the default, and the fast path). W > 0: every event at most W cycles after the earliest one
+   * is a candidate for the chooser, so a CPU may run while another one's clock is up to W cycles
+   * behind it. Infinity: any CPU that can do something may be chosen at every step (pure
+   * interleaving exploration). Relaxation: a window below the IPI latency keeps every interrupt
+   * on time; a wider one may let a CPU pass the visible time of an IPI still to be sent to it,
+   * which it then takes at its next access boundary (late in virtual time, never lost). For
+   * exploring races with a quantum of 1; experiments keep 0.
+   */
+  window?: number;
 }
 
 export interface RunLimits {
@@ -92,9 +106,14 @@ export class EngineError extends Error {
 
 /** A decision point: the events that could happen next, all at the same earliest time. */
 export interface Choice {
-  /** CPU indices of the candidates. */
+  /** CPU indices of the candidates, in increasing order. */
   cpus: number[];
+  /** The earliest candidate's time. */
   time: number;
+  /** Each candidate's event time (only with a window > 0; all equal to `time` otherwise). */
+  times?: number[];
+  /** The CPU chosen at the previous step (-1 before the first), for preemption-bounded explorers. */
+  previous: number;
 }
 
 /** Chooses among simultaneous events; returns an index into `choice.cpus`. */
@@ -112,7 +131,13 @@ export class DeterministicEngine implements EngineContext {
   steps = 0;
   /** Set to explore interleavings systematically; default: seeded uniform choice. */
   chooser: Chooser = (c, rng) => (c.cpus.length === 1 ? 0 : rng.below(c.cpus.length));
+  /** The choice window in cycles (see EngineOptions.window); may be changed between steps. */
+  window: number;
+  /** The CPU chosen at the latest step (-1 before the first). */
+  lastPick = -1;
   private readonly slots: Slot[];
+  /** Per CPU, its event time at the last scheduling decision (Infinity: nothing to do). */
+  private readonly times: Float64Array;
   /** Per CPU, whether it could run at the last scheduling decision. */
   private readonly live: Uint8Array;
   /** Virtual time of the latest scheduling decision (the chosen event's time; never decreases). */
@@ -126,11 +151,15 @@ export class DeterministicEngine implements EngineContext {
     if (!Number.isFinite(quantum) || quantum < 1) throw new EngineError(`quantum must be at least 1 cycle, got ${String(options.quantum)}`);
     const jitter = options.jitter ?? 0;
     if (!Number.isFinite(jitter) || jitter < 0) throw new EngineError(`jitter must be a non-negative number of cycles, got ${String(options.jitter)}`);
+    const window = options.window ?? 0;
+    if (typeof window !== 'number' || !(window >= 0)) throw new EngineError(`window must be a non-negative number of cycles, got ${String(options.window)}`);
     this.quantum = quantum;
     this.jitter = jitter;
+    this.window = window;
     this.rng = new Random(options.seed ?? 1);
     this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
     this.live = new Uint8Array(machine.cpus.length);
+    this.times = new Float64Array(machine.cpus.length);
     machine.apic.timed = true;
   }
 
@@ -158,6 +187,7 @@ export class DeterministicEngine implements EngineContext {
     let cands: number[] = [];
     let kinds: ('agent' | 'ipi')[] = [];
     const live = this.live;
+    const times = this.times;
     for (let i = 0; i < cpus.length; i++) {
       const cpu = cpus[i]!;
       const slot = this.slots[i]!;
@@ -174,6 +204,7 @@ export class DeterministicEngine implements EngineContext {
         t = Math.max(cpu.cycles, apic.nextVisible(cpu));
         kind = 'ipi';
       }
+      times[i] = t;
       if (t < best) {
         best = t;
         cands = [i];
@@ -191,12 +222,29 @@ export class DeterministicEngine implements EngineContext {
       }
       return false;
     }
-    const pick = cands.length === 1 ? 0 : this.chooser({ cpus: cands, time: best }, this.rng);
+    let candTimes: number[] | undefined;
+    if (this.window > 0) {
+      // Widen the choice to every event within the window (in CPU order, like the exact ties).
+      const limit = best + this.window;
+      cands = [];
+      kinds = [];
+      candTimes = [];
+      for (let i = 0; i < cpus.length; i++) {
+        const t = times[i]!;
+        if (t === Infinity || t > limit) continue;
+        cands.push(i);
+        kinds.push(live[i] ? 'agent' : 'ipi');
+        candTimes.push(t);
+      }
+    }
+    const pick = cands.length === 1 ? 0 : this.chooser(candTimes ? { cpus: cands, time: best, times: candTimes, previous: this.lastPick } : { cpus: cands, time: best, previous: this.lastPick }, this.rng);
     if (!Number.isInteger(pick) || pick < 0 || pick >= cands.length) throw new EngineError(`chooser returned ${pick} for ${cands.length} candidates`);
     const i = cands[pick]!;
     const cpu = cpus[i]!;
     this.steps++;
-    if (best > this.now) this.now = best;
+    this.lastPick = i;
+    const chosenTime = candTimes ? candTimes[pick]! : best;
+    if (chosenTime > this.now) this.now = chosenTime;
     if (kinds[pick] === 'ipi') {
       // An idle or waiting CPU takes the interrupt when it becomes visible.
       apic.deliver(cpu, true);

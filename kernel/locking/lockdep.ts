@@ -5,11 +5,17 @@
  * in lockdep's "possible circular locking dependency detected" format. Trylocks are recorded as
  * held but add no dependency (they cannot deadlock), as in Linux. lockdep_assert_held() checks
  * also live here.
+ *
+ * Deviations: no subclasses (two locks of one class never form a dependency, and no "possible
+ * recursive locking" report); every dependency counts as strong (rwsem readers are
+ * non-recursive, read=1, as in Linux, so only recursive-read rwlock_t would differ); no irq-state
+ * tracking, so usage chars show only which of write/read uses were seen, and every class has the
+ * sleeping-lock wait type {4:4}; stack traces are the call-site labels of the acquisitions.
  */
 
 import type { Kernel } from '../kernel.ts';
 import type { Task } from '../sched/core.ts';
-import { contextLine } from '../report.ts';
+import { callTrace, contextLine } from '../report.ts';
 
 export type LockMode = 'read' | 'write' | 'exclusive';
 
@@ -42,6 +48,12 @@ export class Lockdep {
   private readonly reported = new Set<string>();
   /** Dependencies recorded (for tests and reports). */
   dependencies = 0;
+  /** Per class: 1 = taken for write/exclusive, 2 = taken for read (the usage chars). */
+  private readonly usage = new Map<string, number>();
+  private readonly addrs = new WeakMap<object, string>();
+  private nAddrs = 0;
+  /** The instance being acquired while its dependencies are checked (for the report). */
+  private acquiring: object | null = null;
 
   constructor(private readonly k: Kernel) {}
 
@@ -53,12 +65,15 @@ export class Lockdep {
   acquire(cls: string, instance: object, mode: LockMode, site: string, trylock: boolean, t: Task | null = this.k.current): void {
     if (!t) return;
     const held = heldOf(t);
+    this.usage.set(cls, (this.usage.get(cls) ?? 0) | (mode === 'read' ? 2 : 1));
     if (this.enabled && !trylock) {
+      this.acquiring = instance;
       for (const h of held) {
         if (h.cls === cls && h.instance === instance) continue; // recursive read of the same lock
         if (h.cls === cls) continue; // nesting of one class (subclasses are not modelled)
-        this.addEdge(h, cls, site, t);
+        this.addEdge(h, cls, mode, site, t);
       }
+      this.acquiring = null;
     }
     held.push({ cls, instance, mode, site, trylock });
   }
@@ -85,7 +100,7 @@ export class Lockdep {
     return heldOf(t).find((h) => h.instance === instance) ?? null;
   }
 
-  private addEdge(held: HeldLock, cls: string, site: string, t: Task): void {
+  private addEdge(held: HeldLock, cls: string, mode: LockMode, site: string, t: Task): void {
     let m = this.edges.get(held.cls);
     if (!m) {
       m = new Map();
@@ -94,7 +109,7 @@ export class Lockdep {
     if (m.has(cls)) return;
     // Is there already a path cls → … → held.cls? Then this new edge closes a cycle.
     const path = this.path(cls, held.cls);
-    if (path) this.reportCycle(held, cls, site, path, t);
+    if (path) this.reportCycle(held, cls, mode, site, path, t);
     m.set(cls, { heldSite: held.site, newSite: site });
     this.dependencies++;
   }
@@ -113,51 +128,90 @@ export class Lockdep {
     return null;
   }
 
-  private reportCycle(held: HeldLock, cls: string, site: string, path: string[], t: Task): void {
+  /** `%px` of a lock instance: a stable pseudo-pointer per instance. */
+  private addr(instance: object): string {
+    let a = this.addrs.get(instance);
+    if (!a) {
+      a = (0xffff888100000000n + BigInt(++this.nAddrs) * 0x40n).toString(16);
+      this.addrs.set(instance, a);
+    }
+    return a;
+  }
+
+  /**
+   * print_lock_name: " (class){usage}-{outer:inner}". Usage chars per irq state (hardirq,
+   * softirq): '+' for the write and read uses seen (all with irqs enabled here), '.' otherwise.
+   * The wait type is LD_WAIT_SLEEP (4 with CONFIG_PROVE_RAW_LOCK_NESTING) for every class.
+   */
+  private lockName(cls: string): string {
+    const u = this.usage.get(cls) ?? 0;
+    const w = u & 1 ? '+' : '.';
+    const r = u & 2 ? '+' : '.';
+    return ` (${cls}){${w}${r}${w}${r}}-{4:4}`;
+  }
+
+  /** print_lock: "%px (class){usage}-{x:y}, at: site". */
+  private printLock(h: HeldLock): string {
+    return `${this.addr(h.instance)}${this.lockName(h.cls)}, at: ${h.site}`;
+  }
+
+  /**
+   * print_circular_bug: `path` is the existing chain new → … → held; the report lists it in
+   * reverse (-> #n for the held class down to -> #0 for the new one, each with the site that
+   * created the dependency), then the two-CPU scenario (with "Chain exists of" when the cycle has
+   * more than two classes), the held locks and the stack.
+   */
+  private reportCycle(held: HeldLock, cls: string, mode: LockMode, site: string, path: string[], t: Task): void {
     const key = [held.cls, cls].sort().join(' <-> ');
     if (this.reported.has(key)) return;
     this.reported.add(key);
     const dash = '------------------------------------------------------';
     const lines = [
+      '',
       '======================================================',
       'WARNING: possible circular locking dependency detected',
       '6.12.0-mmulab #1 Not tainted',
       dash,
       `${t.comm}/${t.pid} is trying to acquire lock:`,
-      ` (${cls}){+.+.}-{4:4}, at: ${site}`,
+      this.printLock({ cls, instance: this.acquiring ?? {}, mode, site, trylock: false }),
       '',
       'but task is already holding lock:',
-      ` (${held.cls}){+.+.}-{4:4}, at: ${held.site}`,
+      this.printLock(held),
       '',
       'which lock already depends on the new lock.',
       '',
       '',
       'the existing dependency chain (in reverse order) is:',
     ];
-    // path is cls → … → held.cls; print it from the end, as lockdep does.
     for (let i = path.length - 1; i >= 0; i--) {
       const c = path[i]!;
       const prev = i > 0 ? path[i - 1]! : null;
       const e = prev ? this.edges.get(prev)?.get(c) : undefined;
-      lines.push('', `-> #${i} (${c}){+.+.}-{4:4}:`, `       ${e ? e.newSite : site}`);
+      lines.push('', `-> #${i}${this.lockName(c)}:`, `       ${e ? e.newSite : site}`);
     }
+    // print_circular_lock_scenario: source = the new class, target = the held one, parent = the
+    // class the chain reaches the held one from.
+    const parent = path.length >= 2 ? path[path.length - 2]! : cls;
+    lines.push('', 'other info that might help us debug this:', '');
+    if (parent !== cls) lines.push('Chain exists of:', `  ${cls} --> ${parent} --> ${held.cls}`, '');
     lines.push(
-      '',
-      'other info that might help us debug this:',
-      '',
       ' Possible unsafe locking scenario:',
       '',
       '       CPU0                    CPU1',
       '       ----                    ----',
-      `  lock(${held.cls});`,
-      `                               lock(${cls});`,
+      `  ${held.mode === 'read' ? 'rlock' : 'lock'}(${held.cls});`,
+      `                               lock(${parent});`,
       `                               lock(${held.cls});`,
-      `  lock(${cls});`,
+      `  ${mode === 'read' ? 'rlock' : 'lock'}(${cls});`,
       '',
       ' *** DEADLOCK ***',
       '',
-      contextLine(this.k.thisCpu(), t.pid, t.comm),
     );
+    // lockdep_print_held_locks: the locks held before this acquisition.
+    const hs = heldOf(t);
+    lines.push(hs.length ? `${hs.length} lock${hs.length > 1 ? 's' : ''} held by ${t.comm}/${t.pid}:` : `no locks held by ${t.comm}/${t.pid}.`);
+    hs.forEach((h, i) => lines.push(` #${i}: ${this.printLock(h)}`));
+    lines.push('', 'stack backtrace:', contextLine(this.k.thisCpu(), t.pid, t.comm), ...callTrace([site, ...hs.map((h) => h.site).reverse()]));
     const title = 'WARNING: possible circular locking dependency detected';
     this.k.report({ kind: 'lockdep', title, text: lines.join('\n'), data: { held: held.cls, acquiring: cls, heldSite: held.site, site, chain: path } });
   }
@@ -169,7 +223,8 @@ export class Lockdep {
   assertHeld(instance: object, cls: string, need: 'any' | 'read' | 'write', func: string): boolean {
     const t = this.k.current;
     const h = t ? this.isHeld(instance, t) : null;
-    const ok = h !== null && (need === 'any' || (need === 'write' ? h.mode === 'write' || h.mode === 'exclusive' : true));
+    // lock_is_held_type(lock, read): held at all (-1), held exclusively (0), held for read (1).
+    const ok = h !== null && (need === 'any' || (need === 'write' ? h.mode === 'write' || h.mode === 'exclusive' : h.mode === 'read'));
     if (ok) return true;
     const what = need === 'write' ? 'lockdep_assert_held_write' : need === 'read' ? 'lockdep_assert_held_read' : 'lockdep_assert_held';
     const title = `WARNING: ${func}: ${what}(${cls}) failed`;

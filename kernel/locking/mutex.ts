@@ -42,6 +42,8 @@ export class Mutex {
       this.lockdep.acquire(this.cls, this, 'exclusive', site, false);
       return;
     }
+    // mutex_acquire() precedes the slow path: lockdep sees the attempt before the task blocks.
+    this.lockdep.acquire(this.cls, this, 'exclusive', site, false);
     const w = { task: t, since: k.now(), caller, site, behind: this.ownerCaller, granted: false };
     this.waiters.push(w);
     while (!w.granted) {
@@ -56,7 +58,6 @@ export class Mutex {
     s.waitCycles += waited;
     this.stats.blockedBy.set(w.behind, (this.stats.blockedBy.get(w.behind) ?? 0) + waited);
     this.stats.waitByPid.set(t.pid, (this.stats.waitByPid.get(t.pid) ?? 0) + waited);
-    this.lockdep.acquire(this.cls, this, 'exclusive', site, false);
   }
 
   trylock(caller: string, site = caller): boolean {

@@ -6,11 +6,14 @@
  * anyone waits); waiters queue FIFO; on release the lock is handed to the first waiter — if it is
  * a writer, to that writer alone, if a reader, to every reader in the queue (rwsem_mark_wake
  * wakes all queued readers, writers stay queued); downgrade_write turns the writer into a reader
- * and lets queued readers in.
+ * and, unless a writer is first in the queue, lets every queued reader in (RWSEM_WAKE_READ_OWNED).
+ * The lock is marked held by the tasks being woken before they run again, and lockdep learns of
+ * an acquisition before the task blocks, as lock_acquire() runs before the slow path in Linux.
  *
  * Deviations: no optimistic spinning and no lock stealing — the lock is always handed off, which
  * is what Linux does after a waiter has waited long (RWSEM_FLAG_HANDOFF) and keeps runs
- * reproducible.
+ * reproducible; no MAX_READERS_WAKEUP (256) cap on one wake-up; no killable/interruptible
+ * variants.
  *
  * Every acquisition is accounted per caller (a label the call site passes, e.g. "binder" or
  * "do_user_addr_fault"): acquisitions, contended acquisitions, cycles waited, and which caller
@@ -126,8 +129,10 @@ export class RwSemaphore {
       this.lockdep.acquire(this.cls, this, 'read', site, false);
       return;
     }
-    yield* this.block(t, false, caller, site);
+    // lock_acquire() precedes the slow path: a circular dependency is reported before the task
+    // blocks on it (and so before it can deadlock).
     this.lockdep.acquire(this.cls, this, 'read', site, false);
+    yield* this.block(t, false, caller, site);
   }
 
   /** down_read_trylock: fails if a writer holds it or anyone waits. */
@@ -154,8 +159,8 @@ export class RwSemaphore {
       this.lockdep.acquire(this.cls, this, 'write', site, false);
       return;
     }
-    yield* this.block(t, true, caller, site);
     this.lockdep.acquire(this.cls, this, 'write', site, false);
+    yield* this.block(t, true, caller, site);
   }
 
   down_write_trylock(caller: string, site = caller): boolean {
@@ -230,8 +235,9 @@ export class RwSemaphore {
     if (this.onWriteRelease) this.onWriteRelease();
     this.grantRead(t, caller);
     this.lockdep.changeMode(this, 'read', t);
-    // Queued readers at the front may now share it.
-    while (this.waiters.length && !this.waiters[0]!.write) this.wakeWaiter(this.waiters.shift()!);
+    // rwsem_downgrade_wake → rwsem_mark_wake(RWSEM_WAKE_READ_OWNED): nothing if a writer is
+    // first; otherwise every queued reader, wherever it stands in the queue.
+    if (this.waiters.length && !this.waiters[0]!.write) this.wakeReaders();
   }
 
   /** Give the lock to the waiters Linux would wake. */
@@ -246,7 +252,15 @@ export class RwSemaphore {
       this.k.wake(first.task);
       return;
     }
-    // Wake every queued reader; writers stay queued in order.
+    this.wakeReaders();
+  }
+
+  /**
+   * rwsem_mark_wake with a reader first: grant the lock to every queued reader (phase-fair:
+   * "all readers are eligible to acquire the lock at the same time irrespective of their order
+   * in the queue"); writers stay queued in order.
+   */
+  private wakeReaders(): void {
     for (let i = 0; i < this.waiters.length; ) {
       const w = this.waiters[i]!;
       if (w.write) i++;

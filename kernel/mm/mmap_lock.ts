@@ -10,7 +10,17 @@
  * write lock). Readers take the VMA lock with lock_vma_under_rcu, which never waits: it fails
  * when the VMA is write-locked in the current cycle or being write-locked, when it was detached,
  * or when the address is outside it after all — the caller then falls back to the mmap read
- * lock. vma_start_write waits (sleeps) for readers to leave.
+ * lock. vma_start_write waits (sleeps) for readers to leave. uffd_lock_vma (mm/userfaultfd.c)
+ * is the waiting variant: it falls back to the mmap read lock to wait out a writer.
+ *
+ * The assertions follow Linux: mmap_assert_locked/_write_locked are lockdep checks;
+ * vma_assert_locked wants the VMA's own lock (read, or write under the mmap write lock), while
+ * vma_assert_stabilised also accepts the mmap lock; i_mmap_assert_locked (include/linux/fs.h in
+ * Linux) lives here with the other lock assertions.
+ *
+ * Deviation: a VMA found by lock_vma_under_rcu is always in the tree (detaching removes it at
+ * once), so a detached VMA (vm_refcnt 0) is only met if planted; Linux would retry the lookup
+ * (VMA_LOCK_MISS), mmulab counts the miss and fails.
  */
 
 import type { Kernel } from '../kernel.ts';
@@ -18,10 +28,13 @@ import type { KGen, Task } from '../sched/core.ts';
 import { RwSemaphore } from '../locking/rwsem.ts';
 import type { Lockdep } from '../locking/lockdep.ts';
 import { WaitQueue } from '../sched/wait.ts';
-import type { MmStruct, VmArea } from './mm_types.ts';
+import { AnonVma, VM_SHARED, type MmStruct, type VmArea } from './mm_types.ts';
+import type { AddressSpace } from '../fs/file.ts';
+import { EAGAIN, ENOENT } from '../errno.ts';
 
 export const MMAP_LOCK_CLASS = '&mm->mmap_lock';
-export const VMA_LOCK_CLASS = '&vma->vm_lock';
+/** The lockdep class of VMA locks, as vma_lock_init names it. */
+export const VMA_LOCK_CLASS = 'vm_lock';
 
 export interface VmaLockStats {
   /** lock_vma_under_rcu outcomes (VMA_LOCK_SUCCESS / VMA_LOCK_ABORT / VMA_LOCK_MISS). */
@@ -91,8 +104,10 @@ export class MmapLocking {
   }
 
   mmap_write_trylock(mm: MmStruct, caller: string): boolean {
+    this.traceStart(mm, true);
     const ok = mm.mmap_lock.down_write_trylock(caller, `mmap_write_trylock <- ${caller}`);
     if (ok) mm.mm_lock_seq++;
+    this.traceAcquired(mm, true, ok);
     return ok;
   }
 
@@ -109,6 +124,7 @@ export class MmapLocking {
   }
 
   mmap_write_downgrade(mm: MmStruct): void {
+    this.traceAcquired(mm, false, true);
     this.vma_end_write_all(mm);
     mm.mmap_lock.downgrade_write();
   }
@@ -129,9 +145,43 @@ export class MmapLocking {
     return vma.vm_mm.mmap_lock.heldBy(t) || vma.readers.includes(t);
   }
 
+  /**
+   * vma_assert_write_locked: the mmap write lock is held (mmap_assert_write_locked inside
+   * __vma_raw_mm_seqnum) and the VMA was write-locked in this cycle (VM_WARN_ON_ONCE_VMA).
+   */
+  vma_assert_write_locked(vma: VmArea, func: string): boolean {
+    if (!this.mmap_assert_write_locked(vma.vm_mm, func)) return false;
+    if (this.isWriteLocked(vma)) return true;
+    this.k.warn(`WARNING: ${func}: VMA not write-locked`, `VM_WARN_ON_ONCE_VMA(!__is_vma_write_locked(vma)) at ${func}: ${vma} vm_lock_seq ${vma.vm_lock_seq} mm_lock_seq ${vma.vm_mm.mm_lock_seq}`, { vma: vma.id, func });
+    return false;
+  }
+
+  /**
+   * vma_assert_locked: the current task holds the VMA's read lock, or else the VMA is
+   * write-locked (which requires the mmap write lock). The mmap lock alone does not satisfy it:
+   * that is vma_assert_stabilised.
+   */
   vma_assert_locked(vma: VmArea, func: string): boolean {
-    if (this.vmaIsStable(vma)) return true;
-    return this.lockdep.assertHeld(vma, VMA_LOCK_CLASS, 'any', func);
+    if (this.lockdep.isHeld(vma)) return true;
+    return this.vma_assert_write_locked(vma, func);
+  }
+
+  /** vma_assert_stabilised: the mmap lock (either mode) or a VMA lock keeps the VMA stable. */
+  vma_assert_stabilised(vma: VmArea, func: string): boolean {
+    if (this.lockdep.isHeld(vma.vm_mm.mmap_lock)) return true;
+    return this.vma_assert_locked(vma, func);
+  }
+
+  /**
+   * i_mmap_assert_locked / i_mmap_assert_write_locked (include/linux/fs.h): the rmap lock of a
+   * file's mapping, which stabilises every VMA in its i_mmap tree.
+   */
+  i_mmap_assert_locked(mapping: AddressSpace, func: string): boolean {
+    return this.lockdep.assertHeld(mapping.i_mmap_rwsem, mapping.i_mmap_rwsem.cls, 'any', func);
+  }
+
+  i_mmap_assert_write_locked(mapping: AddressSpace, func: string): boolean {
+    return this.lockdep.assertHeld(mapping.i_mmap_rwsem, mapping.i_mmap_rwsem.cls, 'write', func);
   }
 
   // ---- per-VMA locks --------------------------------------------------------------------------
@@ -189,6 +239,7 @@ export class MmapLocking {
 
   /** vma_start_read_locked: under the mmap read lock a reader cannot be refused. */
   vma_start_read_locked(vma: VmArea, caller: string): boolean {
+    this.mmap_assert_locked(vma.vm_mm, `vma_start_read_locked <- ${caller}`);
     const t = this.k.current;
     if (!t || vma.vm_refcnt === 0) return false;
     vma.vm_refcnt++;
@@ -217,12 +268,44 @@ export class MmapLocking {
     const mm = vma.vm_mm;
     this.mmap_assert_write_locked(mm, `vma_start_write <- ${caller}`);
     if (vma.vm_lock_seq === mm.mm_lock_seq) return;
-    if (vma.vm_refcnt !== 0 && vma.readers.length > 0) {
-      vma.excludeReaders = true;
-      while (vma.readers.length > 0) yield* this.vmaWriters.sleep(this.k, `vma_start_write (readers of ${vma})`);
-      vma.excludeReaders = false;
+    if (vma.vm_refcnt !== 0) {
+      // __vma_start_exclude_readers: an exclusive acquisition for lockdep (so mmap_lock → vm_lock
+      // is a known dependency and a VMA reader that takes the mmap lock is a reported inversion).
+      this.lockdep.acquire(VMA_LOCK_CLASS, vma, 'write', `vma_start_write <- ${caller}`, false);
+      if (vma.readers.length > 0) {
+        vma.excludeReaders = true;
+        while (vma.readers.length > 0) yield* this.vmaWriters.sleep(this.k, `vma_start_write (readers of ${vma})`);
+        vma.excludeReaders = false;
+      }
+      this.lockdep.release(vma);
     }
     vma.vm_lock_seq = mm.mm_lock_seq;
+  }
+
+  /**
+   * uffd_lock_vma (mm/userfaultfd.c): the VMA at `address` read-locked, waiting if need be.
+   * First lock_vma_under_rcu; a private VMA without an anon_vma is given up (one will be needed).
+   * Otherwise wait for any writer by taking the mmap read lock briefly: vma_lookup, prepare the
+   * anon_vma of a private VMA, vma_start_read_locked (which cannot meet a writer now), unlock.
+   * Returns the VMA or -ENOENT (no VMA there) / -EAGAIN (refcount could not be raised).
+   */
+  *uffd_lock_vma(mm: MmStruct, address: number, caller = 'uffd_lock_vma'): KGen<VmArea | number> {
+    const vma = this.lock_vma_under_rcu(mm, address, caller);
+    if (vma) {
+      if (vma.vm_flags & VM_SHARED || vma.anon_vma) return vma;
+      this.vma_end_read(vma);
+    }
+    yield* this.mmap_read_lock(mm, caller);
+    let r: VmArea | number;
+    const v = mm.vma_lookup(address);
+    if (!v) r = -ENOENT;
+    else {
+      // find_vma_and_prepare_anon: anon_vma_prepare under the mmap read lock.
+      if (!(v.vm_flags & VM_SHARED) && !v.anon_vma) v.anon_vma = new AnonVma();
+      r = this.vma_start_read_locked(v, caller) ? v : -EAGAIN;
+    }
+    this.mmap_read_unlock(mm);
+    return r;
   }
 
   /** vma_mark_attached / vma_mark_detached. */

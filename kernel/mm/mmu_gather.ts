@@ -7,7 +7,14 @@
  * mark the gather freed_tables (so the flush reaches lazy CPUs). tlb_flush_mmu flushes the TLB
  * range on every CPU that may cache it and only then drops the references and frees the tables,
  * so no CPU can still hold a translation to a page when it is freed. A batch that grows past the
- * limit forces a flush early, as Linux does.
+ * limit forces a flush early, as Linux does. The flush stride follows tlb_get_unmap_shift (4 KiB
+ * if any PTE was cleared, else 2 MiB, else 1 GiB). tlb_finish_mmu turns into a whole-mm flush that
+ * reaches lazy CPUs whenever another gather of the mm is in flight (mm_tlb_flush_nested), even if
+ * this one cleared nothing.
+ *
+ * Deviations: no delayed rmap (dirty file pages lose their mapcount at zap time); the level of a
+ * freed table is not known here, so every freed table counts as cleared_pmds; tables are freed
+ * right after the flush (x86 defers them further through RCU, tlb_remove_table).
  */
 
 import type { Kernel } from '../kernel.ts';
@@ -26,8 +33,10 @@ export const MMU_GATHER_BUNDLE = 8;
 export class MmuGather {
   start = Number.POSITIVE_INFINITY;
   end = 0;
-  /** Smallest page-size shift of the cleared entries (tlb_get_unmap_shift). */
-  stride_shift = 30;
+  /** Levels whose entries were cleared (cleared_ptes/_pmds/_puds): they set the flush stride. */
+  cleared_ptes = false;
+  cleared_pmds = false;
+  cleared_puds = false;
   freed_tables = false;
   cleared = false;
   /** Pages whose PTE reference drops after the flush. */
@@ -40,7 +49,8 @@ export class MmuGather {
   constructor(
     private readonly k: Kernel,
     readonly mm: MmStruct,
-    readonly fullmm: boolean,
+    /** Tearing down the whole mm (exit), or upgraded to a whole-mm flush by tlb_finish_mmu. */
+    public fullmm: boolean,
     private readonly tlb: TlbFlusher,
     private readonly pt: PageTables,
     /** Call chain recorded as the freeing site of the pages. */
@@ -58,13 +68,30 @@ export class MmuGather {
     for (const pfn of this.pages) emit(pfn);
   }
 
-  /** tlb_remove_tlb_entry: a leaf entry for [addr, addr + size) was cleared. */
-  removeTlbEntry(addr: number, shift: number): void {
+  /** __tlb_adjust_range. */
+  private adjustRange(addr: number, size: number): void {
     if (addr < this.start) this.start = addr;
-    const e = addr + 2 ** shift;
-    if (e > this.end) this.end = e;
-    if (shift < this.stride_shift) this.stride_shift = shift;
+    if (addr + size > this.end) this.end = addr + size;
+  }
+
+  /** tlb_remove_tlb_entry (shift 12) / tlb_remove_pmd_tlb_entry (21) / _pud_ (30): a leaf was cleared. */
+  removeTlbEntry(addr: number, shift: number): void {
+    this.adjustRange(addr, 2 ** shift);
+    if (shift <= 12) this.cleared_ptes = true;
+    else if (shift <= 21) this.cleared_pmds = true;
+    else this.cleared_puds = true;
     this.cleared = true;
+  }
+
+  /**
+   * tlb_get_unmap_shift: the flush stride is the smallest level whose leaves were cleared; a freed
+   * page table counts at the level above it, so it never forces 4 KiB strides on its own.
+   */
+  get stride_shift(): number {
+    if (this.cleared_ptes) return 12;
+    if (this.cleared_pmds) return 21;
+    if (this.cleared_puds) return 30;
+    return 12;
   }
 
   /** The batch is full: the caller must flush before continuing (__tlb_remove_page's return). */
@@ -78,24 +105,31 @@ export class MmuGather {
     return this.full;
   }
 
-  /** pte_free_tlb and friends: a page-table page unlinked, to be freed after the flush. */
+  /**
+   * pte_free_tlb and friends: a page-table page unlinked, to be freed after the flush. Like
+   * pte_free_tlb's tlb_flush_pmd_range(tlb, address, PAGE_SIZE) it widens the range and marks
+   * the level above the freed table (at least a PMD) as cleared.
+   */
   removeTable(tablePa: number, addr: number, shift: number): void {
     this.tables.push(tablePa);
     this.freed_tables = true;
-    this.removeTlbEntry(addr, shift);
+    this.adjustRange(addr, 2 ** shift);
+    this.cleared_pmds = true;
   }
 
   /** tlb_flush_mmu_tlbonly: flush the TLB for what was cleared, nothing freed yet. */
   *flushTlbOnly(): KGen {
-    if (!this.cleared && !this.freed_tables) return;
+    if (!this.cleared && !this.freed_tables && !this.cleared_pmds) return;
     const start = this.fullmm ? 0 : this.start;
     const end = this.fullmm ? TLB_FLUSH_ALL : this.end;
-    yield* this.tlb.flush_tlb_mm_range(this.mm, start, end, this.stride_shift > 21 ? 21 : this.stride_shift, this.freed_tables);
+    yield* this.tlb.flush_tlb_mm_range(this.mm, start, end, this.stride_shift, this.freed_tables);
     this.flushes++;
+    // __tlb_reset_range.
     this.start = Number.POSITIVE_INFINITY;
     this.end = 0;
-    this.stride_shift = 30;
+    this.cleared_ptes = this.cleared_pmds = this.cleared_puds = false;
     this.cleared = false;
+    this.freed_tables = false;
   }
 
   /** tlb_flush_mmu: flush, then drop the queued references and free the queued tables. */
@@ -109,7 +143,6 @@ export class MmuGather {
     this.pages.length = 0;
     for (const t of this.tables) this.pt.freeTable(this.mm, t, this.site);
     this.tables.length = 0;
-    this.freed_tables = false;
   }
 
   /** tlb_end_vma: flush the TLB (not the pages) at a VMA boundary, unless tearing down the mm. */
@@ -120,12 +153,13 @@ export class MmuGather {
 
   /** tlb_finish_mmu. */
   *finish(): KGen {
-    // Another gather on this mm in flight may have cleared PTEs we rely on being flushed:
-    // upgrade to a full flush (mm_tlb_flush_nested).
-    if (this.mm.tlb_flush_pending > 1 && (this.cleared || this.pages.length)) {
-      this.start = 0;
-      this.end = TLB_FLUSH_ALL;
-      this.cleared = true;
+    // mm_tlb_flush_nested: another gather on this mm is in flight, and may have cleared PTEs
+    // this one found already none and skipped (parallel MADV_DONTNEED under the mmap read lock),
+    // whose flush it has not done yet. Flush the whole mm, as if page tables had been freed,
+    // whatever this gather cleared itself (tlb_finish_mmu: fullmm = 1, freed_tables = 1).
+    if (this.mm.tlb_flush_pending > 1) {
+      this.fullmm = true;
+      this.freed_tables = true;
     }
     yield* this.flush();
     this.mm.tlb_flush_pending--;

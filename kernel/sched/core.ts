@@ -15,7 +15,10 @@
  * CPUs by virtual clock; the scheduler runs its current task until the CPU's quantum ends,
  * switching on sleep, exit or an expired time slice (round robin within a CPU, FIFO wake-up
  * order). A task woken on an idle CPU runs there no earlier than the waker's clock; a remote idle
- * CPU is kicked with a reschedule IPI. An oops (a KernelBug) kills the task that hit it.
+ * CPU is kicked with a reschedule IPI, and an idle CPU's clock never runs ahead of what the engine
+ * lets it (so a wake-up is not missed while it waits for a timer). A sleeper whose timer expired
+ * while another task kept the CPU gets it at the end of that task's slice (its timer fires then).
+ * Going idle is a switch to the idle task: lazy TLB mode. An oops (a KernelBug) kills the task that hit it.
  *
  * Simplifications: round robin instead of CFS, no wake-up preemption, no load balancing (a task
  * stays on its CPU unless its affinity is changed); tasks migrate only when requeued.
@@ -161,6 +164,11 @@ export class CpuScheduler implements Agent {
       if (now >= until) return 'run';
       let t = this.curr;
       if (t !== null && t.state !== 'running') t = this.curr = null;
+      // Sleepers whose timer expired while another task kept the CPU get it when that task's
+      // slice ends (there is no wake-up preemption): fire their timers then, so the slice check
+      // below sees them waiting. (Firing them only here, as the task is about to leave, keeps
+      // fireTimers a switch-out point for the tracer.)
+      if (t !== null && now >= this.sliceEnd && this.rq.length === 0 && k.nextTimer(this.index) <= now) k.fireTimers(this.index, now);
       if (t !== null && now >= this.sliceEnd && this.rq.length > 0) {
         // Time slice used up and someone is waiting: round robin.
         t.stats.preemptions++;
@@ -172,16 +180,19 @@ export class CpuScheduler implements Agent {
         k.fireTimers(this.index, now);
         t = this.rq.shift() ?? null;
         if (t === null) {
-          const timer = k.nextTimer(this.index);
-          if (timer < Infinity) {
-            // Idle until the next timer of a task here.
-            if (this.idleSince < 0) this.idleSince = now;
-            cpu.cycles = Math.max(now, timer);
-            continue;
-          }
+          // Switching to the idle task: lazy TLB mode (enter_lazy_tlb), whether or not a timer
+          // of a sleeping task is pending here.
           if (this.idleSince < 0) {
             this.idleSince = now;
             k.cpuIdle(this.index);
+          }
+          const timer = k.nextTimer(this.index);
+          if (timer < Infinity) {
+            // Idle until the next timer of a task here, but no further than this turn may run:
+            // another CPU can still wake a task here before the timer (Linux's idle CPU takes the
+            // reschedule IPI), and that task must not start after a clock that leapt ahead.
+            cpu.cycles = Math.max(now, Math.min(timer, until));
+            continue;
           }
           return 'wait';
         }

@@ -128,6 +128,7 @@ export class TlbFlusher {
     // CPUs start on init_mm in ASID 0.
     for (let i = 0; i < n; i++) this.cpuState[i]!.ctxs[0] = { ctx_id: init_mm.ctx_id, tlb_gen: init_mm.tlb_gen };
     k.machine.apic.on(CALL_FUNCTION_VECTOR, (cpu, msg) => {
+      k.trace.ipiEntry(cpu.index, msg);
       const info = this.infos.get(msg.payload[0]!);
       if (!info) throw new Error(`CALL_FUNCTION IPI for unknown flush ${msg.payload[0]}`);
       const saved = k.irqCpu;
@@ -135,6 +136,7 @@ export class TlbFlusher {
       try {
         this.flush_tlb_func(cpu.index, info, false);
       } finally {
+        k.trace.ipiExit(cpu.index, msg);
         k.irqCpu = saved;
       }
     });
@@ -213,14 +215,14 @@ export class TlbFlusher {
     const st = this.cpuState[cpu]!;
     if (st.loaded_mm === this.init_mm) return;
     if (this.lazyTlb) st.is_lazy = true;
-    else this.switch_mm_irqs_off(cpu, this.init_mm, task);
+    else this.k.switchLoadedMm(cpu, this.init_mm, task);
   }
 
   /** leave_mm: drop a (lazily) loaded mm in favour of init_mm. */
   leave_mm(cpu: number): void {
     const st = this.cpuState[cpu]!;
     if (st.loaded_mm === this.init_mm) return;
-    this.switch_mm_irqs_off(cpu, this.init_mm, null);
+    this.k.switchLoadedMm(cpu, this.init_mm, null);
   }
 
   /**
@@ -244,8 +246,9 @@ export class TlbFlusher {
       return;
     }
     if (st.is_lazy) {
-      // Only reached when page tables were freed: drop the borrowed mm right away.
-      this.switch_mm_irqs_off(cpu, this.init_mm, null);
+      // Only reached when page tables were freed: drop the borrowed mm right away. Through the
+      // kernel's switch, so the lazy mm_count reference the CPU held goes with the mm.
+      this.k.switchLoadedMm(cpu, this.init_mm, null);
       this.stats.noopFlushes++;
       return;
     }
@@ -311,6 +314,7 @@ export class TlbFlusher {
     let ticket = null;
     if (targets.length > 0) {
       this.infos.set(info.id, info);
+      k.trace.ipiSend(targets, CALL_FUNCTION_VECTOR, 'smp_call_function_many_cond', 'generic_smp_call_function_single_interrupt');
       ticket = k.machine.apic.send(k.machine.cpu(me), targets, CALL_FUNCTION_VECTOR, [info.id]);
       this.stats.ipis += targets.length;
     }
