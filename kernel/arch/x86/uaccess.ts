@@ -1,0 +1,98 @@
+/**
+ * kernel/arch/x86/uaccess.ts — copy_from_user / copy_to_user (arch/x86/include/asm/uaccess.h,
+ * arch/x86/lib/copy_user_64.S): the kernel reading and writing the current task's user memory.
+ *
+ * As on x86, these are ordinary CPU accesses at CPL 0 through the current page tables, bracketed
+ * by STAC/CLAC so SMAP lets them touch user pages. A #PF is handled like a user fault
+ * (do_user_addr_fault, without PF_U in the error code); a fault the kernel cannot resolve is
+ * caught by the exception table and the copy returns -EFAULT instead of signalling the task.
+ * Every access therefore costs what the MMU says (TLB hits, walks, faults) and is seen by the
+ * use-after-free detector like any CPU access.
+ *
+ * The caller must not hold the mmap lock (a fault may need it); code that copies under the
+ * lock in Linux does so with page faults disabled — callers here copy first, then lock.
+ */
+
+import type { Kernel } from '../../kernel.ts';
+import type { KGen } from '../../sched/core.ts';
+import { K_READ, K_WRITE } from '../../../hw/walk.ts';
+import { VEC_PF } from '../../../hw/control-registers.ts';
+import { do_user_addr_fault } from './fault.ts';
+import { EFAULT } from '../../errno.ts';
+import { PAGE_SIZE, TASK_SIZE } from '../../mm/mm_types.ts';
+
+/** access_ok: the range lies below the user address limit. */
+export function access_ok(addr: number, len: number): boolean {
+  return Number.isSafeInteger(addr) && Number.isSafeInteger(len) && addr >= 0 && len >= 0 && addr + len <= TASK_SIZE + PAGE_SIZE;
+}
+
+/** Translate one user address for a kernel access, faulting it in; the physical address or -EFAULT. */
+function* userPa(k: Kernel, va: number, kind: number): KGen<number> {
+  const t = k.current;
+  if (!t) return -EFAULT;
+  for (let tries = 0; tries < 8; tries++) {
+    const cpu = k.machine.cpu(t.cpu);
+    if (cpu.translate(Math.floor(va / 4294967296) | 0, va | 0, kind, false, false) === 0) return cpu.pa;
+    if (cpu.faultVector !== VEC_PF) return -EFAULT;
+    // A kernel-mode fault on a user address: no PF_U in the error code.
+    const err = cpu.faultError & ~4;
+    cpu.setAc(false);
+    const sig = yield* do_user_addr_fault(k, t, va, err);
+    k.machine.cpu(t.cpu).setAc(true);
+    if (sig) return -EFAULT; // fixup_exception
+  }
+  return -EFAULT;
+}
+
+/** Run `body` between STAC and CLAC on the current CPU. */
+function* withUserAccess<T>(k: Kernel, body: () => KGen<T>): KGen<T> {
+  const t = k.current;
+  if (!t) throw new Error('user access outside task context');
+  k.machine.cpu(t.cpu).setAc(true);
+  try {
+    return yield* body();
+  } finally {
+    k.machine.cpu(t.cpu).setAc(false);
+  }
+}
+
+/** copy_from_user: `len` bytes at `from`, or -EFAULT. */
+export function* copy_from_user(k: Kernel, from: number, len: number): KGen<Uint8Array | number> {
+  if (!access_ok(from, len)) return -EFAULT;
+  const out = new Uint8Array(len);
+  const phys = k.machine.phys;
+  const r = yield* withUserAccess(k, function* () {
+    let done = 0;
+    while (done < len) {
+      const va = from + done;
+      const n = Math.min(len - done, PAGE_SIZE - (va % PAGE_SIZE));
+      const pa = yield* userPa(k, va, K_READ);
+      if (pa < 0) return pa;
+      out.set(phys.u8.subarray(pa, pa + n), done);
+      done += n;
+    }
+    return 0;
+  });
+  k.charge(len * k.costs.copyPerByte);
+  return r < 0 ? r : out;
+}
+
+/** copy_to_user: write `data` at `to`; 0 or -EFAULT (bytes before the fault stay written). */
+export function* copy_to_user(k: Kernel, to: number, data: Uint8Array): KGen<number> {
+  if (!access_ok(to, data.length)) return -EFAULT;
+  const phys = k.machine.phys;
+  const r = yield* withUserAccess(k, function* () {
+    let done = 0;
+    while (done < data.length) {
+      const va = to + done;
+      const n = Math.min(data.length - done, PAGE_SIZE - (va % PAGE_SIZE));
+      const pa = yield* userPa(k, va, K_WRITE);
+      if (pa < 0) return pa;
+      phys.u8.set(data.subarray(done, done + n), pa);
+      done += n;
+    }
+    return 0;
+  });
+  k.charge(data.length * k.costs.copyPerByte);
+  return r;
+}
