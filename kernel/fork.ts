@@ -15,7 +15,7 @@
 
 import type { Kernel } from './kernel.ts';
 import type { KGen } from './sched/core.ts';
-import { AnonVma, MmStruct, VM_DONTCOPY, VM_WIPEONFORK } from './mm/mm_types.ts';
+import { AnonVma, MmStruct, VM_DONTCOPY, VM_UFFD_MISSING, VM_UFFD_WP, VM_WIPEONFORK } from './mm/mm_types.ts';
 import { copy_page_range } from './mm/memory.ts';
 import { exit_mmap } from './mm/mmap.ts';
 import { ENOMEM } from './errno.ts';
@@ -125,6 +125,11 @@ export function* dup_mm(k: Kernel, oldmm: MmStruct): KGen<MmStruct | number> {
     }
     yield* k.locks.vma_start_write(vma, 'dup_mmap');
     const tmp = k.vmaOps.dup(vma, mm);
+    // dup_userfaultfd without UFFD_FEATURE_EVENT_FORK: the child's VMA is not registered.
+    if (tmp.vm_userfaultfd_ctx) {
+      tmp.vm_userfaultfd_ctx = null;
+      tmp.vm_flags = (tmp.vm_flags & ~(VM_UFFD_MISSING | VM_UFFD_WP)) >>> 0;
+    }
     if (vma.vm_flags & VM_WIPEONFORK) tmp.anon_vma = null;
     else if (vma.anon_vma) tmp.anon_vma = new AnonVma(vma.anon_vma);
     if (tmp.vm_file) tmp.vm_file.get();

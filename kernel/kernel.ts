@@ -126,7 +126,7 @@ export class Kernel {
       const cpu = this.machine.cpu(i);
       cpu.onWatch = (hit: WatchHit) => kasanCpuAccess(this, hit);
     }
-    this.machine.apic.on(RESCHEDULE_VECTOR, () => {});
+    this.machine.apic.on(RESCHEDULE_VECTOR, (cpu, msg) => { this.trace.ipiEntry(cpu.index, msg); this.trace.ipiExit(cpu.index, msg); }); // sysvec_reschedule_ipi: scheduler_ipi() has nothing to do here
     this.pt = new PageTables(this);
     this.lockdep = new Lockdep(this);
     this.locks = new MmapLocking(this, this.lockdep);
@@ -248,6 +248,7 @@ export class Kernel {
     let wakeAt = at + this.costs.sleepWake;
     if (target !== here && s.curr === null && s.rq.length === 0) {
       const from = this.machine.cpu(here);
+      this.trace.ipiSend(target, RESCHEDULE_VECTOR, 'resched_curr', null);
       this.machine.apic.send(from, target, RESCHEDULE_VECTOR);
       wakeAt = Math.max(wakeAt, at + from.cost.ipiLatency + from.cost.ipiHandlerEntry);
     }
@@ -410,6 +411,7 @@ export class Kernel {
 
   /** Fire the timers of tasks on `cpu` that expired by `now`. */
   fireTimers(cpu: number, now: number): void {
+    this.trace.schedOut(cpu, now); // the scheduler calls this once the CPU's task has left it
     for (let i = 0; i < this.timers.length; ) {
       const x = this.timers[i]!;
       if (x.task.cpu === cpu && x.at <= now) {

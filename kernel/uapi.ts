@@ -31,6 +31,8 @@ import { do_madvise } from './mm/madvise.ts';
 import { dup_mm, mmget } from './fork.ts';
 import { do_exit, groupOf, ThreadGroup, FdTable } from './exit.ts';
 import { kasanState } from './mm/kasan.ts';
+import { O_NONBLOCK, create_pipe_files, get_pipe_info, isPipeWriter } from './fs/pipe.ts';
+import { new_userfaultfd } from './fs/userfaultfd.ts';
 
 export type Program = (u: User) => Generator<SchedYield, number | void, unknown>;
 
@@ -87,6 +89,10 @@ export class User {
           t.inKernel--;
           k.machine.cpu(t.cpu).setCpl(3);
         }
+        // The return to user mode after an exception is a preemption point (exit_to_user_mode
+        // checks need_resched), so a thread that keeps faulting cannot starve the others.
+        this.budget = 0;
+        yield PREEMPT;
         if (sig) throw signalFromFault(sig, err);
         if (attempt > 64) throw new SignalError(SIGBUS, BUS_ADRERR, va, 'the fault keeps recurring');
         continue;
@@ -465,6 +471,56 @@ export class User {
       if (!f.f_op.write) return -EINVAL;
       const x = f.f_op.write(f, data);
       return typeof x === 'number' ? x : yield* x;
+    });
+  }
+
+  /** pipe2: returns [read fd, write fd]. */
+  *pipe(flags = 0): KGen<[number, number]> {
+    const self = this;
+    const k = this.k;
+    const r = yield* this.syscall('pipe2', function* () {
+      if (flags & ~O_NONBLOCK) return -EINVAL;
+      const [rf, wf] = create_pipe_files(k, flags);
+      const rfd = self.files.install(rf);
+      if (rfd < 0) {
+        rf.put();
+        wf.put();
+        return rfd;
+      }
+      const wfd = self.files.install(wf);
+      if (wfd < 0) {
+        self.files.close(rfd);
+        wf.put();
+        return wfd;
+      }
+      return [rfd, wfd] as [number, number];
+    });
+    return r as [number, number];
+  }
+
+  /** vmsplice(fd, iov, flags): queue user pages into a pipe without copying; returns bytes. */
+  *vmsplice(fd: number, iov: readonly { base: number; len: number }[], flags = 0): KGen<number> {
+    const self = this;
+    return yield* this.syscall('vmsplice', function* () {
+      const f = self.files.get(fd);
+      if (!f) return -EBADF;
+      const pipe = get_pipe_info(f);
+      if (!pipe || !isPipeWriter(f)) return -EBADF;
+      if (!Array.isArray(iov)) return -EFAULT;
+      return yield* pipe.vmsplice(iov, flags);
+    });
+  }
+
+  /** userfaultfd(flags): returns the fd of a new context for this process's mm. */
+  *userfaultfd(flags = 0): KGen<number> {
+    const self = this;
+    const k = this.k;
+    return yield* this.syscall('userfaultfd', function* () {
+      const f = new_userfaultfd(k, self.task, flags);
+      if (typeof f === 'number') return f;
+      const fd = self.files.install(f);
+      if (fd < 0) f.put();
+      return fd;
     });
   }
 

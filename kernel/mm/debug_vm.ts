@@ -170,9 +170,9 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
   const held = new Map<number, number>();
   const holderOf = new Map<number, string>();
   for (const h of k.pageRefHolders) {
-    h.forEachPageRef((pfn) => {
+    h.forEachPageRef((pfn, refs = 1) => {
       const head = pfn < p.nframes ? p.head(pfn) : pfn;
-      held.set(head, (held.get(head) ?? 0) + 1);
+      held.set(head, (held.get(head) ?? 0) + refs);
       if (!holderOf.has(head)) holderOf.set(head, h.holderName);
       if (pfn >= p.nframes) bad(`${h.holderName}: holds pfn 0x${pfn.toString(16)} beyond memory`);
       else if (p.flags[pfn]! & PG_free) bad(`${h.holderName}: holds a reference on free frame 0x${pfn.toString(16)}`);

@@ -17,8 +17,10 @@
  * vm_normal_page, zap_page_range_single (zap_vma_range) and zap_vma_ptes.
  *
  * Simplifications: no swap, no THP (2 MiB pages only through hugetlb), no fault-around, no
- * NUMA hinting; the PTE lock is not modelled separately (kernel code between two scheduler
- * yields is atomic in the simulation, which is what the PTE lock guarantees).
+ * NUMA hinting. The PTE lock is modelled only where Linux holds it across a wait: kernel code
+ * between two scheduler yields is atomic in the simulation, which is what the PTE lock
+ * guarantees elsewhere, but wp_page_copy's ptep_clear_flush waits for the other CPUs' TLB
+ * flush with the lock held, and faults and zaps of that page table spin on it meanwhile.
  */
 
 import type { Kernel } from '../kernel.ts';
@@ -131,6 +133,7 @@ function* handle_pte_fault(k: Kernel, vmf: VmFault): KGen<number> {
   const pt = pgtableOf(k);
   const ptep = pt.pte_alloc(mm, vmf.address, 'pte_alloc <- __handle_mm_fault');
   if (ptep < 0) return VM_FAULT_OOM;
+  yield* pte_lock_wait(k, mm, vmf.address);
   const lo = pt.lo(ptep);
   if ((lo & _PAGE_PRESENT) === 0) {
     // uffd-registered VMAs: missing faults go to the userfaultfd handler.
@@ -147,6 +150,46 @@ function* handle_pte_fault(k: Kernel, vmf: VmFault): KGen<number> {
   pt.set_bits(ptep, _PAGE_ACCESSED | (vmf.flags & FAULT_FLAG_WRITE ? _PAGE_DIRTY : 0));
   faultCounters(k).spurious++;
   return 0;
+}
+
+// ---- the PTE lock held across a wait ---------------------------------------------------------
+
+/** A PTE table whose lock is held across a scheduler yield: its mm and the 2 MiB it maps. */
+interface PtlHold {
+  mm: MmStruct;
+  base: number;
+}
+
+function ptlHolds(k: Kernel): Set<PtlHold> {
+  let s = k.subsystems.get('ptl') as Set<PtlHold> | undefined;
+  if (!s) {
+    s = new Set();
+    k.subsystems.set('ptl', s);
+  }
+  return s;
+}
+
+/** pte_offset_map_lock for a section that yields: returns the unlock. */
+function pte_lock(k: Kernel, mm: MmStruct, addr: number): () => void {
+  const h: PtlHold = { mm, base: addr - (addr % PMD_SPAN) };
+  const holds = ptlHolds(k);
+  holds.add(h);
+  return () => {
+    holds.delete(h);
+  };
+}
+
+const PMD_SPAN = 2 << 20;
+
+function ptlBusy(k: Kernel, mm: MmStruct, start: number, end: number): boolean {
+  for (const h of ptlHolds(k)) if (h.mm === mm && h.base < end && h.base + PMD_SPAN > start) return true;
+  return false;
+}
+
+/** Spin (as on the PTE spinlock) while a PTE table covering [start, end) is held by someone. */
+function* pte_lock_wait(k: Kernel, mm: MmStruct, start: number, end = start + 1): KGen {
+  if (!ptlBusy(k, mm, start, end)) return;
+  yield { kind: 'spin', reason: `PTE lock of ${start.toString(16)} in mm ${mm.ctx_id}`, until: () => !ptlBusy(k, mm, start, end) };
 }
 
 /**
@@ -310,6 +353,7 @@ function* do_wp_page(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
   const hi = pt.hi(ptep);
   const pfn = vm_normal_page(k, vma, vmf.address, lo, hi);
   if (vma.vm_flags & (VM_SHARED | VM_MAYSHARE)) {
+    if (!(vmf.flags & FAULT_FLAG_WRITE)) return 0; // unshare applies to private anonymous pages only
     if (!(vma.vm_flags & VM_WRITE)) return VM_FAULT_SIGSEGV;
     pt.set_bits(ptep, _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED);
     if (pfn >= 0) k.pages.flags[pfn] |= PG_dirty;
@@ -318,9 +362,11 @@ function* do_wp_page(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
   }
   const p = k.pages;
   if (pfn >= 0 && isAnon(k, pfn) && (p.flags[pfn]! & PG_anon_exclusive || (p.refcount[pfn] === 1 && p.mapcount[pfn] === 1))) {
-    // Reuse: the only mapping of an anonymous page.
+    // Reuse: the only mapping of an anonymous page (maybe_mkwrite: RW only with VM_WRITE, as
+    // a FOLL_FORCE write through GUP reaches here on a read-only VMA).
     p.flags[pfn] |= PG_anon_exclusive;
-    pt.set_bits(ptep, _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED);
+    if (vmf.flags & FAULT_FLAG_UNSHARE && !(vmf.flags & FAULT_FLAG_WRITE)) return 0; // unsharing an exclusive page: nothing to do
+    pt.set_bits(ptep, (vma.vm_flags & VM_WRITE ? _PAGE_RW : 0) | _PAGE_DIRTY | _PAGE_ACCESSED);
     faultCounters(k).reuse++;
     return 0;
   }
@@ -333,14 +379,25 @@ function* do_wp_page(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
   if (copy < 0) return VM_FAULT_OOM;
   if (!isZero && src < p.nframes) k.machine.phys.copyFrame(copy, src);
   k.charge(k.costs.pageAlloc + PAGE_SIZE * k.costs.copyPerByte);
-  // ptep_clear_flush: clear, and make sure no TLB still maps the old page.
+  // ptep_clear_flush: clear, and make sure no TLB still maps the old page. The PTE lock stays
+  // held while the flush waits for the other CPUs, so nobody refaults the empty entry meanwhile.
+  const unlock = pte_lock(k, mm, vmf.address);
   pt.get_and_clear(ptep);
-  yield* k.tlb.flush_tlb_page(mm, vmf.address);
+  try {
+    yield* k.tlb.flush_tlb_page(mm, vmf.address);
+  } catch (e) {
+    unlock();
+    throw e;
+  }
   const prot = vm_get_page_prot(vma.vm_flags);
   let [nlo, nhi] = mk_pte(copy, prot);
-  nlo |= _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED;
+  // FAULT_FLAG_UNSHARE (a read-only GUP pin of a shared anonymous page) gets an exclusive copy
+  // that stays read-only.
+  const unshare = (vmf.flags & FAULT_FLAG_UNSHARE) !== 0 && (vmf.flags & FAULT_FLAG_WRITE) === 0;
+  nlo |= (unshare ? 0 : _PAGE_DIRTY | (vma.vm_flags & VM_WRITE ? _PAGE_RW : 0)) | _PAGE_ACCESSED;
   folio_add_new_anon_rmap(k, copy, vma, vmf.address);
   pt.set_pte(ptep, nlo, nhi);
+  unlock();
   if (pfn >= 0) {
     if (!isAnon(k, pfn)) {
       mm.rss[mm_counter_file(k, pfn)]--;
@@ -422,6 +479,7 @@ export function* zap_range(k: Kernel, tlb: MmuGather, vma: VmArea, start: number
   const mm = vma.vm_mm;
   const pt = pgtableOf(k);
   const leaves: [number, number, number][] = [];
+  yield* pte_lock_wait(k, mm, Math.max(start, vma.vm_start), Math.min(end, vma.vm_end));
   pt.forEachLeaf(mm, Math.max(start, vma.vm_start), Math.min(end, vma.vm_end), (addr, ptep, level) => leaves.push([addr, ptep, level]));
   const zc = zapCounters(k);
   for (const [addr, ptep, level] of leaves) {
@@ -462,7 +520,8 @@ export function* zap_page_range_single(k: Kernel, vma: VmArea, addr: number, siz
   if (addr < vma.vm_start || end > vma.vm_end) {
     k.warn('WARNING: zap_page_range_single outside the VMA', `VM_WARN_ON_ONCE: zap of ${addr.toString(16)}-${end.toString(16)} outside ${vma}`, { vma: vma.id });
   }
-  if (!k.locks.vmaIsStable(vma) && !k.subsystems.get('i_mmap_held')) {
+  // The VMA must be stable: the mmap lock, its VMA lock, or (rmap walkers) its file's i_mmap_rwsem.
+  if (!k.locks.vmaIsStable(vma) && !vma.vm_file?.f_mapping.i_mmap_rwsem.heldBy(k.current)) {
     k.locks.vma_assert_locked(vma, 'zap_page_range_single');
   }
   const tlb = new MmuGather(k, vma.vm_mm, false, k.tlb, k.pt, 'tlb_finish_mmu <- zap_page_range_single');
@@ -483,21 +542,29 @@ export function* zap_vma_ptes(k: Kernel, vma: VmArea, addr: number, size: number
 export function* unmap_mapping_pages(k: Kernel, mapping: AddressSpace, start: number, nr: number, even_cows: boolean): KGen {
   const last = nr === 0 ? Number.MAX_SAFE_INTEGER : start + nr - 1;
   yield* mapping.i_mmap_rwsem.down_read('unmap_mapping_pages');
-  k.subsystems.set('i_mmap_held', true);
   try {
-    for (const vma of mapping.i_mmap.query(start, last)) {
-      const vfirst = Math.max(start, vma.vm_pgoff);
-      const vlast = Math.min(last, vma.lastPgoff);
-      if (vfirst > vlast) continue;
-      const a = vma.vm_start + (vfirst - vma.vm_pgoff) * PAGE_SIZE;
-      const b = vma.vm_start + (vlast - vma.vm_pgoff + 1) * PAGE_SIZE;
-      const tlb = new MmuGather(k, vma.vm_mm, false, k.tlb, k.pt, 'tlb_finish_mmu <- unmap_mapping_pages');
-      yield* zap_range(k, tlb, vma, a, b, { skip_cows: !even_cows });
-      yield* tlb.finish();
-    }
+    yield* unmap_mapping_range_tree(k, mapping, start, last, even_cows);
   } finally {
-    k.subsystems.delete('i_mmap_held');
     mapping.i_mmap_rwsem.up_read();
+  }
+}
+
+/**
+ * unmap_mapping_range_tree: the work of unmap_mapping_pages for page offsets [first, last], with
+ * i_mmap_rwsem already held by the caller (asserted). Each VMA gets its own gather, so every
+ * range is flushed from all TLBs before its pages' references drop.
+ */
+export function* unmap_mapping_range_tree(k: Kernel, mapping: AddressSpace, first: number, last: number, even_cows: boolean): KGen {
+  if (!mapping.i_mmap_rwsem.heldBy(k.current)) k.lockdep.assertHeld(mapping.i_mmap_rwsem, '&mapping->i_mmap_rwsem', 'any', 'unmap_mapping_range_tree');
+  for (const vma of mapping.i_mmap.query(first, last)) {
+    const vfirst = Math.max(first, vma.vm_pgoff);
+    const vlast = Math.min(last, vma.lastPgoff);
+    if (vfirst > vlast) continue;
+    const a = vma.vm_start + (vfirst - vma.vm_pgoff) * PAGE_SIZE;
+    const b = vma.vm_start + (vlast - vma.vm_pgoff + 1) * PAGE_SIZE;
+    const tlb = new MmuGather(k, vma.vm_mm, false, k.tlb, k.pt, 'tlb_finish_mmu <- unmap_mapping_pages');
+    yield* zap_range(k, tlb, vma, a, b, { skip_cows: !even_cows });
+    yield* tlb.finish();
   }
 }
 
@@ -590,7 +657,25 @@ export function vm_insert_page(k: Kernel, vma: VmArea, addr: number, pfn: number
       );
     }
     if (vma.vm_flags & VM_PFNMAP) k.bug('kernel BUG at mm/memory.c: vm_insert_page', `BUG_ON(vma->vm_flags & VM_PFNMAP) in vm_insert_page (caller ${caller})`, { vma: vma.id, caller });
+    // The November 2024 review: VM_MIXEDMAP may be set only while the VMA is being set up in
+    // ->mmap; setting it on a VMA in use allows states Linux never creates (a userfaultfd
+    // context on a VM_MIXEDMAP VMA). Linux permits the call under the write lock; mmulab warns.
+    if (!k.vmaNewWindow.isOpen(vma) && mm.inTree(vma)) {
+      const uffd = vma.vm_userfaultfd_ctx ? ' that has a userfaultfd context' : '';
+      k.warn(
+        'WARNING: VM_MIXEDMAP set on a VMA in use',
+        `vm_insert_page: ${caller} sets VM_MIXEDMAP on ${vma}${uffd} outside its ->mmap hook (legal contexts: ->mmap, or a VMA that already has VM_MIXEDMAP)`,
+        { vma: vma.id, caller, contract: 'mixedmap-change', uffd: vma.vm_userfaultfd_ctx !== null },
+      );
+    }
     k.vmaOps.vm_flags_set(vma, VM_MIXEDMAP, caller);
+  } else if (!k.vmaNewWindow.isOpen(vma) && !k.locks.vmaIsStable(vma)) {
+    // Context (1) of the review: an existing VM_MIXEDMAP VMA under the mmap or VMA read lock.
+    k.warn(
+      'WARNING: vm_insert_page without the mmap lock or the VMA lock',
+      `vm_insert_page: ${caller} inserts into ${vma} holding neither the mmap lock nor the VMA read lock (the VMA may be freed or replaced under it)`,
+      { vma: vma.id, caller, contract: 'vm_insert_page-lock' },
+    );
   }
   const r = insert_page(k, vma, addr, pfn, vm_get_page_prot(vma.vm_flags));
   if (r && r !== -EBUSY) insertCounters(k).errors++;
@@ -736,7 +821,7 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
     }
     const pfn = vm_normal_page(k, src, addr, lo, hi);
     if (pfn < 0) {
-      pt.set_pte(dptep, lo, hi);
+      pt.set_pte(dptep, childPte(src, lo), hi);
       continue;
     }
     if (isAnon(k, pfn)) {
@@ -749,8 +834,9 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
         }
         k.machine.phys.copyFrame(copy, pfn);
         folio_add_new_anon_rmap(k, copy, dst, addr);
+        // copy_present_page: maybe_mkwrite(pte_mkdirty(mk_pte(new page))).
         const [nlo, nhi] = mk_pte(copy, vm_get_page_prot(dst.vm_flags));
-        pt.set_pte(dptep, nlo | _PAGE_ACCESSED | (dst.vm_flags & VM_WRITE ? _PAGE_RW | _PAGE_DIRTY : 0), nhi);
+        pt.set_pte(dptep, nlo | _PAGE_DIRTY | (dst.vm_flags & VM_WRITE ? _PAGE_RW : 0), nhi);
         dmm.rss.anon++;
         continue;
       }
@@ -761,7 +847,7 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
         pt.clear_bits(sptep, _PAGE_RW);
         lo &= ~_PAGE_RW;
       }
-      pt.set_pte(dptep, lo & ~_PAGE_DIRTY, hi);
+      pt.set_pte(dptep, childPte(src, lo), hi);
       dmm.rss.anon++;
     } else {
       p.getPage(pfn);
@@ -770,12 +856,19 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
         pt.clear_bits(sptep, _PAGE_RW);
         lo &= ~_PAGE_RW;
       }
-      pt.set_pte(dptep, lo, hi);
+      pt.set_pte(dptep, childPte(src, lo), hi);
       dmm.rss[mm_counter_file(k, pfn)]++;
     }
   }
   updateHiwater(dmm);
   return err;
+}
+
+/** __copy_present_ptes: the child's entry is old, and clean if the mapping is shared. */
+function childPte(src: VmArea, lo: number): number {
+  let c = lo & ~_PAGE_ACCESSED;
+  if (src.vm_flags & VM_SHARED) c &= ~_PAGE_DIRTY;
+  return c;
 }
 
 export { EAGAIN, VM_IO };

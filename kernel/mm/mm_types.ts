@@ -82,6 +82,7 @@ export const VM_FLAG_CODES: [number, string][] = [
   [VM_GROWSDOWN, 'gd'],
   [VM_UFFD_MISSING, 'um'],
   [VM_PFNMAP, 'pf'],
+  [VM_MAYBE_GUARD, 'gu'],
   [VM_UFFD_WP, 'uw'],
   [VM_LOCKED, 'lo'],
   [VM_IO, 'io'],
@@ -290,7 +291,17 @@ export class MmStruct {
   pgtables_bytes = 0;
   /** Peak RSS in pages. */
   hiwater_rss = 0;
-  total_vm = 0;
+  /** Peak total_vm in pages (VmPeak); kept by the total_vm setter, so every change is seen. */
+  hiwater_vm = 0;
+  private total_vm_ = 0;
+  /** Pages of all VMAs (VmSize). */
+  get total_vm(): number {
+    return this.total_vm_;
+  }
+  set total_vm(pages: number) {
+    this.total_vm_ = pages;
+    if (pages > this.hiwater_vm) this.hiwater_vm = pages;
+  }
   /** Owner task group (for reports). */
   owner: Task | null = null;
   /** Set once exit_mmap ran (address space torn down). */
@@ -300,6 +311,8 @@ export class MmStruct {
   /** Start of the heap (brk) area; unused by default. */
   start_brk = 0;
   brk = 0;
+  /** Start of the initial stack (mm->start_stack): the VMA containing it is [stack] in maps; 0 = none. */
+  start_stack = 0;
   /** Flags (MMF_HAS_PINNED …). */
   flags = 0;
   /** write_protect_seq (fork's copy_page_range in progress when odd). */

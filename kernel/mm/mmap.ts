@@ -2,12 +2,17 @@
  * kernel/mm/mmap.ts — mmap, munmap and address-space teardown (mm/mmap.c, the mapping half of
  * mm/vma.c: __mmap_region, do_vmi_munmap, unmap_region, exit_mmap).
  *
- * mmap: argument checks with Linux's errno; flags → VM_* (calc_vm_prot_bits,
- * calc_vm_flag_bits); get_unmapped_area (top down from mmap_base, hints honoured when free,
- * MAP_FIXED replacing what was there, MAP_FIXED_NOREPLACE refusing with EEXIST); a merge with a
+ * mmap: argument checks with Linux's errno, in do_mmap's order; flags → VM_* (calc_vm_prot_bits,
+ * calc_vm_flag_bits); get_unmapped_area (top down from mmap_base, hints masked to their page,
+ * raised to mmap_min_addr and honoured when free, MAP_FIXED replacing what was there,
+ * MAP_FIXED_NOREPLACE refusing with EEXIST); the mapping type (MAP_SHARED_VALIDATE accepts only
+ * LEGACY_MAP_MASK on a file, EOPNOTSUPP otherwise, and is EINVAL for anonymous memory); a merge with a
  * neighbour is tried before any ->mmap hook runs (so a merged mapping never sees ->mmap); a new
  * VMA is handed to the file's ->mmap before it is visible (the Rust API's VmaNew), and a failing
  * hook undoes the mapping; MAP_POPULATE faults the range in; MAP_HUGETLB maps 2 MiB pages.
+ *
+ * Deviations: MAP_HUGETLB maps anonymous memory only (no hugetlbfs files); no file has
+ * FOP_MMAP_SYNC, so MAP_SYNC is always refused by MAP_SHARED_VALIDATE; no overcommit accounting.
  *
  * munmap: the first and last VMAs are split, the VMAs in range detached, the mmap lock
  * downgraded to read (as the munmap syscall does), the PTEs zapped and empty page tables freed
@@ -18,7 +23,7 @@ import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
   MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE,
-  VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_WRITE, VmArea, type MmStruct,
+  VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_WRITE, VM_IO, VM_PFNMAP, VmArea, type MmStruct,
 } from './mm_types.ts';
 import { EEXIST, EINVAL, ENODEV, ENOMEM, EOPNOTSUPP, EOVERFLOW, EPERM } from '../errno.ts';
 import { MmuGather } from './mmu_gather.ts';
@@ -98,33 +103,41 @@ export function calc_vm_flags(prot: number, flags: number, file: File | null): n
 }
 
 /**
- * get_unmapped_area: a free range of `len` bytes. A hint is used when free; MAP_FIXED takes the
- * address as is (after checks). Returns the address or -errno.
+ * get_unmapped_area (__get_unmapped_area with the x86-64 top-down allocator): a free range of
+ * `len` bytes. A hint is used when free; MAP_FIXED takes the address as is. Then, as Linux checks
+ * whatever address came back: beyond TASK_SIZE → ENOMEM, unaligned → EINVAL, below mmap_min_addr
+ * → EPERM (security_mmap_addr for an unprivileged task). With `align` (hugetlb) a fixed address
+ * must be aligned (EINVAL) and a hint is rounded up. Returns the address or -errno.
  */
 export function get_unmapped_area(mm: MmStruct, addr: number, len: number, flags: number, align = PAGE_SIZE): number {
-  if (len > TASK_SIZE) return -ENOMEM;
-  if (flags & MAP_FIXED) {
-    if (addr > TASK_SIZE - len) return -ENOMEM;
-    return addr;
-  }
-  if (addr) {
-    addr = Math.ceil(addr / align) * align;
-    if (addr >= MMAP_MIN_ADDR && addr <= TASK_SIZE - len) {
-      const v = mm.find_vma(addr);
-      if (!v || addr + len <= v.vm_start) return addr;
+  if (len > TASK_SIZE - MMAP_MIN_ADDR) return -ENOMEM;
+  if (align > PAGE_SIZE && flags & MAP_FIXED && addr % align) return -EINVAL;
+  let a = -ENOMEM;
+  if (flags & MAP_FIXED) a = addr;
+  else {
+    if (addr) {
+      addr = Math.ceil(addr / align) * align;
+      if (addr >= MMAP_MIN_ADDR && addr <= TASK_SIZE - len) {
+        const v = mm.find_vma(addr);
+        if (!v || addr + len <= v.vm_start) a = addr;
+      }
     }
-  }
-  // Top down from mmap_base, aligned.
-  let high = mm.mmap_base;
-  for (let tries = 0; tries < 64; tries++) {
-    const a = mm.findGapTopDown(len + align - PAGE_SIZE, MMAP_MIN_ADDR, high);
+    // Top down from mmap_base, aligned.
+    let high = mm.mmap_base;
+    for (let tries = 0; a < 0 && tries < 64; tries++) {
+      const g = mm.findGapTopDown(len + align - PAGE_SIZE, MMAP_MIN_ADDR, high);
+      if (g < 0) return -ENOMEM;
+      const aligned = Math.floor((g + align - PAGE_SIZE) / align) * align;
+      const v = mm.find_vma(aligned);
+      if (aligned >= MMAP_MIN_ADDR && (!v || aligned + len <= v.vm_start)) a = aligned;
+      else high = g;
+    }
     if (a < 0) return -ENOMEM;
-    const aligned = Math.floor((a + align - PAGE_SIZE) / align) * align;
-    const v = mm.find_vma(aligned);
-    if (aligned >= MMAP_MIN_ADDR && (!v || aligned + len <= v.vm_start)) return aligned;
-    high = a;
   }
-  return -ENOMEM;
+  if (a > TASK_SIZE - len) return -ENOMEM;
+  if (a % PAGE_SIZE) return -EINVAL;
+  if (a < MMAP_MIN_ADDR) return -EPERM;
+  return a;
 }
 
 /**
@@ -135,34 +148,44 @@ export function* do_mmap(k: Kernel, mm: MmStruct, file: File | null, addr: numbe
   k.locks.mmap_assert_write_locked(mm, 'do_mmap');
   if (len === 0) return -EINVAL;
   if (!Number.isSafeInteger(len) || len < 0 || !Number.isSafeInteger(addr) || addr < 0) return -EINVAL;
-  const type = flags & MAP_TYPE;
-  if (type !== MAP_SHARED && type !== MAP_PRIVATE && type !== MAP_SHARED_VALIDATE) return -EINVAL;
-  if (type === MAP_SHARED_VALIDATE && flags & ~(LEGACY_MAP_MASK | MAP_SYNC | MAP_FIXED_NOREPLACE)) return -EOPNOTSUPP;
-  const noreplace = (flags & MAP_FIXED_NOREPLACE) !== 0;
-  if (noreplace) flags |= MAP_FIXED;
+  // ksys_mmap_pgoff: MAP_HUGETLB is for anonymous memory (or hugetlbfs files, not modelled); its
+  // length is rounded to the huge page size.
   const hugetlb = (flags & MAP_HUGETLB) !== 0;
-  if (hugetlb && file) return -EINVAL; // only anonymous hugetlb mappings are modelled
+  if (hugetlb && file) return -EINVAL;
   const unit = hugetlb ? HPAGE_SIZE : PAGE_SIZE;
-  if (hugetlb && flags & MAP_FIXED && addr % HPAGE_SIZE) return -EINVAL;
+  if (flags & MAP_FIXED_NOREPLACE) flags |= MAP_FIXED;
+  // round_hint_to_min: a hint is masked to its page and raised to mmap_min_addr.
+  if (!(flags & MAP_FIXED) && addr) addr = Math.max(addr - (addr % PAGE_SIZE), MMAP_MIN_ADDR);
   len = Math.ceil(len / unit) * unit;
-  if (len === 0 || len > TASK_SIZE) return -ENOMEM;
-  if (flags & MAP_FIXED && addr % PAGE_SIZE) return -EINVAL;
-  if (pgoff + len / PAGE_SIZE > Number.MAX_SAFE_INTEGER || pgoff + len / PAGE_SIZE < pgoff) return -EOVERFLOW;
-  if (flags & MAP_FIXED && addr < MMAP_MIN_ADDR) return -EPERM;
-  if (file && !file.f_op.mmap) return -ENODEV;
+  if (pgoff + len / PAGE_SIZE > Number.MAX_SAFE_INTEGER) return -EOVERFLOW;
   if (mm.map_count > k.vmaOps.max_map_count) return -ENOMEM;
   const vmFlags = calc_vm_flags(prot, flags, file);
-  if (noreplace) {
-    const v = mm.find_vma(addr);
-    if (v && v.vm_start < addr + len) return -EEXIST;
-  }
   const a = get_unmapped_area(mm, addr, len, flags, unit);
   if (a < 0) return a;
+  if (flags & MAP_FIXED_NOREPLACE) {
+    const v = mm.find_vma(a);
+    if (v && v.vm_start < a + len) return -EEXIST;
+  }
+  // The mapping type, as do_mmap's two switches check it (a hugetlb mapping is a hugetlbfs file
+  // there). MAP_SHARED_VALIDATE accepts only LEGACY_MAP_MASK (MAP_SYNC needs FOP_MMAP_SYNC, which
+  // no mmulab file has, and MAP_FIXED_NOREPLACE is not a legacy flag); plain MAP_SHARED ignores
+  // the rest.
+  const type = flags & MAP_TYPE;
+  if (file || hugetlb) {
+    if (type === MAP_SHARED) flags &= LEGACY_MAP_MASK;
+    if (type === MAP_SHARED || type === MAP_SHARED_VALIDATE) {
+      if (flags & ~LEGACY_MAP_MASK) return -EOPNOTSUPP;
+    } else if (type !== MAP_PRIVATE) return -EINVAL;
+    if (file && !file.f_op.mmap) return -ENODEV;
+    if (vmFlags & VM_GROWSDOWN) return -EINVAL;
+  } else if (type === MAP_SHARED) {
+    if (vmFlags & VM_GROWSDOWN) return -EINVAL;
+  } else if (type !== MAP_PRIVATE) return -EINVAL;
   // Anonymous private mappings use the address as page offset (so neighbours merge); shared
   // anonymous memory is a shmem object starting at offset 0.
   if (!file) pgoff = type === MAP_PRIVATE ? a / PAGE_SIZE : 0;
   const r = yield* mmap_region(k, mm, file, a, len, vmFlags, pgoff, flags);
-  if (r >= 0 && flags & MAP_POPULATE) yield* populate(k, mm, r, len, (vmFlags & VM_WRITE) !== 0);
+  if (r >= 0 && (flags & (MAP_POPULATE | MAP_NONBLOCK)) === MAP_POPULATE) yield* populate(k, mm, r, len);
   return r;
 }
 
@@ -225,13 +248,21 @@ export function* mmap_region(k: Kernel, mm: MmStruct, file: File | null, addr: n
   return addr;
 }
 
-/** MAP_POPULATE / populate_vma_page_range: fault every page in. */
-function* populate(k: Kernel, mm: MmStruct, start: number, len: number, write: boolean): KGen {
+/**
+ * MAP_POPULATE (__mm_populate / populate_vma_page_range): fault every page in. Writable private
+ * mappings get write faults (to break COW); shared ones read faults, so nothing is dirtied for
+ * nothing. VM_IO/VM_PFNMAP VMAs are skipped, and an inaccessible (PROT_NONE) VMA is not faulted
+ * (GUP refuses it without FOLL_FORCE).
+ */
+function* populate(k: Kernel, mm: MmStruct, start: number, len: number): KGen {
   for (let a = start; a < start + len; a += PAGE_SIZE) {
     const vma = mm.vma_lookup(a);
     if (!vma) break;
-    if (vma.vm_flags & VM_HUGETLB && a % HPAGE_SIZE) continue;
-    const r = yield* handle_mm_fault(k, vma, a, write && vma.vm_flags & VM_WRITE ? FAULT_FLAG_WRITE : 0);
+    const f = vma.vm_flags;
+    if (f & (VM_IO | VM_PFNMAP) || !(f & (VM_READ | VM_WRITE | VM_EXEC))) continue;
+    if (f & VM_HUGETLB && a % HPAGE_SIZE) continue;
+    const write = (f & (VM_WRITE | VM_SHARED)) === VM_WRITE;
+    const r = yield* handle_mm_fault(k, vma, a, write ? FAULT_FLAG_WRITE : 0);
     if (r & VM_FAULT_ERROR) break;
   }
 }

@@ -108,8 +108,8 @@ export function gfpNames(gfp: number): string {
  */
 export interface PageRefHolder {
   readonly holderName: string;
-  /** Emit each page this holder has a reference on, once per reference. */
-  forEachPageRef(emit: (pfn: number) => void): void;
+  /** Emit each page this holder has references on, with how many (default 1). */
+  forEachPageRef(emit: (pfn: number, refs?: number) => void): void;
 }
 
 export const PAGE_POISON = 0xaa;

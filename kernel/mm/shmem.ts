@@ -2,13 +2,15 @@
  * kernel/mm/shmem.ts — shared anonymous memory (mm/shmem.c's shmem_zero_setup, reduced): a
  * MAP_SHARED|MAP_ANONYMOUS mapping is backed by a private shmem object whose page cache holds its
  * pages, so a fork child and its parent see the same pages. Faults look the page up in the
- * object's i_pages and allocate it (zeroed) when absent; the page cache holds one reference.
+ * object's i_pages and allocate it (zeroed) when absent; the page cache holds one reference. The
+ * object is as big as the mapping was when created: a fault beyond that (after mremap grew the
+ * mapping) is SIGBUS, as shmem_fault gives.
  * Deviation: no swap, no truncation, no huge pages.
  */
 
 import type { Kernel } from '../kernel.ts';
 import { File, Inode, type FileOperations } from '../fs/file.ts';
-import { VM_FAULT_OOM, PAGE_SIZE, type VmArea, type VmFault, type VmOperations } from './mm_types.ts';
+import { VM_FAULT_OOM, VM_FAULT_SIGBUS, PAGE_SIZE, type VmArea, type VmFault, type VmOperations } from './mm_types.ts';
 import { GFP_HIGHUSER_MOVABLE, PG_swapbacked, __GFP_ZERO } from './page_alloc.ts';
 
 const shmemFops: FileOperations = {
@@ -29,6 +31,8 @@ function shmemVmOps(k: Kernel): VmOperations {
     map_pages: true,
     fault(vmf: VmFault): number {
       const m = vmf.vma.vm_file!.f_mapping;
+      // shmem_get_folio_gfp: no page beyond the object's size (a mapping mremap grew past it).
+      if (vmf.pgoff * PAGE_SIZE >= m.host.i_size) return VM_FAULT_SIGBUS;
       let pfn = m.i_pages.get(vmf.pgoff);
       if (pfn === undefined) {
         pfn = k.pages.allocPages(GFP_HIGHUSER_MOVABLE | __GFP_ZERO, 0, 'shmem_alloc_folio <- shmem_fault');

@@ -10,7 +10,9 @@
  *  - merges call no hooks, never merge VM_SPECIAL VMAs, and never delete a VMA that has ->close
  *    (it may be extended, though);
  *  - mergeability: equal flags apart from VM_IGNORE_MERGE (which is ORed into the result), same
- *    file, contiguous page offsets, same userfaultfd context and anon name, compatible anon_vma.
+ *    file, contiguous page offsets (anonymous VMAs too: their offset is the address they were
+ *    created at, and stays with their pages when mremap moves them), same userfaultfd context and
+ *    anon name, compatible anon_vma.
  *  - a VMA's page-offset range keys the i_mmap tree of its file's mapping, so range changes are
  *    made under i_mmap_rwsem (write).
  *
@@ -22,10 +24,11 @@
 import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
-  PAGE_SIZE, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type AnonVma, type MmStruct, type VmOperations,
+  PAGE_SIZE, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type AnonVma, type MmStruct, type VmOperations,
 } from './mm_types.ts';
 import type { File } from '../fs/file.ts';
-import { ENOMEM } from '../errno.ts';
+import { EINVAL, ENOMEM } from '../errno.ts';
+import { PMD_SIZE } from '../arch/x86/pgtable.ts';
 
 /** sysctl_max_map_count default. */
 export const DEFAULT_MAX_MAP_COUNT = 65530;
@@ -201,6 +204,9 @@ export class VmaOps {
   *split(vma: VmArea, addr: number, newBelow: boolean, checkMapCount: boolean): KGen<VmArea | number> {
     const mm = vma.vm_mm;
     if (addr <= vma.vm_start || addr >= vma.vm_end || addr % PAGE_SIZE) throw new Error(`split of ${vma} at ${addr.toString(16)}`);
+    // hugetlb_vm_op_split: a hugetlb VMA splits only at a huge page boundary. mmulab's anonymous
+    // hugetlb VMAs have no vm_ops, so the hook's check is made here.
+    if (vma.vm_flags & VM_HUGETLB && addr % PMD_SIZE) return -EINVAL;
     if (vma.vm_ops?.may_split) {
       const err = vma.vm_ops.may_split(vma, addr);
       if (err) return err;
@@ -251,9 +257,9 @@ export class VmaOps {
     const next = mm.find_vma(start);
     const prev = next ? mm.prevVma(next) : mm.mm_mt.last()?.value ?? null;
     const pages = (end - start) / PAGE_SIZE;
-    const canPrev = prev !== null && prev.vm_end === start && this.mergeable(prev, p) && (prev.vm_file === null || prev.vm_pgoff + prev.pages === p.pgoff);
+    const canPrev = prev !== null && prev.vm_end === start && this.mergeable(prev, p) && prev.vm_pgoff + prev.pages === p.pgoff;
     const nx = next !== null && next.vm_start === end ? next : null;
-    const canNext = nx !== null && this.mergeable(nx, p) && (nx.vm_file === null || nx.vm_pgoff === p.pgoff + pages);
+    const canNext = nx !== null && this.mergeable(nx, p) && nx.vm_pgoff === p.pgoff + pages;
     const sticky = p.flags & VM_IGNORE_MERGE;
     if (canPrev && canNext && prev && nx && (!prev.anon_vma || !nx.anon_vma || prev.anon_vma === nx.anon_vma) && this.canRemove(nx)) {
       yield* this.k.locks.vma_start_write(prev, 'vma_merge_new_range');
@@ -277,7 +283,7 @@ export class VmaOps {
     }
     if (canNext && nx) {
       yield* this.k.locks.vma_start_write(nx, 'vma_merge_new_range');
-      yield* this.adjust(nx, start, nx.vm_end, nx.vm_file ? p.pgoff : start / PAGE_SIZE);
+      yield* this.adjust(nx, start, nx.vm_end, p.pgoff);
       nx.vm_flags |= sticky;
       this.counters.mergesNew++;
       return nx;
@@ -298,8 +304,8 @@ export class VmaOps {
     const rightSide = end === vma.vm_end;
     const p: VmaProposal = { flags: newFlags, file: vma.vm_file, pgoff: vma.pgoffOf(start), anon_vma: vma.anon_vma, uffd: vma.vm_userfaultfd_ctx, anon_name: vma.anon_name, vma };
     const pages = (end - start) / PAGE_SIZE;
-    let mergeLeft = leftSide && prev !== null && prev.vm_end === start && !change && this.mergeable(prev, p) && (prev.vm_file === null || prev.vm_pgoff + prev.pages === p.pgoff);
-    let mergeRight = rightSide && next !== null && next.vm_start === end && !change && this.mergeable(next, p) && (next.vm_file === null || next.vm_pgoff === p.pgoff + pages);
+    let mergeLeft = leftSide && prev !== null && prev.vm_end === start && !change && this.mergeable(prev, p) && prev.vm_pgoff + prev.pages === p.pgoff;
+    let mergeRight = rightSide && next !== null && next.vm_start === end && !change && this.mergeable(next, p) && next.vm_pgoff === p.pgoff + pages;
     if (mergeLeft && mergeRight && prev!.anon_vma && next!.anon_vma && prev!.anon_vma !== next!.anon_vma) mergeRight = false;
     if (mergeLeft && mergeRight && !(this.canRemove(vma) && this.canRemove(next!))) {
       // The middle or the next VMA cannot be deleted: try prev + middle only.
@@ -354,7 +360,7 @@ export class VmaOps {
       } else {
         yield* this.adjust(vma, vma.vm_start, start, vma.vm_pgoff);
       }
-      yield* this.adjust(nx, start, nx.vm_end, nx.vm_file ? pg : start / PAGE_SIZE);
+      yield* this.adjust(nx, start, nx.vm_end, pg);
       nx.vm_flags |= sticky;
       this.counters.mergesExisting++;
       return nx;

@@ -13,7 +13,7 @@ import type { Kernel } from '../../kernel.ts';
 import type { KGen, Task } from '../../sched/core.ts';
 import { PF_ID, PF_P, PF_PK, PF_RSVD, PF_U, PF_W } from '../../../hw/walk.ts';
 import {
-  FAULT_FLAG_INSTRUCTION, FAULT_FLAG_TRIED, FAULT_FLAG_USER, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, VM_EXEC, VM_FAULT_COMPLETED, VM_FAULT_OOM, VM_FAULT_RETRY,
+  FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_INSTRUCTION, FAULT_FLAG_INTERRUPTIBLE, FAULT_FLAG_KILLABLE, FAULT_FLAG_TRIED, FAULT_FLAG_USER, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, VM_EXEC, VM_FAULT_COMPLETED, VM_FAULT_OOM, VM_FAULT_RETRY,
   VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_READ, VM_WRITE, type VmArea,
 } from '../../mm/mm_types.ts';
 import { faultCounters, handle_mm_fault } from '../../mm/memory.ts';
@@ -59,10 +59,12 @@ export function* do_user_addr_fault(k: Kernel, task: Task, address: number, erro
     k.report({ kind: 'oops', title: `${task.comm}[${task.pid}]: corrupted page table at address ${address.toString(16)}`, text: `${task.comm}: Corrupted page table at address ${address.toString(16)}\nBad pagetable: 0x${error_code.toString(16)} [#1] PREEMPT SMP`, data: { address, error_code } });
     return { signo: SIGKILL, code: 0, addr: address, why: 'corrupted page table' };
   }
-  let flags = FAULT_FLAG_USER;
+  // FAULT_FLAG_DEFAULT, plus USER for faults raised in user mode (a kernel access to user memory
+  // through copy_from_user and friends arrives here too, without PF_U).
+  let flags = FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_INTERRUPTIBLE;
+  if (error_code & PF_U) flags |= FAULT_FLAG_USER;
   if (error_code & PF_W) flags |= FAULT_FLAG_WRITE;
   if (error_code & PF_ID) flags |= FAULT_FLAG_INSTRUCTION;
-  void PF_U;
   // The per-VMA lock first.
   const vma0 = k.locks.lock_vma_under_rcu(mm, address, 'do_user_addr_fault');
   if (vma0) {
@@ -114,8 +116,9 @@ function faultResult(k: Kernel, fault: number, address: number): SignalInfo | nu
     return { signo: SIGBUS, code: BUS_ADRERR, addr: address, why: 'the mapping has no page here' };
   }
   if (fault & VM_FAULT_SIGSEGV) {
+    // mm_fault_error → bad_area_nosemaphore: SEGV_MAPERR, as if there were no mapping.
     fc.sigsegv++;
-    return { signo: SIGSEGV, code: SEGV_ACCERR, addr: address, why: 'the fault handler refused' };
+    return { signo: SIGSEGV, code: SEGV_MAPERR, addr: address, why: 'the fault handler refused' };
   }
   return null;
 }

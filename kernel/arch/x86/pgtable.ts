@@ -40,7 +40,12 @@ export interface PgProt {
   hi: number;
 }
 
-export const PAGE_NONE: PgProt = { lo: 0, hi: 0 };
+/**
+ * PAGE_NONE. Linux uses a non-present entry with _PAGE_PROTNONE; mmulab uses a present entry
+ * without the user bit (see kernel/mm/mprotect.ts), which every user access faults on just the
+ * same while the kernel (zap, fork, GUP with FOLL_FORCE, /proc) still sees the page.
+ */
+export const PAGE_NONE: PgProt = { lo: PTE_P | PTE_A, hi: PTE_HI_XD };
 
 /** PTRS_PER_* and the address bits each level covers. */
 export const PTE_SHIFT = 12;
@@ -138,7 +143,7 @@ export class PageTables {
 
   /**
    * Allocate the tables above level `level` for `addr` (pte_alloc / pmd_alloc / …) and return the
-   * entry's address at `level`, or -1 on ENOMEM.
+   * entry's address at `level`, or -1 on ENOMEM or when a huge leaf sits where a table should be.
    */
   alloc(mm: MmStruct, addr: number, level: number, site: string): number {
     let table = mm.pgd;
@@ -151,7 +156,10 @@ export class PageTables {
         this.k.machine.phys.writeWordPair(e / 4, (t & 0xfffff000) | _PAGE_TABLE, Math.floor(t / 0x100000000));
         lo = this.lo(e);
       } else if (l <= 3 && (lo & PTE_PS) !== 0) {
-        throw new Error(`page-table walk at 0x${addr.toString(16)} met a huge page at level ${l} when it needed level ${level}`);
+        // A huge leaf where a table is needed (e.g. vm_insert_page into a faulted hugetlb range):
+        // Linux's pte_offset_map_lock finds no PTE table and get_locked_pte fails, which its
+        // callers report as -ENOMEM.
+        return -1;
       }
       table = entryTable(lo, this.hi(e));
     }
@@ -251,9 +259,11 @@ export class PageTables {
         if ((lo & PTE_P) === 0) continue;
         const a = base + i * span;
         const childCovers = level > 1 && !(level <= 3 && (lo & PTE_PS) !== 0);
-        if (childCovers && a + span > start && a < end && a >= floor && a + span <= ceiling) {
+        // Go down into every table the unmapped range touches; free one only if it is empty
+        // and the whole range it maps lies inside [floor, ceiling) (no other VMA can use it).
+        if (childCovers && a + span > start && a < end) {
           const child = entryTable(lo, this.hi(e));
-          if (visit(child, level - 1, a)) {
+          if (visit(child, level - 1, a) && a >= floor && a + span <= ceiling) {
             this.k.machine.phys.writeWordPair(e / 4, 0, 0);
             freeLater(child);
             continue;
