@@ -1,0 +1,44 @@
+import { expect, it } from 'vitest';
+import { Kernel } from '../../kernel/kernel.ts';
+import type { User } from '../../kernel/uapi.ts';
+import { BinderDevice } from '../../drivers/android/binder/binder.ts';
+import { IPCThreadState, Parcel, ProcessState, addService, getService, runServiceManager } from '../../src/workloads/libbinder.ts';
+import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
+
+for (const design of ['eager', 'eager-writelock', 'eager-deferred', 'fault', 'pfnmap'] as const) {
+  it(`round trip via servicemanager (${design})`, () => {
+    const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20 });
+    const dev = new BinderDevice(k, { design: { design } });
+    let echoed = '';
+    k.spawn(function* servicemanager(u: User) {
+      yield* runServiceManager(u, { maxRequests: 2 });
+    });
+    k.spawn(function* server(u: User) {
+      yield* u.sleep(100_000);
+      const ps = yield* ProcessState.open(u);
+      const ipc = new IPCThreadState(u, ps);
+      expect(yield* addService(ipc, 'echo', 0x1234)).toBe(true);
+      yield* ipc.joinThreadPool(function* (t) {
+        return Parcel.from(t.data);
+      }, 1);
+      yield* ipc.flush();
+    });
+    k.spawn(function* client(u: User) {
+      yield* u.sleep(2_000_000);
+      const ps = yield* ProcessState.open(u);
+      const ipc = new IPCThreadState(u, ps);
+      const h = yield* getService(ipc, 'echo');
+      expect(h).toBeGreaterThan(0);
+      const r = yield* ipc.transact(h, 1, Parcel.from(new TextEncoder().encode('hello binder')));
+      expect(r.status).toBe('ok');
+      echoed = new TextDecoder().decode(r.reply!.data);
+      yield* ipc.flush();
+    });
+    const res = k.run({ maxSteps: 1_000_000 });
+    expect(res.reason).toBe('done');
+    expect(echoed).toBe('hello binder');
+    expect(k.reports.reports.map((r) => r.title)).toEqual([]);
+    expect(check_vm_invariants(k).problems).toEqual([]);
+    expect(dev.stats.transactions).toBe(3);
+  });
+}
