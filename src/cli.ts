@@ -2,50 +2,54 @@
  * src/cli.ts — the `mmulab` command line (commander). Results go to stdout, diagnostics and
  * progress to stderr. Exit codes: 0 success, 1 a finding or failure the command reports, 2 bad
  * usage; bad input gets one line naming the problem, never a stack trace.
+ *
+ * Each command lives in src/commands/<name>.ts and registers itself here.
  */
 
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { runDemo } from './demo.ts';
+import { EXIT_OK, EXIT_USAGE, UsageError, type Io } from './commands/common.ts';
+import { COMMANDS } from './commands/index.ts';
 
-export const EXIT_OK = 0;
-export const EXIT_FINDING = 1;
-export const EXIT_USAGE = 2;
+export { EXIT_FINDING, EXIT_OK, EXIT_USAGE, UsageError } from './commands/common.ts';
 
-/** An error whose message is meant for the user as is. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
-
-export function buildProgram(out: (s: string) => unknown, err: (s: string) => unknown): Command {
+export function buildProgram(io: Io): Command {
   const program = new Command();
   program
     .name('mmulab')
     .description('A laboratory for x86-64 memory management: a bit-accurate MMU, a Linux-like mm layer, and binder page-mapping designs.')
-    .configureOutput({ writeOut: out, writeErr: err })
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
     .exitOverride()
     .showHelpAfterError('(run mmulab --help for usage)');
 
+  for (const register of COMMANDS) register(program, io);
+
   program
-    .command('demo', { isDefault: true })
+    .command('demo', { isDefault: !COMMANDS.length })
     .description('build a machine, map pages, run accesses and print translations, faults and A/D bits')
     .option('--json', 'print the steps as JSON')
     .addHelpText('after', '\nExample:\n  mmulab demo\n  mmulab demo --json')
     .action((o: { json?: boolean }) => {
-      out(runDemo({ json: !!o.json }).text + '\n');
+      io.out(runDemo({ json: !!o.json }).text + '\n');
     });
 
   return program;
 }
 
 /** Run the command line; returns the exit code. */
-export async function main(argv: string[], io: { out: (s: string) => unknown; err: (s: string) => unknown } = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) }): Promise<number> {
-  const program = buildProgram(io.out, io.err);
+export async function main(
+  argv: string[],
+  sink: { out: (s: string) => unknown; err: (s: string) => unknown; errIsTty?: boolean } = {
+    out: (s) => process.stdout.write(s),
+    err: (s) => process.stderr.write(s),
+    errIsTty: !!process.stderr.isTTY,
+  },
+): Promise<number> {
+  const io: Io = { out: sink.out, err: sink.err, errIsTty: !!sink.errIsTty, exitCode: EXIT_OK };
+  const program = buildProgram(io);
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return EXIT_OK;
+    return io.exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help' || e.code === 'commander.version') return EXIT_OK;
