@@ -58,6 +58,8 @@ export interface TaskStats {
   sleepCycles: number;
   switches: number;
   preemptions: number;
+  /** Page faults taken in user mode or on user addresses (perf's page-faults event). */
+  faults: number;
 }
 
 let nextTaskSerial = 1;
@@ -82,7 +84,7 @@ export class Task {
   exitCode: number | null = null;
   /** A report explaining why the task died, if it did not exit by itself. */
   killedBy: Report | null = null;
-  readonly stats: TaskStats = { runCycles: 0, queueCycles: 0, sleepCycles: 0, switches: 0, preemptions: 0 };
+  readonly stats: TaskStats = { runCycles: 0, queueCycles: 0, sleepCycles: 0, switches: 0, preemptions: 0, faults: 0 };
   /** What it is blocked on (for reports and deadlock messages). */
   waitingFor = '';
   /** Value passed into the generator at its next resumption. */

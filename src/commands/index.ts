@@ -5,7 +5,8 @@
 
 import type { Command } from 'commander';
 import type { Io } from './common.ts';
+import { register as ab } from './ab.ts';
 
 export type RegisterCommand = (program: Command, io: Io) => void;
 
-export const COMMANDS: RegisterCommand[] = [];
+export const COMMANDS: RegisterCommand[] = [ab];

@@ -14,8 +14,8 @@ async function run(args: string[]) {
 }
 
 describe('mmulab command line', () => {
-  it('runs the demo by default and exits 0', async () => {
-    const r = await run([]);
+  it('runs the demo and exits 0', async () => {
+    const r = await run(['demo']);
     expect(r.code).toBe(0);
     expect(r.out).toContain('stale TLB entry still answers');
     expect(r.out).toMatch(/#PF error 0x4 \(not-present, read, user\)/);

@@ -95,7 +95,10 @@ function remembered(alloc: BinderAlloc): Remembered {
  * binder_page_insert: find the VMA at `addr` (per-VMA lock, else the mmap lock in `fallback`
  * mode), check it, vm_insert_page. 0, -EBUSY, -ESRCH or the insert's error.
  */
-export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: number, pfn: number, variant: IdentityVariant, bugs: PlantedBugs, mode: 'vma-lock' | 'mmap-write'): KGen<number> {
+/** insertC's answer when the re-check under the mmap write lock found the page installed. */
+const ALREADY_INSTALLED = 1;
+
+export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: number, pfn: number, variant: IdentityVariant, bugs: PlantedBugs, mode: 'vma-lock' | 'mmap-write', alreadyInstalled?: () => boolean): KGen<number> {
   const c = eagerCounters(alloc);
   const site = mode === 'vma-lock' ? 'binder_page_insert' : 'binder_install_single_page';
   const kept = remembered(alloc);
@@ -120,6 +123,9 @@ export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: numb
   if (mode === 'mmap-write') {
     yield* k.locks.mmap_write_lock(mm, site);
     try {
+      // v6.8–v6.13 re-check under the write lock: another installer (a reply and a
+      // transaction can target the same page) may have installed it while we waited.
+      if (alreadyInstalled?.()) return ALREADY_INSTALLED;
       return tryInsert(mm.vma_lookup(addr));
     } finally {
       k.locks.mmap_write_unlock(mm);
@@ -174,7 +180,11 @@ export function* installC(k: Kernel, alloc: BinderAlloc, index: number, addr: nu
     if (mode === 'mmap-write' && alloc.installedPage(index) >= 0) return 0;
     const pfn = alloc.allocFrame('binder_page_alloc');
     if (pfn < 0) return -12;
-    const r = yield* insertC(k, alloc, mm, addr, pfn, variant, bugs, mode);
+    const r = yield* insertC(k, alloc, mm, addr, pfn, variant, bugs, mode, () => alloc.installedPage(index) >= 0);
+    if (r === ALREADY_INSTALLED) {
+      alloc.dropFrame(pfn, 'binder_free_page <- binder_install_single_page');
+      return 0;
+    }
     if (r === 0) {
       alloc.setInstalledPage(index, pfn);
       return 0;

@@ -49,8 +49,10 @@ export function access_error(error_code: number, vma: VmArea): boolean {
 export function* do_user_addr_fault(k: Kernel, task: Task, address: number, error_code: number): KGen<SignalInfo | null> {
   const mm = task.mm;
   k.charge(k.costs.faultEntry);
+  // perf's page-faults software event, counted per task before anything can fail.
+  task.stats.faults++;
   if (k.trace.enabled) {
-    k.trace.emit('exceptions:page_fault_user', { address, ip: 0, error_code }, `address=0x${address.toString(16)} ip=0x0 error_code=0x${error_code.toString(16)}`);
+    k.trace.emit(error_code & PF_U ? 'exceptions:page_fault_user' : 'exceptions:page_fault_kernel', { address, ip: 0, error_code }, `address=0x${address.toString(16)} ip=0x0 error_code=0x${error_code.toString(16)}`);
   }
   const fc = faultCounters(k);
   if (!mm) return { signo: SIGSEGV, code: SEGV_MAPERR, addr: address, why: 'no address space' };

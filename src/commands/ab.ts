@@ -1,0 +1,228 @@
+/**
+ * src/commands/ab.ts — `mmulab ab`, the default command: binder page-mapping designs compared
+ * on the same workloads across seeds (src/experiments/ab.ts), printed as a table, as JSON
+ * (schema in docs/json-schema.md) or as a self-contained HTML report. Sweeps run on local
+ * worker threads (--jobs) and split across machines (--shard i/n); `mmulab merge` joins the
+ * shards' JSON into one result.
+ */
+
+import { writeFileSync } from 'node:fs';
+import { InvalidArgumentError, type Command } from 'commander';
+import { abCases, defaultConfigs, parseConfig, summarise, SUMMARY_METRICS, WORKLOAD_HELP, WORKLOADS, type AbCaseResult, type AbConfig, type AbMetrics, type AbResult, type WorkloadName } from '../experiments/ab.ts';
+import { addCommonOptions, EXIT_FINDING, kernelOptions, listOption, loadCosts, parseIntOption, progressBar, UsageError, type CommonOptions, type Io } from './common.ts';
+import { defaultJobs, runJobs } from '../jobs/pool.ts';
+import type { AbJobArgs } from '../jobs/registry.ts';
+import { abHtml } from '../report/ab_html.ts';
+
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+export function parseShard(v: string): Shard {
+  const m = /^(\d+)\/(\d+)$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError(`--shard must look like i/n (for example 2/8), got "${v}"`);
+  const index = Number(m[1]);
+  const count = Number(m[2]);
+  if (count < 1 || index < 1 || index > count) throw new InvalidArgumentError(`--shard ${v}: i must be between 1 and n`);
+  return { index, count };
+}
+
+function configOption(v: string, prev: AbConfig[] | undefined): AbConfig[] {
+  const out = [...(prev ?? [])];
+  for (const part of v.split(',').map((s) => s.trim()).filter(Boolean)) {
+    let c: AbConfig;
+    try {
+      c = parseConfig(part);
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
+    if (!out.some((x) => x.label === c.label)) out.push(c);
+  }
+  return out;
+}
+
+interface AbCliOptions extends CommonOptions {
+  design?: AbConfig[];
+  workload?: WorkloadName[];
+  seeds: number;
+  iterations: number;
+  jobs: number;
+  shard?: Shard;
+  html?: string;
+}
+
+/** A result file as `ab --json` writes it (one shard or all of it). */
+export interface AbFile extends AbResult {
+  shard?: Shard;
+}
+
+export function register(program: Command, io: Io): void {
+  const cmd = program
+    .command('ab', { isDefault: true })
+    .description('compare binder page-mapping designs on the same workloads across seeds (the default command)');
+  addCommonOptions(cmd, { cpus: 4 })
+    .option('--design <names>', `designs to compare, the first is the baseline (${defaultConfigs().map((c) => c.label).join(', ')}; eager designs take :none, :mapped or :vm_ops)`, configOption)
+    .option('--workload <names>', `workloads (${WORKLOADS.join(', ')})`, listOption('workload', WORKLOADS))
+    .option('--seeds <n>', 'number of seeds, starting at --seed', parseIntOption('--seeds', 1, 1000), 3)
+    .option('--iterations <n>', 'transactions per worker per run', parseIntOption('--iterations', 1, 1_000_000), 100)
+    .option('--jobs <n>', 'worker threads', parseIntOption('--jobs', 1, 256), defaultJobs())
+    .option('--shard <i/n>', 'run only every n-th case starting at the i-th (for batch schedulers); merge the outputs with mmulab merge', parseShard)
+    .option('--html <file>', 'also write a self-contained HTML report')
+    .addHelpText(
+      'after',
+      `
+Workloads:
+${WORKLOADS.map((w) => `  ${w.padEnd(16)} ${WORKLOAD_HELP[w]}`).join('\n')}
+
+Examples:
+  mmulab ab                                    all designs, all workloads, 3 seeds
+  mmulab ab --design eager,fault --workload pressure --seeds 10
+  mmulab ab --design eager:none,eager:vm_ops,fault --html report.html
+  mmulab ab --json --shard 1/4 > part1.json     (then: mmulab merge part*.json)`,
+    )
+    .action(async (o: AbCliOptions) => {
+      if (o.engine === 'parallel') throw new UsageError('--engine parallel: the binder experiments run on the deterministic engine (use --jobs to run cases in parallel)');
+      const costs = loadCosts(o.costModel);
+      const configs = o.design ?? defaultConfigs();
+      if (configs.length < 2 && !o.design) throw new UsageError('--design needs at least two designs to compare');
+      const workloads = o.workload ?? [...WORKLOADS];
+      const seeds = Array.from({ length: o.seeds }, (_, i) => o.seed + i);
+      const kernel = kernelOptions(o, costs);
+      delete kernel.seed;
+      delete kernel.cpus;
+      let cases = abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel });
+      if (o.shard) cases = cases.filter((_, i) => i % o.shard!.count === o.shard!.index - 1);
+      const bar = await progressBar(io, cases.length, 'ab');
+      let metrics: AbMetrics[];
+      try {
+        metrics = await runJobs<AbMetrics>(
+          cases.map((c) => ({ kind: 'ab', args: { config: c.config.label, workload: c.workload, seed: c.seed, cpus: c.cpus, iterations: c.iterations, kernel } satisfies AbJobArgs })),
+          o.jobs,
+          () => bar.tick(),
+        );
+      } finally {
+        bar.stop();
+      }
+      const results: AbCaseResult[] = cases.map((c, i) => ({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: metrics[i]! }));
+      const result: AbFile = summarise({ configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations }, results);
+      if (o.shard) result.shard = o.shard;
+      emit(io, result, o);
+    });
+
+  program
+    .command('merge')
+    .description('combine the JSON outputs of sharded runs (ab --shard i/n --json) into one result')
+    .argument('<files...>', 'shard outputs')
+    .option('--json', 'print the merged result as JSON', false)
+    .option('--html <file>', 'also write a self-contained HTML report')
+    .addHelpText('after', '\nExample:\n  mmulab merge part1.json part2.json part3.json part4.json --html report.html')
+    .action(async (files: string[], o: { json: boolean; html?: string }) => {
+      const { readFileSync } = await import('node:fs');
+      const parts: AbFile[] = files.map((f) => {
+        let doc: unknown;
+        try {
+          doc = JSON.parse(readFileSync(f, 'utf8'));
+        } catch (e) {
+          throw new UsageError(`${f}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+        }
+        const d = doc as AbFile;
+        if (typeof d !== 'object' || d === null || d.schema !== 'mmulab.ab/1' || !Array.isArray(d.cases) || typeof d.options !== 'object') throw new UsageError(`${f}: not an mmulab ab result (expected "schema": "mmulab.ab/1")`);
+        return d;
+      });
+      const opts = parts[0]!.options;
+      for (const [i, p] of parts.entries()) {
+        if (JSON.stringify(p.options) !== JSON.stringify(opts)) throw new UsageError(`${files[i]}: its options differ from ${files[0]}'s; only shards of one run can be merged`);
+      }
+      const seen = new Set<string>();
+      const cases: AbCaseResult[] = [];
+      for (const p of parts) {
+        for (const c of p.cases) {
+          const key = `${c.workload}/${c.config}/${c.seed}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          cases.push(c);
+        }
+      }
+      const expected = opts.workloads.length * opts.configs.length * opts.seeds.length;
+      if (cases.length < expected) io.err(`mmulab: warning: ${expected - cases.length} of ${expected} cases are missing (a shard was not given?)\n`);
+      // Keep the order of a single run.
+      const order = (c: AbCaseResult) => (opts.workloads.indexOf(c.workload) * opts.configs.length + opts.configs.indexOf(c.config)) * opts.seeds.length + opts.seeds.indexOf(c.seed);
+      cases.sort((a, b) => order(a) - order(b));
+      emit(io, summarise(opts, cases), { json: o.json, html: o.html });
+    });
+}
+
+function emit(io: Io, result: AbFile, o: { json: boolean; html?: string }): void {
+  if (o.html) {
+    try {
+      writeFileSync(o.html, abHtml(result));
+    } catch (e) {
+      throw new UsageError(`cannot write ${o.html}: ${(e as Error).message}`);
+    }
+  }
+  if (o.json) io.out(JSON.stringify(result, null, 2) + '\n');
+  else io.out(abTable(result));
+  // Checker reports are findings.
+  if (result.cases.some((c) => c.metrics.reports.length)) io.exitCode = EXIT_FINDING;
+}
+
+// ---- the terminal table ----------------------------------------------------------------------
+
+const TABLE_COLUMNS: { key: string; head: string; digits: number }[] = [
+  { key: 'txPerSec', head: 'tx/s', digits: 0 },
+  { key: 'p50', head: 'p50µs', digits: 2 },
+  { key: 'p99', head: 'p99µs', digits: 2 },
+  { key: 'max', head: 'maxµs', digits: 2 },
+  { key: 'driverLock', head: 'drvLock', digits: 0 },
+  { key: 'driverContended', head: 'drvCont', digits: 0 },
+  { key: 'receiverWait', head: 'rcvWaitµs', digits: 1 },
+  { key: 'vmaSuccess', head: 'vmaOk', digits: 0 },
+  { key: 'vmaFallback', head: 'vmaFb', digits: 0 },
+  { key: 'faults', head: 'faults', digits: 0 },
+  { key: 'installs', head: 'install', digits: 0 },
+  { key: 'zaps', head: 'zap', digits: 0 },
+  { key: 'shootdowns', head: 'flushes', digits: 0 },
+  { key: 'ipis', head: 'IPIs', digits: 0 },
+  { key: 'flushed', head: 'flushed', digits: 0 },
+  { key: 'frames', head: 'frames', digits: 0 },
+  { key: 'reports', head: 'reports', digits: 0 },
+];
+
+function fmt(x: number, digits: number): string {
+  if (!Number.isFinite(x)) return '-';
+  return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+export function abTable(r: AbResult): string {
+  const lines: string[] = [];
+  const o = r.options;
+  lines.push(`mmulab ab: ${o.configs.length} designs × ${o.workloads.length} workloads × ${o.seeds.length} seeds (${o.seeds[0]}…${o.seeds[o.seeds.length - 1]}), ${o.cpus} CPUs, ${o.iterations} transactions per worker; means over seeds, virtual time`);
+  for (const w of o.workloads) {
+    const rows = r.summary.filter((s) => s.workload === w);
+    if (!rows.length) continue;
+    lines.push('', `== ${w}: ${WORKLOAD_HELP[w]}`);
+    const head = ['design', ...TABLE_COLUMNS.map((c) => c.head)];
+    const body = rows.map((row) => [row.config, ...TABLE_COLUMNS.map((c) => fmt(row.metrics[c.key]!.mean, c.digits))]);
+    const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+    lines.push(head.map((h, i) => (i === 0 ? h.padEnd(widths[i]!) : h.padStart(widths[i]!))).join('  '));
+    for (const b of body) lines.push(b.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  '));
+    const base = rows[0]!.config;
+    const diffs: string[] = [];
+    for (const row of rows.slice(1)) {
+      if (!row.vsBaseline) continue;
+      for (const m of SUMMARY_METRICS) {
+        const d = row.vsBaseline[m.key]!;
+        if (!d.significant) continue;
+        const baseMean = rows[0]!.metrics[m.key]!.mean;
+        const pct = baseMean ? ` (${d.mean > 0 ? '+' : ''}${((d.mean / baseMean) * 100).toFixed(1)}%)` : '';
+        diffs.push(`  ${row.config} vs ${base}: ${m.label} ${d.mean > 0 ? '+' : ''}${fmt(d.mean, 2)} ± ${fmt(d.half, 2)}${m.unit ? ' ' + m.unit : ''}${pct}`);
+      }
+    }
+    if (diffs.length) lines.push(`differences beyond seed noise (95% CI, paired by seed):`, ...diffs);
+    else if (o.seeds.length > 1) lines.push(`no difference from ${base} beyond seed noise (95% CI, paired by seed)`);
+    const reports = rows.flatMap((row) => row.reports.map((t) => `  ${row.config}: ${t}`));
+    if (reports.length) lines.push('checker reports:', ...reports);
+  }
+  return lines.join('\n') + '\n';
+}

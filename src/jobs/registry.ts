@@ -1,0 +1,20 @@
+/**
+ * src/jobs/registry.ts — the jobs a pool worker can run, by name. A job takes plain data
+ * (structured-clonable) and returns plain data, so it runs the same in a worker or inline.
+ */
+
+import { runAbCase, parseConfig, type AbMetrics, type WorkloadName } from '../experiments/ab.ts';
+import type { KernelOptions } from '../../kernel/kernel.ts';
+
+export interface AbJobArgs {
+  config: string;
+  workload: WorkloadName;
+  seed: number;
+  cpus: number;
+  iterations: number;
+  kernel?: KernelOptions;
+}
+
+export const JOBS: Record<string, (args: never) => unknown> = {
+  ab: (a: AbJobArgs): AbMetrics => runAbCase({ config: parseConfig(a.config), workload: a.workload, seed: a.seed, cpus: a.cpus, iterations: a.iterations, kernel: a.kernel }),
+};

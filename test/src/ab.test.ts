@@ -1,0 +1,114 @@
+/**
+ * `mmulab ab` end to end: the table, the JSON result and its summary, determinism across
+ * --jobs and across shards merged back together, and exit code 2 with one line for bad input.
+ */
+
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli.ts';
+import type { AbFile } from '../../src/commands/ab.ts';
+
+async function run(args: string[]) {
+  let out = '';
+  let err = '';
+  const code = await main(args, { out: (s) => void (out += s), err: (s) => void (err += s) });
+  return { code, out, err };
+}
+
+const SMALL = ['--design', 'eager,eager-writelock,fault', '--workload', 'pressure', '--seeds', '2', '--iterations', '12', '--cpus', '2'];
+
+describe('mmulab ab', () => {
+  it('prints a JSON result whose summary follows from its cases', async () => {
+    const r = await run(['ab', ...SMALL, '--jobs', '1', '--json']);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as AbFile;
+    expect(doc.schema).toBe('mmulab.ab/1');
+    expect(doc.options.configs).toEqual(['eager', 'eager-writelock', 'fault']);
+    expect(doc.cases).toHaveLength(6);
+    for (const c of doc.cases) {
+      expect(c.metrics.transactions + c.metrics.failures).toBe(24);
+      expect(c.metrics.reports).toEqual([]);
+      expect(c.metrics.latencyUs.p50).toBeLessThanOrEqual(c.metrics.latencyUs.p99);
+      expect(c.metrics.latencyUs.p99).toBeLessThanOrEqual(c.metrics.latencyUs.max);
+    }
+    // The summary's means are the means of the cases.
+    const fault = doc.summary.find((s) => s.config === 'fault')!;
+    const faultCases = doc.cases.filter((c) => c.config === 'fault');
+    expect(fault.metrics.faults!.mean).toBeCloseTo((faultCases[0]!.metrics.receiverFaults + faultCases[1]!.metrics.receiverFaults) / 2, 9);
+    expect(fault.vsBaseline).toBeDefined();
+    expect(doc.summary.find((s) => s.config === 'eager')!.vsBaseline).toBeUndefined();
+    // The designs differ the way they are built: the v6.8 design takes the receiver's mmap
+    // lock for every page, v6.14 uses the per-VMA lock, the fault design takes neither and
+    // makes the receiver fault instead.
+    const by = (cfg: string) => doc.cases.filter((c) => c.config === cfg).map((c) => c.metrics);
+    for (const m of by('eager-writelock')) expect(m.mmapLock.driverAcquisitions).toBeGreaterThan(0);
+    for (const m of by('eager')) {
+      expect(m.mmapLock.driverAcquisitions).toBe(0);
+      expect(m.vmaLock.driverSuccess).toBeGreaterThan(0);
+    }
+    for (const [i, m] of by('fault').entries()) {
+      expect(m.mmapLock.driverAcquisitions + m.vmaLock.driverSuccess + m.vmaLock.driverFallback).toBe(0);
+      expect(m.receiverFaults).toBeGreaterThan(by('eager')[i]!.receiverFaults);
+    }
+  });
+
+  it('prints a table with one row per design and gives the same numbers with worker threads', async () => {
+    const [a, b] = await Promise.all([run(['ab', ...SMALL, '--jobs', '1']), run(['ab', ...SMALL, '--jobs', '2'])]);
+    expect(a.code).toBe(0);
+    expect(a.out).toContain('== pressure');
+    for (const d of ['eager ', 'eager-writelock ', 'fault ']) expect(a.out).toContain(d);
+    expect(b.out).toBe(a.out);
+  });
+
+  it('splits into shards that merge back into the unsharded result', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mmulab-ab-'));
+    const whole = JSON.parse((await run(['ab', ...SMALL, '--jobs', '1', '--json'])).out) as AbFile;
+    const files: string[] = [];
+    for (const s of ['1/3', '2/3', '3/3']) {
+      const r = await run(['ab', ...SMALL, '--jobs', '1', '--json', '--shard', s]);
+      expect(r.code).toBe(0);
+      const part = JSON.parse(r.out) as AbFile;
+      expect(part.cases).toHaveLength(2);
+      const f = join(dir, `part${s[0]}.json`);
+      writeFileSync(f, r.out);
+      files.push(f);
+    }
+    const merged = await run(['merge', ...files, '--json', '--html', join(dir, 'r.html')]);
+    expect(merged.code).toBe(0);
+    expect(JSON.parse(merged.out)).toEqual(whole);
+    expect(readFileSync(join(dir, 'r.html'), 'utf8')).toContain('<svg');
+    const missing = await run(['merge', files[0]!, '--json']);
+    expect(missing.err).toMatch(/4 of 6 cases are missing/);
+  });
+
+  it('answers bad input with exit code 2 and one line naming the problem', async () => {
+    const cases: [string[], RegExp][] = [
+      [['ab', '--design', 'eager,bogus'], /unknown design "bogus"/],
+      [['ab', '--design', 'fault:vm_ops'], /design "fault" has no identity variants/],
+      [['ab', '--design', 'eager:sometimes'], /unknown identity variant "sometimes"/],
+      [['ab', '--workload', 'nope'], /unknown workload "nope"/],
+      [['ab', '--seeds', '0'], /--seeds must be between 1 and 1000/],
+      [['ab', '--cpus', 'many'], /--cpus must be an integer/],
+      [['ab', '--shard', '3/2'], /--shard 3\/2/],
+      [['ab', '--engine', 'quantum'], /quantum/],
+      [['ab', '--cost-model', '/nonexistent/costs.json'], /cannot read cost model/],
+      [['merge', '/nonexistent/part.json'], /no such file/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.err, args.join(' ')).toMatch(re);
+      expect(r.out).toBe('');
+      expect(r.err).not.toMatch(/\n\s+at /); // no stack trace
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'mmulab-ab-'));
+    const bad = join(dir, 'x.json');
+    writeFileSync(bad, '{"schema": "something else"}');
+    const r = await run(['merge', bad]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('not an mmulab ab result');
+  });
+});
