@@ -9,6 +9,15 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.ts';
 import type { AbFile } from '../../src/commands/ab.ts';
+import Ajv2020 from 'ajv/dist/2020.js';
+
+const schema = JSON.parse(readFileSync(new URL('../../docs/schemas/ab.schema.json', import.meta.url), 'utf8')) as object;
+const validate = new Ajv2020({ allErrors: true }).compile(schema);
+
+function expectValid(doc: unknown): void {
+  const ok = validate(doc);
+  expect(ok ? [] : validate.errors).toEqual([]);
+}
 
 async function run(args: string[]) {
   let out = '';
@@ -25,6 +34,9 @@ describe('mmulab ab', () => {
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.out) as AbFile;
+    expectValid(doc);
+    // The schema is strict enough to reject a wrong document.
+    expect(validate({ ...doc, cases: [{ ...doc.cases[0], metrics: { ...doc.cases[0]!.metrics, txPerSec: 'fast' } }] })).toBe(false);
     expect(doc.schema).toBe('mmulab.ab/1');
     expect(doc.options.configs).toEqual(['eager', 'eager-writelock', 'fault']);
     expect(doc.cases).toHaveLength(6);
@@ -71,6 +83,7 @@ describe('mmulab ab', () => {
       const r = await run(['ab', ...SMALL, '--jobs', '1', '--json', '--shard', s]);
       expect(r.code).toBe(0);
       const part = JSON.parse(r.out) as AbFile;
+      expectValid(part);
       expect(part.cases).toHaveLength(2);
       const f = join(dir, `part${s[0]}.json`);
       writeFileSync(f, r.out);
