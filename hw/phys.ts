@@ -165,8 +165,17 @@ export class PhysicalMemory {
   fillFrame(pfn: number, pattern: number): void {
     if (!Number.isInteger(pfn) || pfn < 0 || pfn >= this.frames) throw new PhysAddressError(`frame ${pfn} is beyond installed memory (${this.frames} frames)`);
     const i = pfn << 10;
-    this.i32.fill(pattern, i, i + 1024);
+    // Copying a private frame-sized pattern is about twice as fast as fill() on a shared buffer.
+    let src = this.patterns.get(pattern | 0);
+    if (!src) {
+      src = new Int32Array(1024).fill(pattern);
+      if (this.patterns.size < 8) this.patterns.set(pattern | 0, src);
+    }
+    this.i32.set(src, i);
   }
+
+  /** Frame-sized pattern pages for fillFrame (a few patterns are used: zero, poison). */
+  private readonly patterns = new Map<number, Int32Array>();
 
   /** Copy one frame onto another. */
   copyFrame(dstPfn: number, srcPfn: number): void {

@@ -390,10 +390,23 @@ export class PageAllocator {
     return true;
   }
 
+  /** Site ids by chain, then by pid: the interned key is built only the first time. */
+  private readonly siteIds = new Map<string, Map<number, number>>();
+
   /** A site id: the call chain and the current task's pid, interned together. */
   private siteId(chain: string): number {
     const pid = this.hooks.currentPid ? this.hooks.currentPid() : 0;
-    return this.sites.id(`${pid}\u0000${chain}`);
+    let byPid = this.siteIds.get(chain);
+    if (!byPid) {
+      byPid = new Map();
+      this.siteIds.set(chain, byPid);
+    }
+    let id = byPid.get(pid);
+    if (id === undefined) {
+      id = this.sites.id(`${pid}\u0000${chain}`);
+      byPid.set(pid, id);
+    }
+    return id;
   }
 
   /** Who allocated and who freed `pfn` last. */

@@ -64,8 +64,13 @@ export function ptePfn(lo: number, hi: number): number {
   return (hi & 0xfffff) * 0x100000 + (lo >>> 12);
 }
 
+/** 2^-shift for the shifts used by the walks (exact: powers of two). */
+const INV_POW2: number[] = Array.from({ length: 64 }, (_, s) => 2 ** -s);
+
 export function index(addr: number, shift: number): number {
-  return Math.floor(addr / 2 ** shift) & 0x1ff;
+  // addr * 2^-shift is exact, and ToInt32 truncates toward zero, which for a non-negative
+  // address below 2^57 keeps the low 9 bits of floor(addr / 2^shift).
+  return (addr * INV_POW2[shift]!) & 0x1ff;
 }
 
 export class PageTables {

@@ -1,0 +1,5 @@
+// The exhaustive binder_alloc test (binder_alloc_exhaustive.ts) for the `pfnmap` design: all
+// 750,000 runs with every invariant, in a file of its own so vitest runs the designs in parallel.
+import { exhaustiveTest } from './exhaustive_child.ts';
+
+exhaustiveTest('pfnmap');
