@@ -70,36 +70,47 @@ export class User {
    */
   private *translate(va: number, kind: number, size: number): KGen<number> {
     const k = this.k;
-    const t = this.task;
     if (!Number.isSafeInteger(va)) throw new SignalError(SIGSEGV, SEGV_MAPERR, 0, `address ${String(va)} is not an integer`);
+    const hi = Math.floor(va / 4294967296) | 0;
+    const lo = va | 0;
     for (let attempt = 0; ; attempt++) {
-      const cpu = k.machine.cpu(t.cpu);
-      const hi = Math.floor(va / 4294967296) | 0;
-      const lo = va | 0;
+      const cpu = k.machine.cpu(this.task.cpu);
       kasanState(k).accessSize = size;
       if (cpu.translate(hi, lo, kind, false, false) === 0) return cpu.pa;
-      if (cpu.faultVector === VEC_PF) {
-        const err = cpu.faultError;
-        t.inKernel++;
-        cpu.setCpl(0);
-        let sig;
-        try {
-          sig = yield* do_user_addr_fault(k, t, va, err);
-        } finally {
-          t.inKernel--;
-          k.machine.cpu(t.cpu).setCpl(3);
-        }
-        // The return to user mode after an exception is a preemption point (exit_to_user_mode
-        // checks need_resched), so a thread that keeps faulting cannot starve the others.
-        this.budget = 0;
-        yield PREEMPT;
-        if (sig) throw signalFromFault(sig, err);
-        if (attempt > 64) throw new SignalError(SIGBUS, BUS_ADRERR, va, 'the fault keeps recurring');
-        continue;
-      }
-      if (cpu.faultVector === VEC_MC) throw new SignalError(SIGBUS, BUS_ADRERR, va, `machine check: ${cpu.faultReason}`);
-      throw new SignalError(SIGSEGV, 0x80 /* SI_KERNEL */, va, `general protection fault (${cpu.faultReason || 'vector ' + cpu.faultVector})`);
+      yield* this.exception(va, attempt);
     }
+  }
+
+  /**
+   * The exception the last translation on this task's CPU raised at `va`: a #PF goes to the
+   * kernel's fault handler (an unresolved one throws a SignalError); anything else is a signal.
+   * Returns when the access can be retried. `attempt` counts retries of the same access.
+   */
+  private *exception(va: number, attempt: number): KGen {
+    const k = this.k;
+    const t = this.task;
+    const cpu = k.machine.cpu(t.cpu);
+    if (cpu.faultVector === VEC_PF) {
+      const err = cpu.faultError;
+      t.inKernel++;
+      cpu.setCpl(0);
+      let sig;
+      try {
+        sig = yield* do_user_addr_fault(k, t, va, err);
+      } finally {
+        t.inKernel--;
+        k.machine.cpu(t.cpu).setCpl(3);
+      }
+      // The return to user mode after an exception is a preemption point (exit_to_user_mode
+      // checks need_resched), so a thread that keeps faulting cannot starve the others.
+      this.budget = 0;
+      yield PREEMPT;
+      if (sig) throw signalFromFault(sig, err);
+      if (attempt > 64) throw new SignalError(SIGBUS, BUS_ADRERR, va, 'the fault keeps recurring');
+      return;
+    }
+    if (cpu.faultVector === VEC_MC) throw new SignalError(SIGBUS, BUS_ADRERR, va, `machine check: ${cpu.faultReason}`);
+    throw new SignalError(SIGSEGV, 0x80 /* SI_KERNEL */, va, `general protection fault (${cpu.faultReason || 'vector ' + cpu.faultVector})`);
   }
 
   private pace(): SchedYield | null {
@@ -261,16 +272,21 @@ export class User {
     const t = this.task;
     const { his, los, kinds, length } = stream;
     let i = 0;
+    let attempt = 0;
     while (i < length) {
       const cpu = k.machine.cpu(t.cpu);
       const end = Math.min(length, i + 256);
+      const first = i;
       for (; i < end; i++) {
         if (cpu.translate(his[i]!, los[i]!, kinds[i]!, false, false) !== 0) break;
       }
+      if (i > first) attempt = 0;
       if (i < end) {
+        // Handle the exception of the access that failed, then retry it (as the CPU re-executes
+        // the faulting instruction): one #PF per fault, not one per look.
         const va = his[i]! * 4294967296 + (los[i]! >>> 0);
-        yield* this.translate(va, kinds[i]!, 1);
-        i++;
+        yield* this.exception(va, attempt++);
+        continue;
       }
       yield PREEMPT;
     }
@@ -527,6 +543,15 @@ export class User {
   /** sched_yield. */
   *yield(): KGen {
     yield PREEMPT;
+  }
+
+  /**
+   * Compute for `cycles` of virtual time without touching memory (work in registers and caches):
+   * the CPU stays busy in this mm, taking interrupts and ticks, and may be preempted.
+   */
+  *compute(cycles: number): KGen {
+    if (!Number.isFinite(cycles) || cycles < 0) throw new RangeError(`compute: cycles must be a finite number >= 0, got ${String(cycles)}`);
+    yield { kind: 'busy', until: this.k.machine.cpu(this.task.cpu).cycles + cycles };
   }
 
   /** Sleep `cycles` of virtual time (nanosleep). */

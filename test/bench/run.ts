@@ -14,6 +14,8 @@ import { cpus, totalmem } from 'node:os';
 import type { BenchDef, BenchResult } from './harness.ts';
 import { hwBenchmarks } from './hw.bench.ts';
 import { binderBenchmarks } from './binder.bench.ts';
+import { kernelBenchmarks } from './kernel.bench.ts';
+import { shootdownBenchmarks } from './shootdown.bench.ts';
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => argv.includes(name);
@@ -43,7 +45,7 @@ async function runMicro(def: Extract<BenchDef, { kind: 'micro' }>): Promise<Benc
 }
 
 async function main(): Promise<void> {
-  const defs: BenchDef[] = [...hwBenchmarks(), ...binderBenchmarks()].filter((d) => !filter || d.name.includes(filter) || d.group === filter);
+  const defs: BenchDef[] = [...hwBenchmarks(), ...kernelBenchmarks(), ...binderBenchmarks(), ...shootdownBenchmarks()].filter((d) => !filter || d.name.includes(filter) || d.group === filter);
   const results: BenchResult[] = [];
   for (const d of defs) {
     process.stderr.write(`running: ${d.name}\n`);
