@@ -116,9 +116,10 @@ function memOf(cpu: Cpu): RefMemory {
 /**
  * Cached entries of `cpu` that no longer match the page tables. `rootFor(pcid)` gives the root
  * table to compare an entry with; by default the CR3 most recently loaded with that PCID on this
- * CPU (the current CR3 for global entries).
+ * CPU (the current CR3 for global entries). `only`, if given, limits the check to the entries it
+ * accepts (the reference walk per entry is the expensive part).
  */
-export function staleEntries(cpu: Cpu, rootFor?: (pcid: number) => bigint): StaleEntry[] {
+export function staleEntries(cpu: Cpu, rootFor?: (pcid: number) => bigint, only?: (e: CachedTranslation | CachedPagingEntry) => boolean): StaleEntry[] {
   cpu.refresh();
   const mem = memOf(cpu);
   const f = { maxPhyAddr: cpu.features.maxPhyAddr, gbPages: cpu.stlb1gAllowed, nxe: cpu.nxe, la57: cpu.la57 };
@@ -129,6 +130,7 @@ export function staleEntries(cpu: Cpu, rootFor?: (pcid: number) => bigint): Stal
   };
   const out: StaleEntry[] = [];
   for (const e of tlbEntries(cpu)) {
+    if (only && !only(e)) continue;
     const now = referenceMapping(mem, root(e.pcid, e.global), e.va, f);
     let reason: StaleReason | null = null;
     if (!now.present) reason = 'unmapped';
@@ -144,6 +146,7 @@ export function staleEntries(cpu: Cpu, rootFor?: (pcid: number) => bigint): Stal
     if (reason) out.push({ entry: e, reason, now });
   }
   for (const e of pagingCacheEntries(cpu)) {
+    if (only && !only(e)) continue;
     const table = pagingTableNow(mem, root(e.pcid, false), e, f);
     if (table === null || table !== e.table) out.push({ entry: e, reason: table === null ? 'unmapped' : 'other-table', now: { table } });
   }

@@ -34,6 +34,9 @@ import { SignalError, reportFatalSignal } from './signal.ts';
 import type { File } from './fs/file.ts';
 import { WaitQueue } from './sched/wait.ts';
 
+/** CONFIG_HZ: scheduler ticks per second; 250 is Kconfig's default (kernel/Kconfig.hz, HZ_250). */
+export const HZ = 250;
+
 /** IPI vectors (arch/x86/include/asm/irq_vectors.h). */
 export const RESCHEDULE_VECTOR = 0xfd;
 export const CALL_FUNCTION_VECTOR = 0xfc;
@@ -57,6 +60,8 @@ export interface KernelOptions {
   clockGhz?: number;
   /** Record tracepoints (default false). */
   trace?: boolean;
+  /** Scheduler ticks per second (CONFIG_HZ, default HZ). */
+  hz?: number;
 }
 
 export class Kernel {
@@ -78,6 +83,15 @@ export class Kernel {
   readonly subsystems = new Map<string, unknown>();
   /** Hooks run on every context switch. */
   readonly switchHooks: ((cpu: number, prev: Task | null, next: Task) => void)[] = [];
+  /**
+   * Hooks run at every pass through __schedule on `cpu` — a switch to another task or to idle —
+   * before the switch itself (the loaded mm is still the previous one).
+   */
+  readonly scheduleHooks: ((cpu: number) => void)[] = [];
+  /** Hooks run at the scheduler tick (scheduler_tick) of a CPU that is running a task. */
+  readonly tickHooks: ((cpu: number) => void)[] = [];
+  /** Cycles between scheduler ticks (1/HZ at the cost model's clock rate). */
+  readonly tickCycles: number;
   readonly pt: PageTables;
   readonly lockdep: Lockdep;
   readonly locks: MmapLocking;
@@ -109,6 +123,9 @@ export class Kernel {
     });
     this.options = { pcid: opts.pcid ?? true, smep: opts.smep ?? true, smap: opts.smap ?? true };
     this.costs = { ...DEFAULT_KERNEL_COSTS, ...opts.costs };
+    const hz = opts.hz ?? HZ;
+    if (!Number.isFinite(hz) || hz <= 0) throw new RangeError(`hz must be a positive number, got ${String(hz)}`);
+    this.tickCycles = Math.max(1, Math.round((this.machine.config.cost.clockGhz * 1e9) / hz));
     this.engine = new DeterministicEngine(this.machine, { seed: opts.seed ?? 1, quantum: opts.quantum ?? 20_000 });
     this.trace = new Tracer(this, opts.trace ?? false);
     this.pages = new PageAllocator(this.machine.phys, { reservedFrames: 16 });
@@ -261,6 +278,7 @@ export class Kernel {
   contextSwitch(s: CpuScheduler, prev: Task | null, next: Task): void {
     const cpu = s.hw;
     cpu.charge(this.costs.contextSwitch);
+    this.runCpuHooks(this.scheduleHooks, s.index);
     this.trace.schedSwitch(s.index, prev, next);
     const st = this.tlb.cpuState[s.index]!;
     if (next.mm) {
@@ -289,8 +307,24 @@ export class Kernel {
     if (prev !== next && prev !== this.init_mm) mmdrop(this, prev);
   }
 
+  /** Run per-CPU hooks in interrupt-like context on `cpu` (no current task). */
+  runCpuHooks(hooks: readonly ((cpu: number) => void)[], cpu: number): void {
+    if (hooks.length === 0) return;
+    const saved = this.irqCpu;
+    const savedCurrent = this.current;
+    this.irqCpu = cpu;
+    this.current = null;
+    try {
+      for (const h of hooks) h(cpu);
+    } finally {
+      this.irqCpu = saved;
+      this.current = savedCurrent;
+    }
+  }
+
   /** A CPU has nothing to run: a dead loaded mm is dropped now (see the scheduler). */
   cpuIdle(cpu: number): void {
+    this.runCpuHooks(this.scheduleHooks, cpu);
     const st = this.tlb.cpuState[cpu]!;
     if (st.loaded_mm !== this.init_mm && st.loaded_mm.mm_users === 0) this.switchLoadedMm(cpu, this.init_mm, null);
     else this.tlb.enter_lazy_tlb(cpu, null);

@@ -267,10 +267,14 @@ function* populate(k: Kernel, mm: MmStruct, start: number, len: number): KGen {
   }
 }
 
-/** Zap and free the tables of VMAs that are no longer linked (unmap_region). */
-export function* unmapDetached(k: Kernel, mm: MmStruct, vmas: VmArea[], site: string, floor?: number, ceiling?: number): KGen {
+/**
+ * Zap and free the tables of VMAs that are no longer linked (unmap_region). `lazyFree`: nothing
+ * will reuse the range before the flush policy allows it (munmap), see MmuGather.lazy_free.
+ */
+export function* unmapDetached(k: Kernel, mm: MmStruct, vmas: VmArea[], site: string, floor?: number, ceiling?: number, lazyFree = false): KGen {
   if (vmas.length === 0) return;
   const tlb = new MmuGather(k, mm, false, k.tlb, k.pt, `tlb_finish_mmu <- ${site}`);
+  tlb.lazy_free = lazyFree;
   for (const v of vmas) {
     yield* zap_range(k, tlb, v, v.vm_start, v.vm_end);
     yield* tlb.endVma();
@@ -320,7 +324,9 @@ export function* do_vmi_munmap(k: Kernel, mm: MmStruct, start: number, len: numb
   for (const v of victims) yield* k.vmaOps.detach(v);
   mmapCounters(k).munmaps++;
   if (downgrade) k.locks.mmap_write_downgrade(mm);
-  yield* unmapDetached(k, mm, victims, 'do_vmi_munmap', floor, ceiling);
+  // `downgrade` marks munmap(2) itself (__vm_munmap); its range may be flushed lazily by a policy
+  // that holds the pages and the range until every CPU caught up (LATR's munmap_inprogress).
+  yield* unmapDetached(k, mm, victims, 'do_vmi_munmap', floor, ceiling, downgrade);
   // Only now, with the PTEs gone and the TLBs flushed, do the ->close hooks run.
   for (const v of victims) k.vmaOps.remove(v);
   return 0;

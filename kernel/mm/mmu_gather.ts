@@ -12,6 +12,11 @@
  * reaches lazy CPUs whenever another gather of the mm is in flight (mm_tlb_flush_nested), even if
  * this one cleared nothing.
  *
+ * A gather marked `lazy_free` (munmap: the range has no VMA any more, so nothing may legally use
+ * it) lets the flush policy defer the remote part of its flushes; the pages then go to the
+ * policy (TlbFlusher.release_after_flush), which drops their references once every CPU caught
+ * up. Under Linux's policy that is at once, exactly as before.
+ *
  * Deviations: no delayed rmap (dirty file pages lose their mapcount at zap time); the level of a
  * freed table is not known here, so every freed table counts as cleared_pmds; tables are freed
  * right after the flush (x86 defers them further through RCU, tlb_remove_table).
@@ -45,6 +50,8 @@ export class MmuGather {
   readonly tables: number[] = [];
   /** Flushes this gather performed. */
   flushes = 0;
+  /** Only freeing follows (munmap): the policy may defer the remote flush (see the header). */
+  lazy_free = false;
 
   constructor(
     private readonly k: Kernel,
@@ -122,7 +129,7 @@ export class MmuGather {
     if (!this.cleared && !this.freed_tables && !this.cleared_pmds) return;
     const start = this.fullmm ? 0 : this.start;
     const end = this.fullmm ? TLB_FLUSH_ALL : this.end;
-    yield* this.tlb.flush_tlb_mm_range(this.mm, start, end, this.stride_shift, this.freed_tables);
+    yield* this.tlb.flush_tlb_mm_range(this.mm, start, end, this.stride_shift, this.freed_tables, this.lazy_free);
     this.flushes++;
     // __tlb_reset_range.
     this.start = Number.POSITIVE_INFINITY;
@@ -139,8 +146,14 @@ export class MmuGather {
   }
 
   private freeBatched(): void {
-    for (const pfn of this.pages) this.k.pages.putPage(pfn, this.site);
-    this.pages.length = 0;
+    if (this.pages.length > 0) {
+      const pages = this.pages.splice(0);
+      const site = this.site;
+      this.tlb.release_after_flush(this.mm, pages, () => {
+        for (const pfn of pages) this.k.pages.putPage(pfn, site);
+      });
+    }
+    // Tables are freed only after a flush that reached every CPU (freed_tables is never deferred).
     for (const t of this.tables) this.pt.freeTable(this.mm, t, this.site);
     this.tables.length = 0;
   }

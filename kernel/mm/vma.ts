@@ -116,6 +116,9 @@ export class VmaOps {
   /** Change a linked VMA's range (and i_mmap key) under the locks Linux takes. */
   private *adjust(vma: VmArea, start: number, end: number, pgoff: number): KGen {
     const mm = vma.vm_mm;
+    // Growing over a range a lazy flush policy still holds: let it finish there first.
+    if (start < vma.vm_start) yield* this.k.tlb.before_map_range(mm, start, vma.vm_start);
+    if (end > vma.vm_end) yield* this.k.tlb.before_map_range(mm, vma.vm_end, end);
     const f = vma.vm_file;
     if (f) yield* f.f_mapping.i_mmap_rwsem.down_write('vma_adjust');
     if (f) f.f_mapping.i_mmap.remove(vma);
@@ -145,6 +148,7 @@ export class VmaOps {
   *link(vma: VmArea): KGen {
     const mm = vma.vm_mm;
     this.k.locks.mmap_assert_write_locked(mm, 'vma_link');
+    yield* this.k.tlb.before_map_range(mm, vma.vm_start, vma.vm_end);
     vma.vm_lock_seq = mm.mm_lock_seq; // a new VMA is write-locked until the mmap lock is released
     this.k.locks.vma_mark_attached(vma);
     mm.treeInsert(vma);

@@ -8,6 +8,10 @@
  *   { kind:'sleep' } the task has put itself on a wait queue and set itself sleeping;
  *   { kind:'spin' }  the CPU busy-waits (interrupts enabled) until a condition holds, e.g. the
  *                    IPI acknowledgements of a TLB shootdown; nothing else runs on that CPU.
+ *   { kind:'busy' }  the task computes without touching memory until a virtual time (user code
+ *                    working in registers and caches): the CPU stays busy in the task's mm, its
+ *                    clock runs on in steps no longer than the engine allows, so interrupts and
+ *                    ticks arrive on time, and the task may be preempted meanwhile.
  * Plain (non-generator) kernel functions never sleep, which is how the code shows where
  * might_sleep() holds.
  *
@@ -19,6 +23,8 @@
  * lets it (so a wake-up is not missed while it waits for a timer). A sleeper whose timer expired
  * while another task kept the CPU gets it at the end of that task's slice (its timer fires then).
  * Going idle is a switch to the idle task: lazy TLB mode. An oops (a KernelBug) kills the task that hit it.
+ * A CPU running a task takes a scheduler tick every 1/HZ of virtual time (between two steps of
+ * the task), running the kernel's tick hooks; an idle CPU takes none (NOHZ idle).
  *
  * Simplifications: round robin instead of CFS, no wake-up preemption, no load balancing (a task
  * stays on its CPU unless its affinity is changed); tasks migrate only when requeued.
@@ -42,7 +48,12 @@ export interface SpinYield {
   /** Called once the condition holds, before the task resumes (e.g. to settle IPI clocks). */
   after?: () => void;
 }
-export type SchedYield = typeof PREEMPT | SleepYield | SpinYield;
+export interface BusyYield {
+  kind: 'busy';
+  /** Virtual time (the CPU's clock) the computation ends at. */
+  until: number;
+}
+export type SchedYield = typeof PREEMPT | SleepYield | SpinYield | BusyYield;
 
 /** What kernel code that may sleep looks like. */
 export type KGen<T = void> = Generator<SchedYield, T, unknown>;
@@ -73,6 +84,8 @@ export class Task {
   allowed: number[] | null = null;
   /** Earliest virtual time it may run after a wake-up. */
   wakeAt = 0;
+  /** A 'busy' computation in progress ends at this time (0: none). */
+  busyUntil = 0;
   /** When it last started waiting (sleep or run queue). */
   since = 0;
   /** Nesting of kernel entries: 0 means the task is in user mode (CPL 3). */
@@ -117,6 +130,8 @@ export class CpuScheduler implements Agent {
   spinCycles = 0;
   private idleSince = -1;
   private spinSince = 0;
+  /** When the next scheduler tick is due on this CPU. */
+  private nextTick = 0;
 
   constructor(
     readonly kernel: Kernel,
@@ -214,6 +229,20 @@ export class CpuScheduler implements Agent {
         this.curr = t;
         this.sliceEnd = cpu.cycles + k.costs.timeSlice;
       }
+      // scheduler_tick: the periodic tick of a CPU running a task (an idle CPU has none, as
+      // with NOHZ idle). Taken between two steps of the task.
+      if (cpu.cycles >= this.nextTick) {
+        const period = k.tickCycles;
+        this.nextTick = (Math.floor(cpu.cycles / period) + 1) * period;
+        k.runCpuHooks(k.tickHooks, this.index);
+      }
+      // A computation in progress: the clock runs on, no further than this turn may run.
+      if (t.busyUntil > cpu.cycles) {
+        const to = Math.min(t.busyUntil, until);
+        t.stats.runCycles += to - cpu.cycles;
+        cpu.cycles = to;
+        if (to < t.busyUntil) continue;
+      }
       // Run the task up to its next yield.
       const start = cpu.cycles;
       k.current = t;
@@ -254,6 +283,9 @@ export class CpuScheduler implements Agent {
         case 'spin':
           this.spin = y;
           this.spinSince = cpu.cycles;
+          break;
+        case 'busy':
+          t.busyUntil = y.until;
           break;
         default:
           throw new Error(`task ${t.pid} yielded ${JSON.stringify(y)} to the scheduler`);

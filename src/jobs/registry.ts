@@ -5,6 +5,7 @@
 
 import { runAbCase, parseConfig, type AbMetrics, type WorkloadName } from '../experiments/ab.ts';
 import type { KernelOptions } from '../../kernel/kernel.ts';
+import { runPoint, type ShootdownConfig, type ShootdownPoint } from '../experiments/shootdown.ts';
 
 export interface AbJobArgs {
   config: string;
@@ -15,6 +16,12 @@ export interface AbJobArgs {
   kernel?: KernelOptions;
 }
 
+export interface ShootdownJobArgs {
+  point: ShootdownPoint;
+  config: ShootdownConfig;
+}
+
 export const JOBS: Record<string, (args: never) => unknown> = {
+  shootdown: (a: ShootdownJobArgs) => runPoint(a.point, a.config),
   ab: (a: AbJobArgs): AbMetrics => runAbCase({ config: parseConfig(a.config), workload: a.workload, seed: a.seed, cpus: a.cpus, iterations: a.iterations, kernel: a.kernel }),
 };

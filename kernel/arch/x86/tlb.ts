@@ -24,8 +24,16 @@
  * send, delivery, handler, INVLPG, CR3 write, the refills that follow).
  *
  * Policies: besides Linux's, experiments can choose "full" (always a full flush), "pages"
- * (never), or hand in their own FlushPolicy (e.g. LATR-style lazy invalidation, see
- * src/shootdown-policies.ts). The default is Linux.
+ * (never), or hand in their own FlushPolicy. A policy may also defer the remote part of a flush
+ * whose only purpose is freeing (munmap's mmu_gather: `lazy_free`): then it owns the pages the
+ * gather would free (release_after_flush) until every CPU it spared has caught up, and must
+ * finish its deferred invalidations of a range before a new mapping covers it
+ * (before_map_range). LATR (kernel/arch/x86/tlb_latr.ts) is such a policy. The default is Linux,
+ * for which all three hooks do nothing.
+ *
+ * Any synchronous flush of an mm completes every earlier deferred one of that mm: each CPU that
+ * runs the mm (not lazily) gets the IPI and, having missed the deferred generation, flushes the
+ * whole ASID; every other CPU flushes before it runs the mm again (tlb_gen at switch_mm).
  */
 
 import type { Kernel } from '../../kernel.ts';
@@ -34,6 +42,7 @@ import type { MmStruct } from '../../mm/mm_types.ts';
 import type { KGen, Task } from '../../sched/core.ts';
 import { CR3_NOFLUSH } from '../../../hw/control-registers.ts';
 import { toVa } from '../../../hw/address.ts';
+import { staleEntries, type CachedPagingEntry, type CachedTranslation, type StaleReason } from '../../../hw/inspect.ts';
 import { TLB_FLUSH_ON_TASK_SWITCH, TLB_LOCAL_MM_SHOOTDOWN, TLB_REMOTE_SHOOTDOWN, TLB_REMOTE_WRONG_CPU } from '../../trace/trace.ts';
 
 export const TLB_NR_DYN_ASIDS = 6;
@@ -71,6 +80,8 @@ export interface FlushTlbInfo {
   freed_tables: boolean;
   new_tlb_gen: number;
   initiator: number;
+  /** The flush only precedes freeing (munmap): a policy may defer its remote part. */
+  lazy_free?: boolean;
 }
 
 /** A flush policy: how big a range is flushed page by page, and which CPUs get an IPI. */
@@ -80,6 +91,20 @@ export interface FlushPolicy {
   ceiling(info: FlushTlbInfo): number;
   /** Should CPU `cpu` (not the initiator) get an IPI for `info`? Default: Linux's rule. */
   shouldIpi?(k: Kernel, tlb: TlbFlusher, cpu: number, info: FlushTlbInfo): boolean;
+  /**
+   * Defer the remote part of a `lazy_free` flush instead of sending IPIs to `targets` (the CPUs
+   * Linux would interrupt). Return true if the policy took it over; false sends the IPIs.
+   */
+  defer?(info: FlushTlbInfo, targets: readonly number[]): boolean;
+  /** A synchronous flush of `mm` up to generation `gen` has completed on every CPU. */
+  flushed?(mm: MmStruct, gen: number): void;
+  /**
+   * Free `pages` (by calling `release`) once no CPU can use a translation removed by a flush of
+   * `mm` so far. Without this hook they are released at once.
+   */
+  releaseAfterFlush?(mm: MmStruct, pages: readonly number[], release: () => void): void;
+  /** A new mapping is about to cover [start, end) of `mm`: finish deferred invalidations there. */
+  beforeMapRange?(mm: MmStruct, start: number, end: number): KGen;
 }
 
 export const LINUX_POLICY: FlushPolicy = { name: 'linux', ceiling: () => TLB_SINGLE_PAGE_FLUSH_CEILING };
@@ -101,13 +126,30 @@ export interface TlbStats {
   invlpgs: number;
   /** Cycles the initiators spent waiting for acknowledgements. */
   waitCycles: number;
+  /** Cycles the initiators spent in flush_tlb_mm_range, from entry to return (waiting included). */
+  initiatorCycles: number;
+  /** Flushes whose remote part the policy deferred (no IPIs sent). */
+  deferred: number;
   asidSwitches: number;
   switchFlushes: number;
 }
 
+/** A cached translation some CPU could still use although the page tables no longer allow it. */
+export interface UsableStaleEntry {
+  cpu: number;
+  pcid: number;
+  /** ctx_id of the mm whose ASID slot holds it. */
+  mm: number;
+  array: string;
+  va: bigint;
+  /** The frame it maps (null for a paging-structure-cache entry). */
+  frame: bigint | null;
+  reason: StaleReason;
+}
+
 export class TlbFlusher {
   readonly cpuState: CpuTlbState[];
-  readonly stats: TlbStats = { flushes: 0, fullByCeiling: 0, ipis: 0, lazySkipped: 0, partialFlushes: 0, fullFlushes: 0, noopFlushes: 0, invlpgs: 0, waitCycles: 0, asidSwitches: 0, switchFlushes: 0 };
+  readonly stats: TlbStats = { flushes: 0, fullByCeiling: 0, ipis: 0, lazySkipped: 0, partialFlushes: 0, fullFlushes: 0, noopFlushes: 0, invlpgs: 0, waitCycles: 0, initiatorCycles: 0, deferred: 0, asidSwitches: 0, switchFlushes: 0 };
   policy: FlushPolicy = LINUX_POLICY;
   /** Lazy TLB mode for kernel threads and idle (default on, as Linux). */
   lazyTlb = true;
@@ -290,12 +332,14 @@ export class TlbFlusher {
 
   /**
    * flush_tlb_mm_range: make every CPU stop using translations of [start, end) in `mm`. Spins
-   * (a scheduler 'spin' yield) until the remote CPUs have acknowledged.
+   * (a scheduler 'spin' yield) until the remote CPUs have acknowledged. With `lazy_free` (the
+   * flush only precedes freeing pages, as munmap's) the policy may defer the remote part.
    */
-  *flush_tlb_mm_range(mm: MmStruct, start: number, end: number, stride_shift: number, freed_tables: boolean): KGen {
+  *flush_tlb_mm_range(mm: MmStruct, start: number, end: number, stride_shift: number, freed_tables: boolean, lazy_free = false): KGen {
     const k = this.k;
     const me = k.thisCpu();
-    const info: FlushTlbInfo = { id: this.nextInfo++, mm, start, end, stride_shift, freed_tables, new_tlb_gen: ++mm.tlb_gen, initiator: me };
+    const t0 = k.now();
+    const info: FlushTlbInfo = { id: this.nextInfo++, mm, start, end, stride_shift, freed_tables, new_tlb_gen: ++mm.tlb_gen, initiator: me, lazy_free };
     this.stats.flushes++;
     if (end !== TLB_FLUSH_ALL && (end - start) / 2 ** stride_shift > this.policy.ceiling(info)) {
       info.start = 0;
@@ -311,6 +355,12 @@ export class TlbFlusher {
       else if (this.cpuState[c]!.is_lazy) this.stats.lazySkipped++;
     }
     targets.sort((a, b) => a - b);
+    // Page tables freed: every CPU must drop its paging-structure caches now, so never deferred.
+    const deferred = targets.length > 0 && lazy_free && !freed_tables && this.policy.defer !== undefined && this.policy.defer(info, targets);
+    if (deferred) {
+      this.stats.deferred++;
+      targets.length = 0;
+    }
     let ticket = null;
     if (targets.length > 0) {
       this.infos.set(info.id, info);
@@ -335,6 +385,60 @@ export class TlbFlusher {
         },
       };
     }
+    this.stats.initiatorCycles += k.machine.cpu(me).cycles - t0;
+    if (!deferred) this.policy.flushed?.(mm, info.new_tlb_gen);
+  }
+
+  /**
+   * Drop the PTE references `pages` (by calling `release`) once no CPU can still use a
+   * translation that a flush of `mm` removed: at once, unless the policy deferred some.
+   */
+  release_after_flush(mm: MmStruct, pages: readonly number[], release: () => void): void {
+    if (this.policy.releaseAfterFlush) this.policy.releaseAfterFlush(mm, pages, release);
+    else release();
+  }
+
+  /** A new mapping will cover [start, end) of `mm` (vma_link, VMA growth): see the policy hook. */
+  *before_map_range(mm: MmStruct, start: number, end: number): KGen {
+    if (this.policy.beforeMapRange) yield* this.policy.beforeMapRange(mm, start, end);
+  }
+
+  /**
+   * Debug check of the tlb_gen rule (in the spirit of v86's re-check of every cached entry):
+   * cached translations some CPU could still use although the page tables no longer allow them.
+   * An ASID slot counts if its CPU runs the mm right now (loaded, not lazy) or claims to be up to
+   * date with it (ctxs[asid].tlb_gen >= mm->tlb_gen); a slot behind the mm's generation is
+   * flushed before it is used again, so its entries cannot be used. Fewer rights than the tables
+   * give are harmless (a spurious fault) and not reported. `only` limits the check (a reference
+   * walk per entry) to some entries, e.g. those of a range or of some frames.
+   */
+  usableStale(only?: (e: CachedTranslation | CachedPagingEntry) => boolean): UsableStaleEntry[] {
+    const k = this.k;
+    const out: UsableStaleEntry[] = [];
+    const byId = new Map<number, MmStruct>();
+    for (const m of k.mms) byId.set(m.ctx_id, m);
+    for (let c = 0; c < k.machine.cpuCount; c++) {
+      const st = this.cpuState[c]!;
+      const roots = new Map<number, MmStruct>();
+      for (let a = 0; a < TLB_NR_DYN_ASIDS; a++) {
+        const ctx = st.ctxs[a]!;
+        const mm = byId.get(ctx.ctx_id);
+        if (!mm || mm === this.init_mm || mm.pgd === 0) continue;
+        if (!this.usePcid && (a !== 0 || st.loaded_mm !== mm)) continue;
+        const running = st.loaded_mm === mm && !st.is_lazy && st.loaded_mm_asid === a;
+        if (ctx.tlb_gen < mm.tlb_gen && !running) continue;
+        roots.set(this.pcidOf(a), mm);
+      }
+      if (roots.size === 0) continue;
+      const cpu = k.machine.cpu(c);
+      const filter = (e: CachedTranslation | CachedPagingEntry): boolean => roots.has(e.pcid) && !('frame' in e && e.global) && (!only || only(e));
+      for (const s of staleEntries(cpu, (pcid) => BigInt(roots.get(pcid)?.pgd ?? cpu.pcidRoot(pcid)), filter)) {
+        if (s.reason === 'fewer-rights') continue;
+        const e = s.entry;
+        out.push({ cpu: c, pcid: e.pcid, mm: roots.get(e.pcid)!.ctx_id, array: e.array, va: e.va, frame: 'frame' in e ? e.frame : null, reason: s.reason });
+      }
+    }
+    return out;
   }
 
   /** flush_tlb_page. */
