@@ -115,7 +115,7 @@ export function register(program: Command, io: Io): void {
     .command('shootdown')
     .description('TLB shootdown experiments: initiator latency, IPIs, flushed entries and refill misses under Linux\'s flush policy, always-full, always-per-page and LATR');
   addCommonOptions(cmd)
-    .option('--cpus-list <list>', `CPU counts to sweep, each 2..64 (default ${DEFAULTS.cpus.join(',')}; --cpus N alone means just N)`, intList('--cpus-list', 2, 64))
+    .option('--cpus-list <list>', `CPU counts to sweep, each 2..256 (default ${DEFAULTS.cpus.join(',')}; --cpus N alone means just N)`, intList('--cpus-list', 2, 256))
     .option('--pages <list>', `pages changed per flush, each 1..4096 (default ${DEFAULTS.pages.join(',')})`, intList('--pages', 1, 4096))
     .option('--policy <list>', `flush policies (${POLICIES.join(', ')}; default all)`, listOption('policy', POLICIES))
     .option('--lazy <list>', 'lazy TLB mode: on, off or on,off (default on)', listOption('--lazy value', ['on', 'off'] as const))
