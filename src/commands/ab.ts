@@ -177,6 +177,7 @@ const TABLE_COLUMNS: { key: string; head: string; digits: number }[] = [
   { key: 'driverLock', head: 'drvLock', digits: 0 },
   { key: 'driverContended', head: 'drvCont', digits: 0 },
   { key: 'receiverWait', head: 'rcvWaitµs', digits: 1 },
+  { key: 'waitBehindDriver', head: 'behindDrvµs', digits: 1 },
   { key: 'vmaSuccess', head: 'vmaOk', digits: 0 },
   { key: 'vmaFallback', head: 'vmaFb', digits: 0 },
   { key: 'faults', head: 'faults', digits: 0 },

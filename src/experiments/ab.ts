@@ -192,7 +192,7 @@ export function runAbCase(o: AbRunOptions): AbMetrics {
           oC += s.contended;
         }
       }
-      for (const [wpid, cyc] of st.waitByPid) if (k.tasks.get(wpid)?.tgid === pid) rW += cyc;
+      for (const [wpid, cyc] of st.waitByPid) if (res.receiverTids.has(wpid)) rW += cyc;
       for (const [holder, cyc] of st.blockedBy) if (DRIVER_CALLER.test(holder)) rB += cyc;
     }
     lockSnap = { driverAcquisitions: dA, driverContended: dC, driverWaitUs: k.micros(dW), ownAcquisitions: oA, ownContended: oC, receiverWaitUs: k.micros(rW), receiverWaitBehindDriverUs: k.micros(rB) };
@@ -268,6 +268,7 @@ export const SUMMARY_METRICS: { key: string; label: string; unit: string; get: (
   { key: 'driverWait', label: 'driver waited', unit: 'µs', get: (m) => m.mmapLock.driverWaitUs, better: 'lower' },
   { key: 'ownContended', label: 'receiver contended', unit: 'acq', get: (m) => m.mmapLock.ownContended, better: 'lower' },
   { key: 'receiverWait', label: 'receiver waited', unit: 'µs', get: (m) => m.mmapLock.receiverWaitUs, better: 'lower' },
+  { key: 'waitBehindDriver', label: 'waited behind the driver', unit: 'µs', get: (m) => m.mmapLock.receiverWaitBehindDriverUs, better: 'lower' },
   { key: 'vmaSuccess', label: 'VMA lock ok (driver)', unit: '', get: (m) => m.vmaLock.driverSuccess, better: 'higher' },
   { key: 'vmaFallback', label: 'VMA lock fallback (driver)', unit: '', get: (m) => m.vmaLock.driverFallback, better: 'lower' },
   { key: 'faults', label: 'receiver faults', unit: '', get: (m) => m.receiverFaults, better: 'lower' },

@@ -51,6 +51,8 @@ export interface ThroughputResult {
   elapsedCycles: number;
   /** pid of each worker process (the receivers). */
   workerPids: number[];
+  /** Every thread id of the workers (binder and extra threads included). */
+  receiverTids: Set<number>;
   /** Page faults taken by the workers' threads (all of them, counted as each thread ends). */
   receiverFaults: number;
   /** Highest number of frames in use seen at a transaction's completion. */
@@ -80,7 +82,7 @@ export function spawnThroughput(k: Kernel, o: ThroughputOptions): ThroughputResu
   if (!Number.isInteger(o.workers) || o.workers < 2) throw new RangeError(`binder throughput needs at least 2 workers, got ${o.workers}`);
   if (!Number.isInteger(o.iterations) || o.iterations < 1) throw new RangeError(`iterations must be a positive integer, got ${o.iterations}`);
   if (!Number.isInteger(o.payload) || o.payload < 0) throw new RangeError(`payload must be a non-negative integer, got ${o.payload}`);
-  const res: ThroughputResult = { transactions: 0, failures: 0, latencies: [], elapsedCycles: 0, workerPids: [], receiverFaults: 0, peakFrames: 0, finished: 0, failuresByKind: {}, sent: 0, extraRunning: 0, checked: false };
+  const res: ThroughputResult = { transactions: 0, failures: 0, latencies: [], elapsedCycles: 0, workerPids: [], receiverTids: new Set(), receiverFaults: 0, peakFrames: 0, finished: 0, failuresByKind: {}, sent: 0, extraRunning: 0, checked: false };
   const rng = new Random(o.seed ?? 1);
   const think = o.thinkCycles ?? 0;
   const stop = () => res.finished >= o.workers;
@@ -97,13 +99,14 @@ export function spawnThroughput(k: Kernel, o: ThroughputOptions): ThroughputResu
   for (let w = 0; w < n; w++) {
     k.spawn(function* worker(u: User) {
       res.workerPids.push(u.pid);
+      res.receiverTids.add(u.tid);
       yield* u.sleep(50_000); // let servicemanager become the context manager
       const ps = yield* ProcessState.open(u, { vmSize: o.vmSize });
       const ipc = new IPCThreadState(u, ps);
       const reply = new Parcel();
       // The binder thread serves until every other worker said it is done (QUIT_TRANSACTION,
       // sent synchronously after its last transaction), so failed transactions cannot strand it.
-      yield* u.clone(
+      const binderTid = yield* u.clone(
         function* binderThread(t: User) {
           const ipcT = new IPCThreadState(t, ps);
           let quits = 0;
@@ -117,9 +120,10 @@ export function spawnThroughput(k: Kernel, o: ThroughputOptions): ThroughputResu
         },
         { cpu: cpuOf(w, 'binder'), comm: `${WORKER}${w}:b` },
       );
+      res.receiverTids.add(binderTid);
       res.extraRunning++;
       for (const [i, x] of (o.extraThreads ?? []).entries()) {
-        yield* u.clone(
+        const tid = yield* u.clone(
           function* extra(t: User) {
             yield* x.body(t, w, stop);
             res.receiverFaults += t.task.stats.faults;
@@ -127,6 +131,7 @@ export function spawnThroughput(k: Kernel, o: ThroughputOptions): ThroughputResu
           },
           { cpu: x.cpu?.(w, i), comm: `${WORKER}${w}:x${i}` },
         );
+        res.receiverTids.add(tid);
         res.extraRunning++;
       }
       if (!(yield* addService(ipc, `${WORKER}${w}`, 0x1000 + w))) throw new Error(`worker ${w}: addService failed`);
