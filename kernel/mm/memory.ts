@@ -33,7 +33,7 @@ import {
 import { GFP_HIGHUSER_MOVABLE, PG_anon, PG_anon_exclusive, PG_buddy, PG_dirty, PG_referenced, PG_slab, PG_table, PG_zero, __GFP_ZERO } from './page_alloc.ts';
 import { folio_add_file_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, isAnon, mm_counter_file } from './rmap.ts';
 import { MmuGather } from './mmu_gather.ts';
-import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, ptePfn, vm_get_page_prot, type PgProt } from '../arch/x86/pgtable.ts';
+import { PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, ptePfn, vm_get_page_prot, type PgProt } from '../arch/x86/pgtable.ts';
 import { EBUSY, EFAULT, EINVAL, ENOMEM, EAGAIN } from '../errno.ts';
 import type { AddressSpace } from '../fs/file.ts';
 
@@ -519,6 +519,11 @@ export function* zap_page_range_single(k: Kernel, vma: VmArea, addr: number, siz
   const end = addr + size;
   if (addr < vma.vm_start || end > vma.vm_end) {
     k.warn('WARNING: zap_page_range_single outside the VMA', `VM_WARN_ON_ONCE: zap of ${addr.toString(16)}-${end.toString(16)} outside ${vma}`, { vma: vma.id });
+  }
+  // unmap_single_vma → __unmap_hugepage_range: a hugetlb range must start and end on huge page
+  // boundaries (BUG_ON in Linux); without the check a 4 KiB zap would drop a whole 2 MiB page.
+  if (vma.vm_flags & VM_HUGETLB && (addr % PMD_SIZE || end % PMD_SIZE)) {
+    k.bug('kernel BUG at mm/hugetlb.c: __unmap_hugepage_range', `BUG_ON(start & ~huge_page_mask(h)): zap of ${addr.toString(16)}-${end.toString(16)} in hugetlb ${vma}`, { vma: vma.id, contract: 'hugetlb-zap-alignment' });
   }
   // The VMA must be stable: the mmap lock, its VMA lock, or (rmap walkers) its file's i_mmap_rwsem.
   if (!k.locks.vmaIsStable(vma) && !vma.vm_file?.f_mapping.i_mmap_rwsem.heldBy(k.current)) {

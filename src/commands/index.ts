@@ -6,7 +6,11 @@
 import type { Command } from 'commander';
 import type { Io } from './common.ts';
 import { register as ab } from './ab.ts';
+import { register as run } from './run.ts';
+import { register as inspect } from './inspect.ts';
+import { register as shootdown } from './shootdown.ts';
+import { register as attack } from './attack.ts';
 
 export type RegisterCommand = (program: Command, io: Io) => void;
 
-export const COMMANDS: RegisterCommand[] = [ab];
+export const COMMANDS: RegisterCommand[] = [ab, run, inspect, shootdown, attack];

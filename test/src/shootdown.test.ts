@@ -158,7 +158,7 @@ describe('mmulab shootdown', () => {
   const BAD: [string[], RegExp][] = [
     [['--pages', '0'], /--pages values must be between 1 and 4096, got 0/],
     [['--pages', '1,x'], /--pages must be a comma-separated list of integers, got "x"/],
-    [['--cpus-list', '1'], /--cpus-list values must be between 2 and 64, got 1/],
+    [['--cpus-list', '1'], /--cpus-list values must be between 2 and 256, got 1/],
     [['--cpus', '1'], /a shootdown needs at least 2 CPUs/],
     [['--policy', 'linux,bogus'], /unknown policy "bogus" \(known: linux, full, per-page, latr\)/],
     [['--lazy', 'maybe'], /unknown --lazy value "maybe" \(known: on, off\)/],
