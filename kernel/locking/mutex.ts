@@ -6,10 +6,12 @@
  * is accounted per caller like an rwsem. A spinlock never sleeps: in one simulated thread it can
  * only be found held if its holder yielded while holding it, which Linux forbids ("BUG:
  * scheduling while atomic") — the scheduler reports that; a trylock on a held spinlock fails.
+ * Holding a spinlock raises the task's preempt_count; taking a sleeping lock then is reported
+ * as might_sleep() does ("BUG: sleeping function called from invalid context").
  */
 
 import type { Kernel } from '../kernel.ts';
-import type { KGen, Task } from '../sched/core.ts';
+import { might_sleep, type KGen, type Task } from '../sched/core.ts';
 import type { Lockdep } from './lockdep.ts';
 import { newLockStats, statFor, type LockStats } from './rwsem.ts';
 
@@ -33,6 +35,7 @@ export class Mutex {
     const k = this.k;
     const t = k.current!;
     k.charge(k.costs.lock);
+    might_sleep(k, 'kernel/locking/mutex.c:283', site);
     if (this.owner === t) k.bug(`BUG: ${this.cls}: recursive mutex_lock`, `DEBUG_LOCKS_WARN_ON(lock->owner == current): ${this.cls} taken again by ${t.comm}/${t.pid} at ${site}`, { cls: this.cls });
     if (this.owner === null && this.waiters.length === 0) {
       this.owner = t;
@@ -117,6 +120,7 @@ export class SpinLock {
       k.bug(`BUG: spinlock ${this.cls} already held`, `BUG: spinlock recursion or lockup on CPU#${k.thisCpu()}, ${this.cls} held by ${this.owner.comm}/${this.owner.pid}, wanted at ${site}`, { cls: this.cls });
     }
     this.owner = k.current;
+    if (k.current) k.current.preemptCount++;
     statFor(this.stats, caller).acquisitions++;
     this.lockdep.acquire(this.cls, this, 'exclusive', site, false);
   }
@@ -125,6 +129,7 @@ export class SpinLock {
     this.k.charge(this.k.costs.lock / 2);
     if (this.owner !== null) return false;
     this.owner = this.k.current;
+    if (this.owner) this.owner.preemptCount++;
     statFor(this.stats, caller).acquisitions++;
     this.lockdep.acquire(this.cls, this, 'exclusive', site, true);
     return true;
@@ -133,6 +138,7 @@ export class SpinLock {
   unlock(): void {
     this.k.charge(this.k.costs.lock / 2);
     this.lockdep.release(this, this.owner);
+    if (this.owner && this.owner.preemptCount > 0) this.owner.preemptCount--;
     this.owner = null;
   }
 }

@@ -22,7 +22,7 @@
  */
 
 import type { Kernel } from '../kernel.ts';
-import type { KGen, Task } from '../sched/core.ts';
+import { might_sleep, type KGen, type Task } from '../sched/core.ts';
 import type { Lockdep } from './lockdep.ts';
 
 export interface LockStat {
@@ -123,6 +123,7 @@ export class RwSemaphore {
     const k = this.k;
     const t = k.current!;
     k.charge(k.costs.lock);
+    might_sleep(k, 'kernel/locking/rwsem.c:1523', site);
     if (this.canRead()) {
       this.grantRead(t, caller);
       this.account(caller, false, 0, t.pid);
@@ -152,6 +153,7 @@ export class RwSemaphore {
     const k = this.k;
     const t = k.current!;
     k.charge(k.costs.lock);
+    might_sleep(k, 'kernel/locking/rwsem.c:1578', site);
     if (this.writer === null && this.readers === 0 && this.waiters.length === 0) {
       this.writer = t;
       this.writerCaller = caller;

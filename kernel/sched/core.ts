@@ -100,6 +100,8 @@ export class Task {
   readonly stats: TaskStats = { runCycles: 0, queueCycles: 0, sleepCycles: 0, switches: 0, preemptions: 0, faults: 0 };
   /** What it is blocked on (for reports and deadlock messages). */
   waitingFor = '';
+  /** preempt_count: spinlocks held (a task holding one is atomic and must not sleep). */
+  preemptCount = 0;
   /** Value passed into the generator at its next resumption. */
   resume: unknown = undefined;
   /** Exception to throw into the generator at its next resumption (signals). */
@@ -277,6 +279,17 @@ export class CpuScheduler implements Agent {
           break;
         case 'sleep':
           if (t.state === 'running') throw new Error(`task ${t.pid} yielded sleep without sleeping (${y.reason})`);
+          if (t.preemptCount > 0) {
+            // __schedule_bug: printed, not fatal; the run goes on to show the consequences.
+            k.report({
+              kind: 'BUG',
+              title: `BUG: scheduling while atomic: ${t.comm}/${t.pid}/0x${t.preemptCount.toString(16).padStart(8, '0')}`,
+              text: `BUG: scheduling while atomic: ${t.comm}/${t.pid}/0x${t.preemptCount.toString(16).padStart(8, '0')}\nsleeping on ${y.reason} with ${t.preemptCount} spinlock(s) held`,
+              pid: t.pid,
+              comm: t.comm,
+              data: { preemptCount: t.preemptCount, reason: y.reason },
+            });
+          }
           t.waitingFor = y.reason;
           if (this.curr === t) this.curr = null;
           break;
@@ -292,6 +305,21 @@ export class CpuScheduler implements Agent {
       }
     }
   }
+}
+
+/**
+ * might_sleep() (__might_sleep in kernel/sched/core.c): a sleeping lock taken with a spinlock held (preempt_count > 0) is reported as
+ * __might_sleep prints it, once per call site; the acquisition goes on.
+ */
+export function might_sleep(k: Kernel, file: string, site: string): void {
+  const t = k.current;
+  if (!t || t.preemptCount === 0) return;
+  k.report({
+    kind: 'BUG',
+    title: `BUG: sleeping function called from invalid context at ${file}`,
+    text: `BUG: sleeping function called from invalid context at ${file}\nin_atomic(): 1, irqs_disabled(): 0, non_block: 0, pid: ${t.pid}, name: ${t.comm}\npreempt_count: ${t.preemptCount}, expected: 0\ncaller: ${site}`,
+    data: { site, preemptCount: t.preemptCount },
+  });
 }
 
 export { KernelBug };
