@@ -8,7 +8,8 @@
 
 import { writeFileSync } from 'node:fs';
 import { InvalidArgumentError, type Command } from 'commander';
-import { abCases, defaultConfigs, parseConfig, summarise, SUMMARY_METRICS, WORKLOAD_HELP, WORKLOADS, type AbCaseResult, type AbConfig, type AbMetrics, type AbResult, type WorkloadName } from '../experiments/ab.ts';
+import { abCases, attackTargetOf, defaultConfigs, parseConfig, summarise, SUMMARY_METRICS, WORKLOAD_HELP, WORKLOADS, type AbCaseResult, type AbConfig, type AbMetrics, type AbResult, type AbVerdict, type WorkloadName } from '../experiments/ab.ts';
+import { SCENARIOS, type ScenarioOptions, type ScenarioResult } from '../experiments/attack.ts';
 import { addCommonOptions, EXIT_FINDING, kernelOptions, listOption, loadCosts, parseIntOption, progressBar, UsageError, type CommonOptions, type Io } from './common.ts';
 import { defaultJobs, runJobs } from '../jobs/pool.ts';
 import type { AbJobArgs } from '../jobs/registry.ts';
@@ -50,6 +51,7 @@ interface AbCliOptions extends CommonOptions {
   jobs: number;
   shard?: Shard;
   html?: string;
+  attack: boolean;
 }
 
 /** A result file as `ab --json` writes it (one shard or all of it). */
@@ -69,6 +71,7 @@ export function register(program: Command, io: Io): void {
     .option('--jobs <n>', 'worker threads', parseIntOption('--jobs', 1, 256), defaultJobs())
     .option('--shard <i/n>', 'run only every n-th case starting at the i-th (for batch schedulers); merge the outputs with mmulab merge', parseShard)
     .option('--html <file>', 'also write a self-contained HTML report')
+    .option('--no-attack', 'skip the security scenarios (mmulab attack) run against each design')
     .addHelpText(
       'after',
       `
@@ -93,19 +96,28 @@ Examples:
       delete kernel.cpus;
       let cases = abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel });
       if (o.shard) cases = cases.filter((_, i) => i % o.shard!.count === o.shard!.index - 1);
-      const bar = await progressBar(io, cases.length, 'ab');
+      // The security scenarios once per design (with the first seed); in a sharded run, shard 1
+      // carries them.
+      const attacks: { config: string; args: ScenarioOptions }[] = [];
+      if (o.attack && (!o.shard || o.shard.index === 1)) {
+        for (const c of configs) for (const scenario of SCENARIOS) attacks.push({ config: c.label, args: { ...attackTargetOf(c), scenario, seed: o.seed } });
+      }
+      const bar = await progressBar(io, cases.length + attacks.length, 'ab');
       let metrics: AbMetrics[];
+      let verdicts: ScenarioResult[];
       try {
         metrics = await runJobs<AbMetrics>(
           cases.map((c) => ({ kind: 'ab', args: { config: c.config.label, workload: c.workload, seed: c.seed, cpus: c.cpus, iterations: c.iterations, kernel } satisfies AbJobArgs })),
           o.jobs,
           () => bar.tick(),
         );
+        verdicts = await runJobs<ScenarioResult>(attacks.map((a) => ({ kind: 'attack', args: a.args })), o.jobs, () => bar.tick());
       } finally {
         bar.stop();
       }
       const results: AbCaseResult[] = cases.map((c, i) => ({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: metrics[i]! }));
       const result: AbFile = summarise({ configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations }, results);
+      if (attacks.length) result.attack = verdicts.map((v, i) => ({ config: attacks[i]!.config, scenario: v.scenario, title: v.title, verdict: v.verdict, summary: v.summary }));
       if (o.shard) result.shard = o.shard;
       emit(io, result, o);
     });
@@ -149,7 +161,10 @@ Examples:
       // Keep the order of a single run.
       const order = (c: AbCaseResult) => (opts.workloads.indexOf(c.workload) * opts.configs.length + opts.configs.indexOf(c.config)) * opts.seeds.length + opts.seeds.indexOf(c.seed);
       cases.sort((a, b) => order(a) - order(b));
-      emit(io, summarise(opts, cases), { json: o.json, html: o.html });
+      const merged: AbFile = summarise(opts, cases);
+      const attack = parts.find((p) => p.attack)?.attack;
+      if (attack) merged.attack = attack;
+      emit(io, merged, { json: o.json, html: o.html });
     });
 }
 
@@ -163,7 +178,8 @@ function emit(io: Io, result: AbFile, o: { json: boolean; html?: string }): void
   }
   if (o.json) io.out(JSON.stringify(result, null, 2) + '\n');
   else io.out(abTable(result));
-  // Checker reports are findings.
+  // Checker reports are findings (a vulnerable design is a finding of `mmulab attack
+  // --expect-safe`, not of a comparison).
   if (result.cases.some((c) => c.metrics.reports.length)) io.exitCode = EXIT_FINDING;
 }
 
@@ -225,5 +241,23 @@ export function abTable(r: AbResult): string {
     const reports = rows.flatMap((row) => row.reports.map((t) => `  ${row.config}: ${t}`));
     if (reports.length) lines.push('checker reports:', ...reports);
   }
+  if (r.attack?.length) lines.push('', ...verdictTable(r.attack));
   return lines.join('\n') + '\n';
+}
+
+/** Security verdicts: a row per design, a column per scenario. */
+function verdictTable(vs: AbVerdict[]): string[] {
+  const configs = [...new Set(vs.map((v) => v.config))];
+  const scenarios = [...new Set(vs.map((v) => v.scenario))];
+  const short = { vulnerable: 'VULNERABLE', immune: 'immune', 'not-applicable': 'n/a' } as const;
+  const head = ['design', ...scenarios];
+  const body = configs.map((c) => [c, ...scenarios.map((s) => short[vs.find((v) => v.config === c && v.scenario === s)!.verdict])]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const out = ['== security scenarios (mmulab attack): a verdict per design, computed by the emulator'];
+  out.push(head.map((h, i) => h.padEnd(widths[i]!)).join('  '));
+  for (const b of body) out.push(b.map((x, i) => x.padEnd(widths[i]!)).join('  '));
+  for (const s of scenarios) out.push(`  ${s}: ${vs.find((v) => v.scenario === s)!.title}`);
+  const bad = vs.filter((v) => v.verdict === 'vulnerable');
+  if (bad.length) out.push('evidence:', ...bad.map((v) => `  ${v.config} ${v.scenario}: ${v.summary}`));
+  return out;
 }

@@ -290,11 +290,28 @@ export interface AbSummaryRow {
   reports: string[];
 }
 
+/** A security scenario's verdict for one compared design (from src/experiments/attack.ts). */
+export interface AbVerdict {
+  config: string;
+  scenario: string;
+  title: string;
+  verdict: 'vulnerable' | 'immune' | 'not-applicable';
+  summary: string;
+}
+
 export interface AbResult {
   schema: 'mmulab.ab/1';
   options: { configs: string[]; workloads: WorkloadName[]; seeds: number[]; cpus: number; iterations: number };
   cases: AbCaseResult[];
   summary: AbSummaryRow[];
+  /** The security scenarios run against each compared design (absent with --no-attack). */
+  attack?: AbVerdict[];
+}
+
+/** The attack target a compared design stands for: eager designs default to the `mapped` check. */
+export function attackTargetOf(c: AbConfig): { design: DesignName; variant: IdentityVariant | null } {
+  if (!EAGER.includes(c.design.design)) return { design: c.design.design, variant: null };
+  return { design: c.design.design, variant: c.design.identity ?? 'mapped' };
 }
 
 /** The cases of a comparison, in a fixed order (workload, config, seed). */

@@ -96,6 +96,23 @@ export function abHtml(r: AbResult): string {
     ];
     sections.push({ title: w, intro: WORKLOAD_HELP[w], content });
   }
+  if (r.attack?.length) {
+    const configs = [...new Set(r.attack.map((v) => v.config))];
+    const scenarios = [...new Set(r.attack.map((v) => v.scenario))];
+    const cell = (c: string, s: string) => {
+      const v = r.attack!.find((x) => x.config === c && x.scenario === s)!;
+      const cls = v.verdict === 'vulnerable' ? 'bad' : v.verdict === 'immune' ? 'ok' : 'na';
+      return h('span', { class: `verdict ${cls}`, title: v.summary }, v.verdict === 'not-applicable' ? 'n/a' : v.verdict);
+    };
+    sections.push({
+      title: 'security scenarios',
+      intro: 'The scenarios of mmulab attack, run by the emulator against each design; hover a verdict for its evidence.',
+      content: [
+        table([{ label: 'design', value: (c: string) => c }, ...scenarios.map((s) => ({ label: s, value: (c: string) => cell(c, s), title: r.attack!.find((x) => x.scenario === s)!.title }))], configs),
+        h('ul', {}, ...scenarios.map((s) => h('li', {}, `${s}: ${r.attack!.find((x) => x.scenario === s)!.title}`))),
+      ],
+    });
+  }
   return page({
     title: 'mmulab ab — binder page-mapping designs compared',
     subtitle: `${o.configs.join(' vs ')}`,

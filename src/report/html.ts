@@ -148,6 +148,9 @@ dl.kv dd { margin: 0; }
 .callout.bad { border-color: #D55E00; background: #fbeee6; }
 .callout.info { border-color: #0072B2; background: #edf4fa; }
 footer { color: #777; font-size: 0.8rem; margin-top: 40px; }
+.verdict.bad { color: #D55E00; font-weight: 600; }
+.verdict.ok { color: #009E73; }
+.verdict.na { color: #777; }
 @media print { nav { display: none; } h2 { break-before: auto; } figure, table { break-inside: avoid; } }
 `;
 

@@ -26,7 +26,7 @@ async function run(args: string[]) {
   return { code, out, err };
 }
 
-const SMALL = ['--design', 'eager,eager-writelock,fault', '--workload', 'pressure', '--seeds', '2', '--iterations', '12', '--cpus', '2'];
+const SMALL = ['--design', 'eager,eager-writelock,fault', '--workload', 'pressure', '--seeds', '2', '--iterations', '12', '--cpus', '2', '--no-attack'];
 
 describe('mmulab ab', () => {
   it('prints a JSON result whose summary follows from its cases', async () => {
@@ -95,6 +95,25 @@ describe('mmulab ab', () => {
     expect(readFileSync(join(dir, 'r.html'), 'utf8')).toContain('<svg');
     const missing = await run(['merge', files[0]!, '--json']);
     expect(missing.err).toMatch(/4 of 6 cases are missing/);
+  });
+
+  it('runs the security scenarios against each compared design, with verdicts computed per design', async () => {
+    const r = await run(['ab', '--design', 'eager:none,eager:vm_ops,fault', '--workload', 'sync-0', '--seeds', '1', '--iterations', '5', '--cpus', '2', '--jobs', '2', '--json']);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as AbFile;
+    expectValid(doc);
+    const v = (config: string, scenario: string) => doc.attack!.find((x) => x.config === config && x.scenario === scenario)!.verdict;
+    expect(doc.attack).toHaveLength(3 * 8);
+    // The review's expectation, as the emulator finds it.
+    for (const s of ['1a', '1b', '1c', '1d']) {
+      expect(v('eager:none', s)).toBe('vulnerable');
+      expect(v('eager:vm_ops', s)).toBe('immune');
+      expect(v('fault', s)).toBe('immune');
+    }
+    const table = await run(['ab', '--design', 'eager:none,fault', '--workload', 'sync-0', '--seeds', '1', '--iterations', '5', '--cpus', '2', '--jobs', '1']);
+    expect(table.out).toMatch(/== security scenarios/);
+    expect(table.out).toMatch(/^eager:none\s+VULNERABLE/m);
+    expect(table.out).toMatch(/^fault\s+immune/m);
   });
 
   it('answers bad input with exit code 2 and one line naming the problem', async () => {
