@@ -7,8 +7,10 @@
  */
 
 export interface Target {
-  /** The figure must be at least this. */
-  atLeast: number;
+  /** The figure must be at least this… */
+  atLeast?: number;
+  /** …or at most this (costs and ratios of costs). */
+  atMost?: number;
   /** Where the target comes from, e.g. "issue 2 §7". */
   source: string;
 }

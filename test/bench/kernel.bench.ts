@@ -55,38 +55,47 @@ function anonFaults(): BenchDef {
 /** µs per mmap + munmap of one page with `n` other VMAs in the mm. */
 async function mmapCost(n: number): Promise<number> {
   const k = new Kernel({ cpus: 1, memoryBytes: 64 << 20 });
+  // sysctl vm.max_map_count (default 65530) raised, as one must on Linux to hold 100,000 VMAs.
+  k.vmaOps.max_map_count = 200_000;
   const base = 0x100000000;
   const probe = 0x7e0000000000;
+  const PAIRS = 500;
   let ready = false;
-  let go = false;
+  let failed = null as Error | null;
+  let quota = 0;
   let done = false;
-  let pairs = 0;
   k.spawn(function* vmas(u: User) {
     // n one-page VMAs with a gap between each (so they cannot merge).
-    for (let i = 0; i < n; i++) yield* u.mmap(base + i * 2 * 4096, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
+    try {
+      for (let i = 0; i < n; i++) yield* u.mmap(base + i * 2 * 4096, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
+    } catch (e) {
+      failed = e as Error;
+    }
     ready = true;
-    while (!go) yield* u.sleep(1000);
     while (!done) {
+      if (quota === 0) {
+        yield* u.sleep(1000);
+        continue;
+      }
       const a = yield* u.mmap(probe, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.munmap(a, 4096);
-      pairs++;
+      quota--;
     }
   });
-  while (!ready) k.run({ maxSteps: 100_000 });
-  go = true;
-  k.run({ maxSteps: 20_000 }); // warm-up
-  const bench = new Bench({ time: 1000, warmupTime: 0, warmupIterations: 0 });
-  let measured = 0;
-  bench.add(`mmap+munmap with ${n} VMAs`, () => {
-    const p0 = pairs;
-    k.run({ maxSteps: 2_000 });
-    measured += pairs - p0;
-  });
+  while (!ready) k.run({ maxSteps: 1_000 });
+  if (failed) throw new Error(`setting up ${n} VMAs failed: ${failed.message}`);
+  const pairs = () => {
+    quota = PAIRS;
+    while (quota > 0) k.run({ maxSteps: 10 });
+  };
+  pairs(); // warm-up
+  const bench = new Bench({ iterations: 10, time: 0, warmupTime: 0, warmupIterations: 0 });
+  bench.add(`mmap+munmap with ${n} VMAs`, pairs);
   await bench.run();
   done = true;
   const t = bench.tasks[0]!.result;
   if (t.state !== 'completed') throw new Error(`mmap benchmark did not complete: ${t.state}`);
-  return ((t.latency.mean * t.latency.samplesCount) / measured) * 1000;
+  return (t.latency.mean / PAIRS) * 1000;
 }
 
 function mmapScaling(): BenchDef {
@@ -98,8 +107,9 @@ function mmapScaling(): BenchDef {
     run: async () => {
       const small = await mmapCost(1_000);
       const large = await mmapCost(100_000);
-      return { value: large / small, detail: `${small.toFixed(2)} µs with 1,000 VMAs, ${large.toFixed(2)} µs with 100,000 (at most 2× wanted)` };
+      return { value: large / small, detail: `${small.toFixed(2)} µs with 1,000 VMAs, ${large.toFixed(2)} µs with 100,000` };
     },
+    target: { atMost: 2, source: 'issue 4 §7' },
   };
 }
 

@@ -52,16 +52,21 @@ async function main(): Promise<void> {
     const res: BenchResult = d.kind === 'micro' ? await runMicro(d) : { group: d.group, name: d.name, unit: d.unit, ...(await d.run()) };
     if (d.target) {
       res.target = d.target;
-      res.met = res.value >= d.target.atLeast;
+      res.met = (d.target.atLeast === undefined || res.value >= d.target.atLeast) && (d.target.atMost === undefined || res.value <= d.target.atMost);
     }
     results.push(res);
-    process.stderr.write(`  ${fmt(res.value, res.unit)}${res.detail ? `  (${res.detail})` : ''}${res.target ? `  target ≥ ${fmt(res.target.atLeast, res.unit)}: ${res.met ? 'met' : 'NOT met'}` : ''}\n`);
+    process.stderr.write(`  ${fmt(res.value, res.unit)}${res.detail ? `  (${res.detail})` : ''}${res.target ? `  target ${targetText(res)}: ${res.met ? 'met' : 'NOT met'}` : ''}\n`);
   }
   const table = markdownTable(results);
   process.stdout.write(table + '\n');
   const json = opt('--json');
   if (json) writeFileSync(json, JSON.stringify({ machine: machine(), date: new Date().toISOString(), results }, null, 2));
   if (flag('--write')) writeFileSync(new URL('../../BENCHMARKS.md', import.meta.url), benchmarksMd(results));
+}
+
+function targetText(r: BenchResult): string {
+  const t = r.target!;
+  return [t.atLeast !== undefined ? `≥ ${fmt(t.atLeast, r.unit)}` : '', t.atMost !== undefined ? `≤ ${fmt(t.atMost, r.unit)}` : ''].filter(Boolean).join(' and ');
 }
 
 function machine(): string {
@@ -71,7 +76,7 @@ function machine(): string {
 
 function markdownTable(results: BenchResult[]): string {
   const rows = results.map((r) => {
-    const target = r.target ? `≥ ${fmt(r.target.atLeast, r.unit)} (${r.target.source}): **${r.met ? 'met' : 'not met'}**` : '—';
+    const target = r.target ? `${targetText(r)} (${r.target.source}): **${r.met ? 'met' : 'not met'}**` : '—';
     return `| ${r.group} | ${r.name} | ${fmt(r.value, r.unit)}${r.rme !== undefined ? ` ±${r.rme.toFixed(1)}%` : ''} | ${target} | ${r.detail ?? ''} |`;
   });
   return ['| group | benchmark | result | target | notes |', '|---|---|---|---|---|', ...rows].join('\n');
