@@ -46,15 +46,15 @@
  *
  * Deviations: the processes coordinate through plain JavaScript flags polled with nanosleep, as
  * a test harness would use shared memory; everything they do to the kernel goes through system
- * calls. The receiver's allocator gets a preemption point between the pages it installs
- * (preemptBetweenPages): the deterministic engine switches CPUs only where kernel code yields,
- * and on real SMP hardware the receiver runs while the sender installs. Imports point down only
+ * calls. The race of scenario 1 relies on the preemption point binder_alloc has between the
+ * pages it installs: the deterministic engine switches CPUs only where kernel code yields, and
+ * on real SMP hardware the receiver runs while the sender installs. Imports point down only
  * (drivers, kernel, hw).
  */
 
 import { Kernel } from '../../kernel/kernel.ts';
 import type { User } from '../../kernel/uapi.ts';
-import { PREEMPT, type KGen, type Task } from '../../kernel/sched/core.ts';
+import type { KGen, Task } from '../../kernel/sched/core.ts';
 import type { MmStruct, VmArea, VmFault, VmOperations } from '../../kernel/mm/mm_types.ts';
 import { VM_FAULT_SIGBUS, VM_HUGETLB, VM_MIXEDMAP, VM_PFNMAP, vmFlagNames } from '../../kernel/mm/mm_types.ts';
 import { MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
@@ -315,23 +315,6 @@ function trackFrames(w: World, alloc: BinderAlloc): void {
   };
 }
 
-/**
- * A preemption point after each page binder_install_buffer_pages installs. On a real SMP
- * machine the receiver's CPU runs while the sender works through the pages of a large buffer;
- * the deterministic engine interleaves CPUs only where kernel code yields, and the install loop
- * never yields when its locks are free, so without this point no other CPU could ever see a
- * half-installed buffer. It adds no cost and changes no lock or check: it only lets the engine
- * switch CPUs where a real kernel may be preempted (outside every lock of the loop).
- */
-function preemptBetweenPages(alloc: BinderAlloc): void {
-  const m = alloc.mapping;
-  const install = m.installSinglePage.bind(m);
-  m.installSinglePage = function* (a: BinderAlloc, index: number, addr: number): KGen<number> {
-    const r = yield* install(a, index, addr);
-    yield PREEMPT;
-    return r;
-  };
-}
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
@@ -481,7 +464,6 @@ function* receiverSetup(w: World, u: User, payloadBytes = PAGE): KGen<Wire> {
   const proc = w.dev.procOf(u.pid);
   if (!proc) throw new Error('attack: the receiver has no binder proc');
   trackFrames(w, proc.alloc);
-  preemptBetweenPages(proc.alloc);
   w.recv = { pid: u.pid, mm: u.task.mm!, alloc: proc.alloc };
   const vma = u.task.mm!.vma_lookup(BINDER_BASE);
   if (vma) w.binderVma = vmaEvidence(vma, 'binder');

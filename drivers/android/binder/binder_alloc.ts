@@ -24,7 +24,7 @@
  */
 
 import type { Kernel } from '../../../kernel/kernel.ts';
-import type { KGen } from '../../../kernel/sched/core.ts';
+import { PREEMPT, type KGen } from '../../../kernel/sched/core.ts';
 import type { MmStruct, VmArea } from '../../../kernel/mm/mm_types.ts';
 import { RbTree, type RbNode } from '../../../kernel/lib/rbtree.ts';
 import { Mutex, SpinLock } from '../../../kernel/locking/mutex.ts';
@@ -460,6 +460,10 @@ export class BinderAlloc implements PageRefHolder {
       if (r) return r;
       this.stats.pagesInstalled++;
       traceLruPage(this.k, 'binder_alloc_page_end', this.pid, index);
+      // A preemptible kernel may switch here (no lock of the loop is held between pages), and on
+      // a real SMP machine the receiver runs meanwhile: let the engine interleave other CPUs, so
+      // a half-installed buffer can be observed as on hardware.
+      yield PREEMPT;
     }
     return 0;
   }
