@@ -54,6 +54,11 @@ describe('mmulab shootdown', () => {
     expect(r.out).toContain('Checks: no usable stale entry after any synchronous flush');
   });
 
+  it('documents its schema in docs/schemas/shootdown.schema.json, identical to the one the code uses', () => {
+    const doc = JSON.parse(readFileSync(new URL('../../docs/schemas/shootdown.schema.json', import.meta.url), 'utf8')) as unknown;
+    expect(doc).toEqual(JSON.parse(JSON.stringify(SHOOTDOWN_JSON_SCHEMA)));
+  });
+
   it('prints a JSON document that follows its schema, with figures computed by the runs', async () => {
     const doc = await smallJson();
     expect(validate(doc) ? [] : validate.errors).toEqual([]);
