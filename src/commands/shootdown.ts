@@ -115,7 +115,7 @@ export function register(program: Command, io: Io): void {
     .command('shootdown')
     .description('TLB shootdown experiments: initiator latency, IPIs, flushed entries and refill misses under Linux\'s flush policy, always-full, always-per-page and LATR');
   addCommonOptions(cmd)
-    .option('--cpus-list <list>', `CPU counts to sweep, each 2..256 (default ${DEFAULTS.cpus.join(',')}; --cpus N alone means just N)`, intList('--cpus-list', 2, 256))
+    .option('--cpus-list <list>', `CPU counts to sweep, each 1..256 (default ${DEFAULTS.cpus.join(',')}; --cpus N alone means just N)`, intList('--cpus-list', 1, 256))
     .option('--pages <list>', `pages changed per flush, each 1..4096 (default ${DEFAULTS.pages.join(',')})`, intList('--pages', 1, 4096))
     .option('--policy <list>', `flush policies (${POLICIES.join(', ')}; default all)`, listOption('policy', POLICIES))
     .option('--lazy <list>', 'lazy TLB mode: on, off or on,off (default on)', listOption('--lazy value', ['on', 'off'] as const))
@@ -171,7 +171,6 @@ Examples:
         if (o.engine !== 'deterministic') throw new UsageError('--engine parallel: shootdown experiments run on the deterministic engine only, so that each point is reproducible');
         const costs = loadCosts(o.costModel);
         const cpus = o.cpusList ?? (cmd.getOptionValueSource('cpus') === 'cli' ? [o.cpus] : DEFAULTS.cpus);
-        if (cpus.some((c) => c < 2)) throw new UsageError('--cpus: a shootdown needs at least 2 CPUs');
         const all = sweepPoints({
           ops: o.op ?? DEFAULTS.ops,
           cpus,

@@ -346,7 +346,7 @@ function* change(u: User, op: OpName, ranges: readonly [number, number][]): KGen
 export function validatePoint(p: ShootdownPoint, config: ShootdownConfig): void {
   if (!(OPS as readonly string[]).includes(p.op)) throw new RangeError(`unknown op "${p.op}"`);
   if (!(POLICIES as readonly string[]).includes(p.policy)) throw new RangeError(`unknown policy "${p.policy}"`);
-  if (!Number.isInteger(p.cpus) || p.cpus < 2 || p.cpus > MAX_CPUS) throw new RangeError(`cpus must be 2..${MAX_CPUS}, got ${p.cpus}`);
+  if (!Number.isInteger(p.cpus) || p.cpus < 1 || p.cpus > MAX_CPUS) throw new RangeError(`cpus must be 1..${MAX_CPUS}, got ${p.cpus}`);
   if (!Number.isInteger(p.pages) || p.pages < 1 || p.pages > 4096) throw new RangeError(`pages must be 1..4096, got ${p.pages}`);
   if (!Number.isInteger(p.batch) || p.batch < 1 || p.batch > 64) throw new RangeError(`batch must be 1..64, got ${p.batch}`);
   if (!Number.isInteger(config.rounds) || config.rounds < 1) throw new RangeError(`rounds must be at least 1, got ${config.rounds}`);

@@ -163,8 +163,8 @@ describe('mmulab shootdown', () => {
   const BAD: [string[], RegExp][] = [
     [['--pages', '0'], /--pages values must be between 1 and 4096, got 0/],
     [['--pages', '1,x'], /--pages must be a comma-separated list of integers, got "x"/],
-    [['--cpus-list', '1'], /--cpus-list values must be between 2 and 256, got 1/],
-    [['--cpus', '1'], /a shootdown needs at least 2 CPUs/],
+    [['--cpus-list', '0'], /--cpus-list values must be between 1 and 256, got 0/],
+    [['--cpus-list', '300'], /--cpus-list values must be between 1 and 256, got 300/],
     [['--policy', 'linux,bogus'], /unknown policy "bogus" \(known: linux, full, per-page, latr\)/],
     [['--lazy', 'maybe'], /unknown --lazy value "maybe" \(known: on, off\)/],
     [['--op', 'fork'], /unknown op "fork"/],
