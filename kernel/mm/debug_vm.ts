@@ -20,21 +20,37 @@
  *             registered holders (page cache, pipes, pins, mmu_gather batches, drivers).
  *   counters  RSS counters and hugetlb_usage of every mm equal what its page tables map.
  *   buddy     the free lists are well formed (PageAllocator.validate).
+ *   tree      the VMA tree (mm_mt) is a valid red-black tree with correct gap augmentation, and
+ *             vma_lookup finds every VMA at its first and last byte.
+ *   TLBs      after a completed flush no TLB holds a translation to a frame that has since been
+ *             freed: a cached translation (or paging-structure-cache entry) whose frame is free
+ *             in the page allocator is a violation when the CPU could still use it — a global
+ *             entry, or an entry of an ASID slot whose CPU runs that mm now or claims to be up to
+ *             date with its tlb_gen. A slot behind its mm's tlb_gen has a flush pending (it is
+ *             flushed before it is used again) and is not counted; neither is a slot whose mm is
+ *             gone (choose_new_asid flushes a reused slot). Valid at any instant, not only at
+ *             quiescent points: the kernel frees a frame only after the flush that removed its
+ *             last translation has been acknowledged (or, under a deferring policy, after every
+ *             spared CPU caught up). Opt out with `tlb: false` (planted flush bugs).
  *
  * Frames allocated by the kernel for its own use and mapped nowhere are not accounted
  * page by page; tests catch leaks of those by comparing usedFrames before and after.
  */
 
 import type { Kernel } from '../kernel.ts';
-import { MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_EXEC, VM_HUGETLB, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_READ, VM_WRITE, is_cow_mapping, type MmStruct } from './mm_types.ts';
+import { MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_EXEC, VM_HUGETLB, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_READ, VM_WRITE, is_cow_mapping, type MmStruct, type VmArea } from './mm_types.ts';
 import { PG_anon, PG_free, PG_swapbacked, PG_table, PG_zero } from './page_alloc.ts';
 import { _PAGE_NX_HI, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, ptePfn } from '../arch/x86/pgtable.ts';
+import { TLB_NR_DYN_ASIDS } from '../arch/x86/tlb.ts';
+import { pagingCacheEntries, tlbEntries } from '../../hw/inspect.ts';
 
 export interface VmCheckOptions {
   /** Require refcount == mapcount + holder references exactly (default true). */
   exactRefs?: boolean;
   /** Stop after this many problems (default 50). */
   limit?: number;
+  /** Check the TLBs for usable translations to freed frames (default true). */
+  tlb?: boolean;
 }
 
 export interface VmCheckResult {
@@ -64,7 +80,7 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
   const p = k.pages;
   const pt = k.pt;
   /** Mappings counted per pfn (head pfn for large leaves). */
-  const mapped = new Map<number, number>();
+  const mapped = new Int32Array(k.pages.nframes);
   const tables = new Map<number, number>();
   let leaves = 0;
   const mms = liveMms(k);
@@ -94,9 +110,12 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
       if (f & VM_WRITE && !(f & VM_MAYWRITE)) bad(`${name}: VM_WRITE without VM_MAYWRITE`);
       if (f & VM_EXEC && !(f & VM_MAYEXEC)) bad(`${name}: VM_EXEC without VM_MAYEXEC`);
       if (f & VM_HUGETLB && (v.vm_start % (2 << 20) || v.vm_end % (2 << 20))) bad(`${name}: hugetlb VMA not 2 MiB aligned`);
+      if (mm.vma_lookup(v.vm_start) !== v || mm.vma_lookup(v.vm_end - 1) !== v) bad(`${name}: vma_lookup does not find it at its first and last byte`);
       prevEnd = v.vm_end;
       first = false;
     }
+    const tree = mm.mm_mt.validate();
+    if (tree) bad(`${label}: VMA tree broken: ${tree}`);
     // ---- page-table pages ----
     let tablePages = 0;
     if (mm.pgd) {
@@ -116,40 +135,46 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
     // ---- leaves ----
     const rss = { anon: 0, file: 0, shmem: 0 };
     let huge = 0;
+    const nxe = k.machine.cpu(0).nxe;
+    // The VMA of the previous leaf: leaves come in address order, so most lookups hit it.
+    let last: VmArea | null = null;
+    // The callback runs for every leaf: a problem's location is formatted only when there is one.
+    let leafAddr = 0;
+    const at = (): string => `${label} 0x${leafAddr.toString(16)}`;
     pt.forEachLeaf(mm, 0, TASK_SIZE + PAGE_SIZE, (addr, ptep, level) => {
       leaves++;
+      leafAddr = addr;
       const lo = pt.lo(ptep);
       const hi = pt.hi(ptep);
-      const at = `${label} 0x${addr.toString(16)}`;
-      const v = mm.vma_lookup(addr);
+      const v = last !== null && addr >= last.vm_start && addr < last.vm_end ? last : (last = mm.vma_lookup(addr));
       if (!v) {
-        bad(`${at}: present ${level === 1 ? 'PTE' : level === 2 ? 'PMD' : 'PUD'} outside every VMA`);
+        bad(`${at()}: present ${level === 1 ? 'PTE' : level === 2 ? 'PMD' : 'PUD'} outside every VMA`);
         return;
       }
       const f = v.vm_flags;
-      if (lo & _PAGE_RW && !(f & VM_WRITE)) bad(`${at}: writable entry in ${v} without VM_WRITE`);
-      if (lo & _PAGE_USER && !(hi & _PAGE_NX_HI) && !(f & VM_EXEC) && k.machine.cpu(0).nxe) bad(`${at}: executable entry in ${v} without VM_EXEC`);
-      if (level > 1 && !(f & VM_HUGETLB)) bad(`${at}: large leaf in ${v}, which is not a hugetlb VMA`);
-      if (level === 1 && f & VM_HUGETLB) bad(`${at}: 4 KiB PTE in hugetlb ${v}`);
+      if (lo & _PAGE_RW && !(f & VM_WRITE)) bad(`${at()}: writable entry in ${v} without VM_WRITE`);
+      if (lo & _PAGE_USER && !(hi & _PAGE_NX_HI) && !(f & VM_EXEC) && nxe) bad(`${at()}: executable entry in ${v} without VM_EXEC`);
+      if (level > 1 && !(f & VM_HUGETLB)) bad(`${at()}: large leaf in ${v}, which is not a hugetlb VMA`);
+      if (level === 1 && f & VM_HUGETLB) bad(`${at()}: 4 KiB PTE in hugetlb ${v}`);
       const pfn = ptePfn(lo, hi);
       if (lo & _PAGE_SPECIAL) {
-        if (pfn !== p.zeroPfn && !(f & (VM_PFNMAP | VM_MIXEDMAP))) bad(`${at}: special entry in ${v}`);
-        if (pfn < p.nframes && p.flags[pfn]! & PG_free) bad(`${at}: special entry maps free frame 0x${pfn.toString(16)}`);
+        if (pfn !== p.zeroPfn && !(f & (VM_PFNMAP | VM_MIXEDMAP))) bad(`${at()}: special entry in ${v}`);
+        if (pfn < p.nframes && p.flags[pfn]! & PG_free) bad(`${at()}: special entry maps free frame 0x${pfn.toString(16)}`);
         return;
       }
       if (pfn >= p.nframes) {
-        bad(`${at}: normal entry maps pfn 0x${pfn.toString(16)} beyond memory`);
+        bad(`${at()}: normal entry maps pfn 0x${pfn.toString(16)} beyond memory`);
         return;
       }
       const head = level > 1 ? p.head(pfn) : pfn;
       if (p.flags[pfn]! & PG_zero) {
-        bad(`${at}: the zero page mapped by a normal (not special) entry`);
+        bad(`${at()}: the zero page mapped by a normal (not special) entry`);
         return;
       }
-      if (f & VM_PFNMAP && !(is_cow_mapping(f) && p.flags[head]! & PG_anon)) bad(`${at}: normal entry in VM_PFNMAP ${v}`);
-      if (p.flags[pfn]! & PG_free) bad(`${at}: maps free frame 0x${pfn.toString(16)} (use after free)`);
-      if (p.flags[head]! & PG_table) bad(`${at}: maps page-table page 0x${head.toString(16)} into user space`);
-      mapped.set(head, (mapped.get(head) ?? 0) + 1);
+      if (f & VM_PFNMAP && !(is_cow_mapping(f) && p.flags[head]! & PG_anon)) bad(`${at()}: normal entry in VM_PFNMAP ${v}`);
+      if (p.flags[pfn]! & PG_free) bad(`${at()}: maps free frame 0x${pfn.toString(16)} (use after free)`);
+      if (p.flags[head]! & PG_table) bad(`${at()}: maps page-table page 0x${head.toString(16)} into user space`);
+      mapped[head]!++;
       if (level > 1) huge += 512;
       else if (p.flags[head]! & PG_anon) rss.anon++;
       else if (p.flags[head]! & PG_swapbacked) rss.shmem++;
@@ -165,7 +190,7 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
   for (const [pfn, n] of tables) {
     if (n > 1) bad(`page-table page pfn 0x${pfn.toString(16)} is linked ${n} times`);
     if (p.refcount[pfn] !== 1) bad(`page-table page pfn 0x${pfn.toString(16)} has refcount ${p.refcount[pfn]}, expected 1`);
-    if (mapped.has(pfn)) bad(`page-table page pfn 0x${pfn.toString(16)} is also mapped into user space`);
+    if (mapped[pfn]) bad(`page-table page pfn 0x${pfn.toString(16)} is also mapped into user space`);
   }
   const held = new Map<number, number>();
   const holderOf = new Map<number, string>();
@@ -178,28 +203,76 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
       else if (p.flags[pfn]! & PG_free) bad(`${h.holderName}: holds a reference on free frame 0x${pfn.toString(16)}`);
     });
   }
-  const pfns = new Set<number>([...mapped.keys(), ...held.keys()]);
-  for (let pfn = 0; pfn < p.nframes; pfn++) if (p.mapcount[pfn]! !== 0) pfns.add(pfn);
-  for (const pfn of [...pfns].sort((a, b) => a - b)) {
-    if (pfn >= p.nframes || tables.has(pfn)) continue;
-    const m = mapped.get(pfn) ?? 0;
+  // Every frame that is mapped, held or has a mapcount, in pfn order (one pass over the frames).
+  let accounted = 0;
+  const mapcount = p.mapcount;
+  for (let pfn = 0; pfn < p.nframes; pfn++) {
+    const mc = mapcount[pfn]!;
+    const m = mapped[pfn]!;
+    if (mc === 0 && m === 0 && !held.has(pfn)) continue;
+    accounted++;
+    if (tables.has(pfn)) continue;
     const h = held.get(pfn) ?? 0;
-    const mc = p.mapcount[pfn]!;
     const rc = p.refcount[pfn]!;
-    const where = `pfn 0x${pfn.toString(16)}`;
     if (p.flags[pfn]! & PG_free) {
-      if (mc || rc) bad(`${where}: free but refcount ${rc} mapcount ${mc}`);
+      if (mc || rc) bad(`pfn 0x${pfn.toString(16)}: free but refcount ${rc} mapcount ${mc}`);
       continue;
     }
-    if (mc !== m) bad(`${where}: mapcount ${mc} but ${m} page-table entries map it`);
-    if (exact ? rc !== m + h : rc < m + h) bad(`${where}: refcount ${rc} but ${m} mappings + ${h} holder references${h ? ` (${holderOf.get(pfn)})` : ''}${exact ? '' : ' exceed it'}`);
+    if (mc !== m) bad(`pfn 0x${pfn.toString(16)}: mapcount ${mc} but ${m} page-table entries map it`);
+    if (exact ? rc !== m + h : rc < m + h) bad(`pfn 0x${pfn.toString(16)}: refcount ${rc} but ${m} mappings + ${h} holder references${h ? ` (${holderOf.get(pfn)})` : ''}${exact ? '' : ' exceed it'}`);
   }
+  for (const pfn of held.keys()) if (pfn >= p.nframes) accounted++;
   for (let pfn = 0; pfn < p.nframes; pfn++) {
     if (p.flags[pfn]! & PG_free && (p.refcount[pfn] !== 0 || p.mapcount[pfn] !== 0)) bad(`pfn 0x${pfn.toString(16)}: free with refcount ${p.refcount[pfn]} mapcount ${p.mapcount[pfn]}`);
   }
   const buddy = p.validate();
   if (buddy) bad(`page allocator: ${buddy}`);
-  return { ok: problems.length === 0, problems, mms: mms.length, leaves, accountedPages: pfns.size };
+  if (opts.tlb ?? true) for (const s of tlb_freed_frame_problems(k)) bad(s);
+  return { ok: problems.length === 0, problems, mms: mms.length, leaves, accountedPages: accounted };
+}
+
+/**
+ * TLB and paging-structure-cache entries some CPU could still use that point to a free frame
+ * (see the file header for which entries count). One line per entry.
+ */
+export function tlb_freed_frame_problems(k: Kernel): string[] {
+  const out: string[] = [];
+  const p = k.pages;
+  const isFree = (pfn: number): boolean => pfn < p.nframes && (p.flags[pfn]! & PG_free) !== 0;
+  const byId = new Map<number, MmStruct>();
+  for (const m of k.mms) byId.set(m.ctx_id, m);
+  const usePcid = k.tlb.usePcid;
+  for (let c = 0; c < k.machine.cpuCount; c++) {
+    const st = k.tlb.cpuState[c]!;
+    // PCID → the mm whose translations an entry with that tag may still serve.
+    const usable = new Map<number, MmStruct>();
+    for (let a = 0; a < TLB_NR_DYN_ASIDS; a++) {
+      const ctx = st.ctxs[a]!;
+      const mm = byId.get(ctx.ctx_id);
+      if (!mm || mm.pgd === 0) continue;
+      if (!usePcid && (a !== 0 || st.loaded_mm !== mm)) continue;
+      const running = st.loaded_mm === mm && !st.is_lazy && st.loaded_mm_asid === a;
+      if (ctx.tlb_gen < mm.tlb_gen && !running) continue;
+      usable.set(usePcid ? a + 1 : 0, mm);
+    }
+    const cpu = k.machine.cpu(c);
+    for (const e of tlbEntries(cpu)) {
+      if (!e.global && !usable.has(e.pcid)) continue;
+      const first = Number(e.frame);
+      const last = first + e.pageSize / PAGE_SIZE - 1;
+      const freed = isFree(first) ? first : isFree(last) ? last : -1;
+      if (freed < 0) continue;
+      const owner = e.global ? 'global' : `mm ${usable.get(e.pcid)!.ctx_id}`;
+      out.push(`cpu ${c}: ${e.array} TLB entry 0x${e.va.toString(16)} (pcid ${e.pcid}, ${owner}) still translates to free frame 0x${freed.toString(16)} with no flush pending`);
+    }
+    for (const e of pagingCacheEntries(cpu)) {
+      if (!usable.has(e.pcid)) continue;
+      const pfn = Number(e.table / 4096n);
+      if (!isFree(pfn)) continue;
+      out.push(`cpu ${c}: ${e.array} paging-structure cache entry for 0x${e.va.toString(16)} (pcid ${e.pcid}, mm ${usable.get(e.pcid)!.ctx_id}) still points to freed page-table page 0x${pfn.toString(16)}`);
+    }
+  }
+  return out;
 }
 
 /** Throw with every problem listed (for tests). */

@@ -10,7 +10,8 @@ import { register as run } from './run.ts';
 import { register as inspect } from './inspect.ts';
 import { register as shootdown } from './shootdown.ts';
 import { register as attack } from './attack.ts';
+import { register as fuzz } from './fuzz.ts';
 
 export type RegisterCommand = (program: Command, io: Io) => void;
 
-export const COMMANDS: RegisterCommand[] = [ab, run, inspect, shootdown, attack];
+export const COMMANDS: RegisterCommand[] = [ab, run, inspect, shootdown, attack, fuzz];

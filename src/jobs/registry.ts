@@ -7,6 +7,7 @@ import { runAbCase, parseConfig, type AbMetrics, type WorkloadName } from '../ex
 import type { KernelOptions } from '../../kernel/kernel.ts';
 import { runPoint, type ShootdownConfig, type ShootdownPoint } from '../experiments/shootdown.ts';
 import { runScenario, type ScenarioOptions, type ScenarioResult } from '../experiments/attack.ts';
+import { fuzz, type FuzzJobArgs, type FuzzSummary } from '../fuzz/runner.ts';
 
 export interface AbJobArgs {
   config: string;
@@ -25,5 +26,6 @@ export interface ShootdownJobArgs {
 export const JOBS: Record<string, (args: never) => unknown> = {
   shootdown: (a: ShootdownJobArgs) => runPoint(a.point, a.config),
   attack: (a: ScenarioOptions): ScenarioResult => runScenario(a),
+  fuzz: (a: FuzzJobArgs): FuzzSummary => fuzz(a),
   ab: (a: AbJobArgs): AbMetrics => runAbCase({ config: parseConfig(a.config), workload: a.workload, seed: a.seed, cpus: a.cpus, iterations: a.iterations, kernel: a.kernel }),
 };

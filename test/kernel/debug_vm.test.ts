@@ -5,6 +5,8 @@ import { MAP_ANONYMOUS, MAP_HUGETLB, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WR
 import { check_vm_invariants, liveMms } from '../../kernel/mm/debug_vm.ts';
 import type { User } from '../../kernel/uapi.ts';
 import { _PAGE_RW, ptePfn } from '../../kernel/arch/x86/pgtable.ts';
+import { tlbEntries } from '../../hw/inspect.ts';
+import { folio_remove_rmap_pte } from '../../kernel/mm/rmap.ts';
 
 /** A process with private, shared and hugetlb memory and a forked child that has exited. */
 function healthySystem(): { k: Kernel; stop: () => void } {
@@ -54,6 +56,8 @@ describe('check_vm_invariants', () => {
     ['VM_MIXEDMAP with VM_PFNMAP', (k) => { liveMms(k)[0]!.vmas()[0]!.vm_flags |= 0x10000400; }, /VM_MIXEDMAP and VM_PFNMAP both set/],
     ['a page-table page counted twice', (k) => { liveMms(k)[0]!.pgtables_bytes += 4096; }, /pgtables_bytes/],
   ];
+  plants.push(['a stale gap augmentation in the VMA tree', (k) => { liveMms(k)[0]!.mm_mt.root!.aug += 4096; }, /VMA tree broken: stale augmented value/]);
+  plants.push(['a VMA the tree cannot find', (k) => { const v = liveMms(k)[0]!.vmas()[0]!; v.vm_start -= 4096; v.gapBefore -= 4096; }, /vma_lookup does not find it/]);
   for (const [what, plant, expected] of plants) {
     it(`detects ${what}`, () => {
       const { k } = healthySystem();
@@ -64,6 +68,93 @@ describe('check_vm_invariants', () => {
       expect(r.problems.join('\n')).toMatch(expected);
     });
   }
+});
+
+describe('check_vm_invariants: TLBs against freed frames', () => {
+  /**
+   * Free a user page behind the kernel's back: clear its PTE and drop the references with the
+   * books kept right, but without any TLB flush (what a driver that zaps by hand would do).
+   * Returns the CPU and va of a TLB entry that still names the frame.
+   */
+  /** A process that writes 16 private pages and then sleeps, its translations still cached. */
+  function cachedSystem(): Kernel {
+    const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20 });
+    k.spawn(function* main(u: User) {
+      const a = yield* u.mmap(0, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+      for (let i = 0; i < 16; i++) yield* u.store32(a + i * 4096, i);
+      for (;;) yield* u.sleep(1_000_000);
+    });
+    k.run({ untilCycles: 5_000_000 });
+    return k;
+  }
+
+  function freeWithoutFlush(k: Kernel): { cpu: number; va: bigint; pfn: number } {
+    const mm = liveMms(k)[0]!;
+    for (const cpu of k.machine.cpus) {
+      for (const e of tlbEntries(cpu)) {
+        if (e.global || e.pageSize !== 4096 || e.va >= 0x800000000000n) continue;
+        const va = Number(e.va);
+        const v = mm.vma_lookup(va);
+        if (!v || v.pages !== 16) continue;
+        const ptep = k.pt.pte_offset(mm, va);
+        const pfn = ptePfn(k.pt.lo(ptep), k.pt.hi(ptep));
+        if (BigInt(pfn) !== e.frame) continue;
+        k.pt.get_and_clear(ptep);
+        mm.rss.anon--;
+        folio_remove_rmap_pte(k, pfn);
+        k.pages.putPage(pfn, 'test: freed without a flush');
+        return { cpu: cpu.index, va: e.va, pfn };
+      }
+    }
+    throw new Error('no TLB entry of the private mapping found');
+  }
+
+  it('finds a cached translation to a frame freed without a flush, and only that', () => {
+    const k = cachedSystem();
+    expect(check_vm_invariants(k).problems).toEqual([]);
+    const { cpu, va, pfn } = freeWithoutFlush(k);
+    const r = check_vm_invariants(k);
+    expect(r.problems.length).toBeGreaterThan(0);
+    for (const p of r.problems) expect(p).toMatch(new RegExp(`^cpu ${cpu}: \\S+ TLB entry 0x${va.toString(16)} .* still translates to free frame 0x${pfn.toString(16)} with no flush pending$`));
+    expect(check_vm_invariants(k, { tlb: false }).problems).toEqual([]);
+  });
+
+  it('does not count an entry whose ASID slot has a flush pending, nor one that was flushed', () => {
+    const k = cachedSystem();
+    const { cpu } = freeWithoutFlush(k);
+    const mm = liveMms(k)[0]!;
+    // A flush requested (tlb_gen bumped) that this CPU has not run yet: the slot is flushed
+    // before the mm runs there again, so its entries cannot be used.
+    const st = k.tlb.cpuState[cpu]!;
+    expect(st.loaded_mm === mm && !st.is_lazy).toBe(false); // the process sleeps: the CPU is lazy
+    mm.tlb_gen++;
+    expect(check_vm_invariants(k).problems).toEqual([]);
+    mm.tlb_gen--;
+    expect(check_vm_invariants(k).ok).toBe(false);
+    k.machine.cpu(cpu).flushEverything();
+    expect(check_vm_invariants(k).problems).toEqual([]);
+  });
+
+  it('catches munmap with the TLB flush skipped: stale translations to freed pages and tables', () => {
+    const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20 });
+    let during: string[] = [];
+    let clean: string[] = [];
+    k.spawn(function* main(u: User) {
+      const a = yield* u.mmap(0, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+      for (let i = 0; i < 16; i++) yield* u.store32(a + i * 4096, i);
+      clean = check_vm_invariants(k).problems;
+      k.tlb.skipFlush = () => true; // the planted bug
+      yield* u.munmap(a, 16 * 4096);
+      k.tlb.skipFlush = null;
+      during = check_vm_invariants(k, { limit: 100 }).problems; // still running on this CPU
+    });
+    k.run();
+    expect(clean).toEqual([]);
+    const vas = new Set(during.filter((p) => /TLB entry .* still translates to free frame/.test(p)).map((p) => /TLB entry (0x[0-9a-f]+)/.exec(p)![1]));
+    expect(vas.size).toBe(16);
+    expect(during.some((p) => /paging-structure cache entry .* still points to freed page-table page/.test(p))).toBe(true);
+    expect(during.every((p) => /TLB entry|paging-structure cache entry/.test(p))).toBe(true);
+  });
 });
 
 function someAnonPfn(k: Kernel): number {

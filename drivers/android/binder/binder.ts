@@ -149,6 +149,14 @@ export class BinderProc {
   readonly wait = new WaitQueue('binder_proc');
   max_threads = 0;
   is_dead = false;
+  /**
+   * tmp_ref: transactions in flight toward this process. The deferred release frees the
+   * allocator only once none is left (binder_proc_dec_tmpref → binder_free_proc), since a
+   * sender copies into the target's buffer without any lock the release takes.
+   */
+  tmp_ref = 0;
+  /** Released while transactions were in flight: binder_free_proc runs when the last one ends. */
+  free_pending = false;
   oneway_spam_detection_enabled = false;
   readonly alloc: BinderAlloc;
 
@@ -166,9 +174,11 @@ export class BinderProc {
   refFor(node: BinderNode): BinderRef {
     let r = this.refsByNode.get(node);
     if (r) return r;
+    // get_ref_desc_olocked: 0 is reserved for the context manager, but a desc already in use
+    // is never reused (a ref to an earlier context manager keeps 0; the new one gets the next).
     const isMgr = node === this.device.contextManager;
     let desc = isMgr ? 0 : 1;
-    if (!isMgr) while (this.refsByDesc.has(desc)) desc++;
+    while (this.refsByDesc.has(desc)) desc++;
     r = { desc, node };
     this.refsByNode.set(node, r);
     this.refsByDesc.set(desc, r);
@@ -445,7 +455,6 @@ function translateObjects(proc: BinderProc, target: BinderProc, buffer: BinderBu
 function* binder_transaction(proc: BinderProc, thread: BinderThread, tr: TransactionData, reply: boolean): KGen {
   const k = proc.device.k;
   const dev = proc.device;
-  const st = dev.stats;
   let target_proc: BinderProc;
   let target_thread: BinderThread | null = null;
   let target_node: BinderNode | null = null;
@@ -469,6 +478,11 @@ function* binder_transaction(proc: BinderProc, thread: BinderThread, tr: Transac
     if (tr.target === 0) {
       target_node = dev.contextManager;
       if (!target_node) return returnError(thread, BR_DEAD_REPLY);
+      // binder.c compares pids: no binder file of the context manager's own process may call it.
+      if (target_node.proc.pid === proc.pid) {
+        dev.userError(`${proc.pid}:${thread.pid} got transaction to context manager from process owning it`);
+        return returnError(thread, BR_FAILED_REPLY);
+      }
     } else {
       const ref = proc.refsByDesc.get(tr.target);
       if (!ref) {
@@ -478,11 +492,32 @@ function* binder_transaction(proc: BinderProc, thread: BinderThread, tr: Transac
       target_node = ref.node;
     }
     target_proc = target_node.proc;
+    // A process never holds a ref to its own node (the check above keeps it from sending itself
+    // one), so this cannot happen: binder.c WARNs and refuses.
+    if (target_proc === proc) {
+      k.warn('WARNING: binder self transaction', `WARN_ON(proc == target_proc) in binder_transaction: ${proc.pid}:${thread.pid} self transactions not allowed`, { pid: proc.pid });
+      return returnError(thread, BR_FAILED_REPLY);
+    }
   }
   if (target_proc.is_dead) {
     if (in_reply_to) in_reply_to.to_thread = null;
     return returnError(thread, BR_DEAD_REPLY);
   }
+  // binder_get_node_refs_for_txn / binder_get_txn_from_and_acq_inner: the target process stays
+  // until this transaction is done with its buffer, even if it dies meanwhile.
+  target_proc.tmp_ref++;
+  try {
+    yield* binder_transaction_to(proc, thread, tr, reply, target_proc, target_thread, target_node);
+  } finally {
+    binder_proc_dec_tmpref(target_proc);
+  }
+}
+
+/** The part of binder_transaction that holds a tmp_ref on the target process. */
+function* binder_transaction_to(proc: BinderProc, thread: BinderThread, tr: TransactionData, reply: boolean, target_proc: BinderProc, target_thread: BinderThread | null, target_node: BinderNode | null): KGen {
+  const k = proc.device.k;
+  const dev = proc.device;
+  const st = dev.stats;
   const oneway = !reply && (tr.flags & TF_ONE_WAY) !== 0;
   const t = new BinderTransaction(reply || oneway ? null : thread, target_proc, reply, tr.code, tr.flags, proc.pid, 0, target_node);
   traceTransaction(k, { debug_id: t.debug_id, target_node: target_node?.debug_id ?? 0, to_proc: target_proc.pid, to_thread: target_thread?.pid ?? 0, reply, code: tr.code, flags: tr.flags });
@@ -507,6 +542,14 @@ function* binder_transaction(proc: BinderProc, thread: BinderThread, tr: Transac
     yield* alloc.free_buf(buf);
     if (reply && target_thread) returnError(target_thread, BR_FAILED_REPLY);
     return returnError(thread, BR_FAILED_REPLY);
+  }
+  if (target_proc.is_dead || (target_thread && target_thread.dead)) {
+    // binder_proc_transaction found the target dead (it died while the payload was copied):
+    // err_dead_proc_or_thread frees the buffer.
+    buf.transaction = null;
+    traceBuffer(k, 'binder_transaction_failed_buffer_release', buf.debug_id, tr.data_size, tr.offsets_size, 0);
+    yield* alloc.free_buf(buf);
+    return returnError(thread, BR_DEAD_REPLY);
   }
   const spam = oneway && buf.oneway_spam_suspect && proc.oneway_spam_detection_enabled;
   if (spam) st.spamSuspects++;
@@ -728,6 +771,27 @@ function failTransaction(t: BinderTransaction): void {
 }
 
 function* binder_deferred_release(proc: BinderProc): KGen {
+  proc.todo.length = 0;
+  for (const n of proc.nodes.values()) n.async_todo.length = 0;
+  // A sender may still be copying into a buffer of ours: the last one frees the proc.
+  if (proc.tmp_ref > 0) {
+    proc.free_pending = true;
+    return;
+  }
+  yield* binder_free_proc(proc);
+}
+
+/** binder_proc_dec_tmpref: the last in-flight transaction of a released proc frees it. */
+function binder_proc_dec_tmpref(proc: BinderProc): void {
+  proc.tmp_ref--;
+  if (proc.tmp_ref === 0 && proc.free_pending) {
+    proc.free_pending = false;
+    proc.device.k.workqueue.queue('binder_free_proc', () => binder_free_proc(proc));
+  }
+}
+
+/** binder_free_proc: free the buffers and pages (binder_alloc_deferred_release) and drop the mm. */
+function* binder_free_proc(proc: BinderProc): KGen {
   const k = proc.device.k;
   proc.todo.length = 0;
   for (const n of proc.nodes.values()) n.async_todo.length = 0;

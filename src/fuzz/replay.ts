@@ -1,0 +1,59 @@
+/**
+ * src/fuzz/replay.ts — the replay format: how a fuzz failure is named, printed and reproduced.
+ *
+ * A failing case is named by fast-check's coordinates: the seed of the run it was generated in
+ * and the path — the index of the run within that seed, then the shrink steps that led to the
+ * minimal case (fast-check's counterexamplePath). Together with the options that shape
+ * generation and execution (operations per case, rounds, checking interval, a planted bug) they
+ * determine the case and its outcome exactly, since the executor is deterministic. They are
+ * written as one token, SEED:PATH — for example 1234:5:2:1 is seed 1234, run 5, then shrink
+ * steps 2 and 1 — and printed as the command line that replays it:
+ *
+ *   mmulab fuzz --replay 1234:5:2:1 [--ops-per-run N] [--plant NAME] …
+ */
+
+import { PLANTS, type Plant } from './executor.ts';
+
+/** What generation and execution depend on, besides the seed and path. */
+export interface CaseShape {
+  opsPerRun: number;
+  roundOps: number;
+  checkEvery: number;
+  plant: Plant | null;
+}
+
+export const DEFAULT_SHAPE: CaseShape = { opsPerRun: 1000, roundOps: 16, checkEvery: 64, plant: null };
+
+export interface ReplayToken {
+  seed: number;
+  /** fast-check's counterexample path ("5:2:1"). */
+  path: string;
+}
+
+/** Parse SEED:PATH ("1234:5:2:1"); throws a RangeError naming the problem. */
+export function parseReplay(s: string): ReplayToken {
+  const t = s.trim();
+  if (!/^\d+(:\d+)+$/.test(t)) throw new RangeError(`--replay must look like SEED:PATH (for example 1234:5:2:1), got "${s}"`);
+  const [seed, ...path] = t.split(':');
+  const n = Number(seed);
+  if (!Number.isSafeInteger(n) || n > 0xffffffff) throw new RangeError(`--replay: the seed ${seed} is not a 32-bit unsigned integer`);
+  return { seed: n, path: path.join(':') };
+}
+
+export function formatReplay(r: ReplayToken): string {
+  return `${r.seed}:${r.path}`;
+}
+
+/** The one-line command that replays `r` with `shape`. */
+export function replayCommand(r: ReplayToken, shape: CaseShape): string {
+  const parts = ['mmulab fuzz', `--replay ${formatReplay(r)}`];
+  if (shape.opsPerRun !== DEFAULT_SHAPE.opsPerRun) parts.push(`--ops-per-run ${shape.opsPerRun}`);
+  if (shape.roundOps !== DEFAULT_SHAPE.roundOps) parts.push(`--round-ops ${shape.roundOps}`);
+  if (shape.checkEvery !== DEFAULT_SHAPE.checkEvery) parts.push(`--check-every ${shape.checkEvery}`);
+  if (shape.plant) parts.push(`--plant ${shape.plant}`);
+  return parts.join(' ');
+}
+
+export function isPlant(s: string): s is Plant {
+  return (PLANTS as readonly string[]).includes(s);
+}

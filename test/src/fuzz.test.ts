@@ -1,0 +1,71 @@
+// `mmulab fuzz` (src/commands/fuzz.ts): a clean run, a planted bug that is found, shrunk and
+// printed with a replay line that reproduces it, replays of passing cases, JSON, bad usage.
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli.ts';
+
+async function run(args: string[]) {
+  let out = '';
+  let err = '';
+  const code = await main(args, { out: (s) => void (out += s), err: (s) => void (err += s) });
+  return { code, out, err };
+}
+
+describe('mmulab fuzz', () => {
+  it('runs a fixed amount of work from a seed and reports nothing found', async () => {
+    const r = await run(['fuzz', '--seed', '3', '--ops', '3000', '--ops-per-run', '200', '--jobs', '1']);
+    expect(r.err).toContain('mmulab fuzz: seed 3');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^seed 3: \d+ cases, \d+ operations \(\d+ skipped\) in [\d.]+ s \(\d+ ops\/s\), \d+ invariant checks$/m);
+    expect(Number(/(\d+) operations/.exec(r.out)![1])).toBeGreaterThanOrEqual(3000);
+    expect(r.out).toContain('result: no invariant violation, no unexpected report');
+  }, 120_000);
+
+  it('finds a planted bug, prints the shrunk case and a replay line, and the replay line reproduces it', async () => {
+    const r = await run(['fuzz', '--seed', '1', '--ops', '400000', '--ops-per-run', '200', '--plant', 'leak-ref', '--shrink-time', '5', '--jobs', '1']);
+    expect(r.code).toBe(1);
+    expect(r.out).toMatch(/FAILURE \(invariant\) at op \d+: mm invariants violated/);
+    expect(r.out).toMatch(/refcount \d+ but \d+ mappings \+ 0 holder references/);
+    expect(r.out).toMatch(/^seed \d+, path [\d:]+ \(shrunk in \d+ runs\) — the minimal case:$/m);
+    expect(r.out).toMatch(/^\s+0: @\d+ /m); // the shrunk sequence, one op per line
+    const line = /^replay: (mmulab fuzz --replay \d+(?::\d+)+ --ops-per-run 200 --plant leak-ref)$/m.exec(r.out);
+    expect(line, r.out).not.toBeNull();
+    const token = /--replay (\S+)/.exec(line![1]!)![1]!;
+    expect(r.out).toContain(`seed ${token.split(':')[0]}, path ${token.split(':').slice(1).join(':')}`);
+    // Run the printed command.
+    const again = await run(line![1]!.split(' ').slice(1));
+    expect(again.code).toBe(1);
+    expect(again.out).toMatch(/FAILURE \(invariant\) at op \d+: mm invariants violated/);
+    expect(again.out).toContain(`replay: ${line![1]}`);
+    // The same case, printed the same way.
+    const caseOf = (s: string) => s.split('\n').filter((l) => /^\s+\d+: @/.test(l));
+    expect(caseOf(again.out)).toEqual(caseOf(r.out));
+    // Without the planted bug the same case passes.
+    const clean = await run(['fuzz', '--replay', token, '--ops-per-run', '200']);
+    expect(clean.code).toBe(0);
+    expect(clean.out).toMatch(/the case passed: \d+ operations, \d+ checks/);
+  }, 300_000);
+
+  it('prints JSON, and splits the work over worker threads with --jobs', async () => {
+    const r = await run(['fuzz', '--seed', '8', '--ops', '1000', '--ops-per-run', '100', '--json', '--jobs', '2']);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as { seed: number; ops: number; cases: number; counterexample: unknown; byOp: Record<string, number>; outcomes: { errnos: Record<string, number> } };
+    expect(doc.seed).toBe(8);
+    expect(doc.ops).toBeGreaterThanOrEqual(1000);
+    expect(doc.counterexample).toBeNull();
+    expect(Object.keys(doc.byOp).length).toBeGreaterThan(5);
+  }, 120_000);
+
+  it('rejects bad usage with exit code 2 and one line', async () => {
+    for (const [args, msg] of [
+      [['fuzz', '--replay', 'nonsense'], /--replay must look like SEED:PATH/],
+      [['fuzz', '--plant', 'bogus'], /unknown bug "bogus"/],
+      [['fuzz', '--replay', '1:2', '--time', '5'], /--replay runs one case/],
+      [['fuzz', '--time', '0'], /--time must be between 1/],
+      [['fuzz', '--ops', '-5'], /--ops must be between 1/],
+    ] as [string[], RegExp][]) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.err, args.join(' ')).toMatch(msg);
+    }
+  });
+});
