@@ -42,6 +42,7 @@ const PTR = 8;
 const align = (n: number, a: number): number => Math.ceil(n / a) * a;
 const pageAlign = (n: number): number => Math.ceil(n / PAGE_SIZE) * PAGE_SIZE;
 const pageMask = (n: number): number => n - (n % PAGE_SIZE);
+const isSize = (x: number): boolean => Number.isSafeInteger(x) && x >= 0;
 
 let nextBufferDebugId = 1;
 
@@ -333,7 +334,7 @@ export class BinderAlloc implements PageRefHolder {
 
   /** sanitized_size: 0 when the sizes overflow. */
   static sanitizedSize(data_size: number, offsets_size: number, extra: number): number {
-    if (![data_size, offsets_size, extra].every((x) => Number.isSafeInteger(x) && x >= 0)) return 0;
+    if (!isSize(data_size) || !isSize(offsets_size) || !isSize(extra)) return 0;
     const total = align(data_size, PTR) + align(offsets_size, PTR) + align(extra, PTR);
     if (total >= 2 ** 53 - 8) return 0;
     return Math.max(total, PTR);
@@ -345,14 +346,9 @@ export class BinderAlloc implements PageRefHolder {
    * free chunk (or async space) is large enough, or the design's error.
    */
   *new_buf(data_size: number, offsets_size: number, extra_buffers_size: number, is_async: boolean): KGen<BinderBuffer | number> {
-    const fail = (e: number): number => {
-      const name = e === -ESRCH ? 'ESRCH' : e === -EINVAL ? 'EINVAL' : e === -ENOSPC ? 'ENOSPC' : `errno ${-e}`;
-      this.stats.failures[name] = (this.stats.failures[name] ?? 0) + 1;
-      return e;
-    };
-    if (!this.mapped) return fail(-ESRCH);
+    if (!this.mapped) return this.failed(-ESRCH);
     const size = BinderAlloc.sanitizedSize(data_size, offsets_size, extra_buffers_size);
-    if (size === 0) return fail(-EINVAL);
+    if (size === 0) return this.failed(-EINVAL);
     yield* this.mutex.lock('binder_alloc_new_buf');
     let buffer: BinderBuffer | number;
     try {
@@ -366,14 +362,21 @@ export class BinderAlloc implements PageRefHolder {
     } finally {
       this.mutex.unlock();
     }
-    if (typeof buffer === 'number') return fail(buffer);
+    if (typeof buffer === 'number') return this.failed(buffer);
     const r = yield* this.install_buffer_pages(buffer, size);
     if (r) {
       yield* this.free_buf(buffer);
-      return fail(r);
+      return this.failed(r);
     }
     this.stats.allocations++;
     return buffer;
+  }
+
+  /** A new_buf failure: counted by errno name, returned. */
+  private failed(e: number): number {
+    const name = e === -ESRCH ? 'ESRCH' : e === -EINVAL ? 'EINVAL' : e === -ENOSPC ? 'ENOSPC' : `errno ${-e}`;
+    this.stats.failures[name] = (this.stats.failures[name] ?? 0) + 1;
+    return e;
   }
 
   private new_buf_locked(size: number, is_async: boolean): BinderBuffer | number {
@@ -502,15 +505,11 @@ export class BinderAlloc implements PageRefHolder {
   }
 
   private free_buf_locked(buffer: BinderBuffer): void {
-    const k = this.k;
     const buffer_size = this.bufferSize(buffer);
     const size = align(buffer.data_size, PTR) + align(buffer.offsets_size, PTR) + align(buffer.extra_buffers_size, PTR);
-    const bug = (cond: string): void => {
-      k.report({ kind: 'BUG', title: `kernel BUG at drivers/android/binder_alloc.c: binder_free_buf_locked`, text: `kernel BUG at drivers/android/binder_alloc.c: BUG_ON(${cond}) for buffer ${buffer.debug_id} of pid ${this.pid}`, data: { cond, buffer: buffer.debug_id } });
-    };
-    if (buffer.free) return bug('buffer->free');
-    if (size > buffer_size) bug('size > buffer_size');
-    if (buffer.transaction !== null) bug('buffer->transaction != NULL');
+    if (buffer.free) return this.freeBug(buffer, 'buffer->free');
+    if (size > buffer_size) this.freeBug(buffer, 'size > buffer_size');
+    if (buffer.transaction !== null) this.freeBug(buffer, 'buffer->transaction != NULL');
     if (buffer.async_transaction) this.free_async_space += buffer_size;
     this.lru_freelist_add(pageAlign(buffer.user_data), pageMask(buffer.user_data + buffer_size));
     this.allocated.delete(buffer.user_data);
@@ -529,6 +528,11 @@ export class BinderAlloc implements PageRefHolder {
     }
     this.insertFree(b);
     this.stats.frees++;
+  }
+
+  /** A BUG_ON of binder_free_buf_locked. */
+  private freeBug(buffer: BinderBuffer, cond: string): void {
+    this.k.report({ kind: 'BUG', title: `kernel BUG at drivers/android/binder_alloc.c: binder_free_buf_locked`, text: `kernel BUG at drivers/android/binder_alloc.c: BUG_ON(${cond}) for buffer ${buffer.debug_id} of pid ${this.pid}`, data: { cond, buffer: buffer.debug_id } });
   }
 
   /**

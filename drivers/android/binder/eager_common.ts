@@ -91,14 +91,30 @@ function remembered(alloc: BinderAlloc): Remembered {
 // C path
 // ==============================================================================================
 
-/**
- * binder_page_insert: find the VMA at `addr` (per-VMA lock, else the mmap lock in `fallback`
- * mode), check it, vm_insert_page. 0, -EBUSY, -ESRCH or the insert's error.
- */
+/** insertC's last step, under whichever lock it took: check the VMA found, vm_insert_page. */
+function tryInsert(k: Kernel, alloc: BinderAlloc, c: EagerCounters, kept: Remembered, vma: VmArea | null, addr: number, pfn: number, variant: IdentityVariant, bugs: PlantedBugs, site: string): number {
+  if (!vma) {
+    c.noVma++;
+    return -ESRCH;
+  }
+  if (!identityOk(alloc, vma, variant)) {
+    c.identityRefused++;
+    return -ESRCH;
+  }
+  if (!isBinderVma(alloc, vma)) c.foreignInserts++;
+  if (bugs.keepVmaReference) kept.vma = vma;
+  return vm_insert_page(k, vma, addr, pfn, site);
+}
+
 /** insertC's answer when the re-check under the mmap write lock found the page installed. */
 const ALREADY_INSTALLED = 1;
 
-export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: number, pfn: number, variant: IdentityVariant, bugs: PlantedBugs, mode: 'vma-lock' | 'mmap-write', alreadyInstalled?: () => boolean): KGen<number> {
+/**
+ * binder_page_insert: find the VMA at `addr` (per-VMA lock, else the mmap lock in `fallback`
+ * mode), check it, vm_insert_page. 0, -EBUSY, -ESRCH or the insert's error.
+ * `index` (mmap-write mode) is the page re-checked under the write lock.
+ */
+export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: number, pfn: number, variant: IdentityVariant, bugs: PlantedBugs, mode: 'vma-lock' | 'mmap-write', index = -1): KGen<number> {
   const c = eagerCounters(alloc);
   const site = mode === 'vma-lock' ? 'binder_page_insert' : 'binder_install_single_page';
   const kept = remembered(alloc);
@@ -107,26 +123,13 @@ export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: numb
     if (!isBinderVma(alloc, kept.vma)) c.foreignInserts++;
     return vm_insert_page(k, kept.vma, addr, pfn, `${site} (kept VMA)`);
   }
-  const tryInsert = (vma: VmArea | null): number => {
-    if (!vma) {
-      c.noVma++;
-      return -ESRCH;
-    }
-    if (!identityOk(alloc, vma, variant)) {
-      c.identityRefused++;
-      return -ESRCH;
-    }
-    if (!isBinderVma(alloc, vma)) c.foreignInserts++;
-    if (bugs.keepVmaReference) kept.vma = vma;
-    return vm_insert_page(k, vma, addr, pfn, site);
-  };
   if (mode === 'mmap-write') {
     yield* k.locks.mmap_write_lock(mm, site);
     try {
       // v6.8–v6.13 re-check under the write lock: another installer (a reply and a
       // transaction can target the same page) may have installed it while we waited.
-      if (alreadyInstalled?.()) return ALREADY_INSTALLED;
-      return tryInsert(mm.vma_lookup(addr));
+      if (index >= 0 && alloc.installedPage(index) >= 0) return ALREADY_INSTALLED;
+      return tryInsert(k, alloc, c, kept, mm.vma_lookup(addr), addr, pfn, variant, bugs, site);
     } finally {
       k.locks.mmap_write_unlock(mm);
     }
@@ -134,7 +137,7 @@ export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: numb
   const vma = k.locks.lock_vma_under_rcu(mm, addr, site);
   if (vma) {
     try {
-      return tryInsert(vma);
+      return tryInsert(k, alloc, c, kept, vma, addr, pfn, variant, bugs, site);
     } finally {
       k.locks.vma_end_read(vma);
     }
@@ -142,7 +145,7 @@ export function* insertC(k: Kernel, alloc: BinderAlloc, mm: MmStruct, addr: numb
   c.vmaLockFallbacks++;
   yield* k.locks.mmap_read_lock(mm, site);
   try {
-    return tryInsert(mm.vma_lookup(addr));
+    return tryInsert(k, alloc, c, kept, mm.vma_lookup(addr), addr, pfn, variant, bugs, site);
   } finally {
     k.locks.mmap_read_unlock(mm);
   }
@@ -180,7 +183,7 @@ export function* installC(k: Kernel, alloc: BinderAlloc, index: number, addr: nu
     if (mode === 'mmap-write' && alloc.installedPage(index) >= 0) return 0;
     const pfn = alloc.allocFrame('binder_page_alloc');
     if (pfn < 0) return -12;
-    const r = yield* insertC(k, alloc, mm, addr, pfn, variant, bugs, mode, () => alloc.installedPage(index) >= 0);
+    const r = yield* insertC(k, alloc, mm, addr, pfn, variant, bugs, mode, index);
     if (r === ALREADY_INSTALLED) {
       alloc.dropFrame(pfn, 'binder_free_page <- binder_install_single_page');
       return 0;
