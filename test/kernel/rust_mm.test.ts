@@ -3,7 +3,7 @@
 // VmaMixedMap, VmaNew), and the run-time lifetime checks standing in for the borrow checker.
 import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../kernel/kernel.ts';
-import { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
+import { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import type { User } from '../../kernel/uapi.ts';
 import { Mm, MmWithUser, type MmWithUserAsync } from '../../kernel/rust/mm.ts';
 import { VmaNew } from '../../kernel/rust/mm/virt.ts';
@@ -11,7 +11,7 @@ import { Page } from '../../kernel/rust/page.ts';
 import { borrowCounters } from '../../kernel/rust/borrow.ts';
 import { File, Inode, type FileOperations } from '../../kernel/fs/file.ts';
 import { SyscallError } from '../../kernel/errno.ts';
-import { VM_DONTCOPY, VM_IO, VM_MAYWRITE, VM_MIXEDMAP, type VmArea } from '../../kernel/mm/mm_types.ts';
+import { VM_DONTCOPY, VM_DONTDUMP, VM_DONTEXPAND, VM_EXEC, VM_IO, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_MIXEDMAP, VM_READ, VM_WRITE, vmFlagNames, type VmArea } from '../../kernel/mm/mm_types.ts';
 import { assert_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import type { MmStruct } from '../../kernel/mm/mm_types.ts';
 
@@ -207,6 +207,59 @@ describe('VmaNew and VmaMixedMap', () => {
       expect(k.reports.reports).toEqual([]);
     });
   });
+
+  const setters: [keyof VmaNew & `set_${string}`, number][] = [
+    ['set_io', VM_IO],
+    ['set_dontexpand', VM_DONTEXPAND],
+    ['set_dontcopy', VM_DONTCOPY],
+    ['set_dontdump', VM_DONTDUMP],
+    ['set_mixedmap', VM_MIXEDMAP],
+  ];
+  for (const [setter, flag] of setters) {
+    it(`${setter} sets exactly ${vmFlagNames(flag)} on the new VMA`, () => {
+      run(function* (u, k) {
+        let before = 0;
+        device(k, (v, raw) => {
+          before = raw.vm_flags;
+          (v[setter] as () => unknown).call(v);
+          return 0;
+        });
+        const fd = yield* u.open('/dev/rustdev');
+        const a = yield* u.mmap(0, 4096, PROT_READ, MAP_SHARED, fd);
+        expect(u.task.mm!.vma_lookup(a)!.vm_flags ^ before).toBe(flag);
+        expect(k.reports.reports).toEqual([]);
+      });
+    });
+  }
+
+  const clears: ['try_clear_mayread' | 'try_clear_maywrite' | 'try_clear_mayexec', number, number, number][] = [
+    ['try_clear_mayread', PROT_READ, VM_READ, VM_MAYREAD],
+    ['try_clear_maywrite', PROT_READ | PROT_WRITE, VM_WRITE, VM_MAYWRITE],
+    ['try_clear_mayexec', PROT_READ | PROT_EXEC, VM_EXEC, VM_MAYEXEC],
+  ];
+  for (const [method, prot, perm, may] of clears) {
+    it(`${method}: -EINVAL (flags untouched) while ${vmFlagNames(perm)} is set; clears ${vmFlagNames(may)} otherwise`, () => {
+      run(function* (u, k) {
+        const seen: [number, number, number][] = [];
+        device(k, (v, raw) => {
+          const f0 = raw.vm_flags;
+          const r = v[method]();
+          seen.push([r, f0, raw.vm_flags]);
+          return 0;
+        });
+        const fd = yield* u.open('/dev/rustdev');
+        yield* u.mmap(0, 4096, prot, MAP_SHARED, fd);
+        const other = perm === VM_READ ? PROT_NONE : PROT_READ;
+        yield* u.mmap(0, 4096, other, MAP_SHARED, fd);
+        expect(seen[0]![0]).toBe(-22);
+        expect(seen[0]![2]).toBe(seen[0]![1]);
+        expect(seen[1]![0]).toBe(0);
+        expect(seen[1]![1] & may).toBe(may);
+        expect(seen[1]![1] ^ seen[1]![2]).toBe(may);
+        expect(k.reports.reports).toEqual([]);
+      });
+    });
+  }
 
   it('a VmaNew kept after ->mmap returned is refused and reported', () => {
     let kept: VmaNew | null = null;
