@@ -63,6 +63,15 @@ export class Inode {
     this.i_mapping = new AddressSpace(k, this);
   }
 
+  /** iput: drop a reference; the last one evicts the inode. */
+  iput(): void {
+    if (this.i_count <= 0) {
+      this.k.warn('WARNING: iput on an inode with no references', `iput: inode ${this.i_ino} (${this.kind}) i_count is already ${this.i_count}`, { ino: this.i_ino });
+      return;
+    }
+    if (--this.i_count === 0) this.evict();
+  }
+
   /** evict: the last file went; a page cache still holding pages here is a leak. */
   evict(): void {
     const m = this.i_mapping;
@@ -124,6 +133,6 @@ export class File {
     }
     this.released = true;
     if (this.f_op.release) this.f_op.release(this);
-    if (--this.f_inode.i_count === 0) this.f_inode.evict();
+    this.f_inode.iput();
   }
 }

@@ -31,7 +31,8 @@
 
 import type { Kernel } from '../kernel.ts';
 import type { KGen, Task } from '../sched/core.ts';
-import { File, Inode, type FileOperations } from './file.ts';
+import { File, type FileOperations } from './file.ts';
+import { anon_inode_create_getfile } from './anon_inodes.ts';
 import { WaitQueue } from '../sched/wait.ts';
 import {
   FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_FAULT_RETRY, VM_FAULT_SIGBUS,
@@ -401,9 +402,8 @@ export function new_userfaultfd(k: Kernel, task: Task, flags: number): File | nu
   if (!k.subsystems.has('userfaultfd')) k.subsystems.set('userfaultfd', new UserfaultfdSubsystem());
   const ctx = new UserfaultfdCtx(k, mm, flags);
   mmgrab(mm);
-  const f = new File(k, new Inode(k, 'anon_inode', [0, 14]), uffdFops, 'anon_inode:[userfaultfd]');
-  f.private_data = ctx;
-  f.f_flags = flags & O_NONBLOCK;
+  // Linux 6.7+: anon_inode_create_getfile (an inode per context).
+  const f = anon_inode_create_getfile(k, '[userfaultfd]', uffdFops, ctx, flags & O_NONBLOCK);
   return f;
 }
 

@@ -32,7 +32,8 @@
 import type { Kernel } from '../../../kernel/kernel.ts';
 import type { KGen } from '../../../kernel/sched/core.ts';
 import { VM_DONTCOPY, VM_FAULT_SIGBUS, VM_MAYWRITE, VM_MIXEDMAP, type VmArea, type VmFault, type VmOperations } from '../../../kernel/mm/mm_types.ts';
-import { File, Inode, type AddressSpace } from '../../../kernel/fs/file.ts';
+import { File, type AddressSpace } from '../../../kernel/fs/file.ts';
+import { alloc_anon_inode } from '../../../kernel/fs/anon_inodes.ts';
 import { unmap_mapping_range_tree, vmf_insert_page } from '../../../kernel/mm/memory.ts';
 import { faultingVmOps, registerDesign, type DesignName, type DesignOptions, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
 import type { BinderAlloc, BinderBuffer } from './binder_alloc.ts';
@@ -76,9 +77,9 @@ export class FaultMapping implements PageMapping {
     this.vmOps = faultingVmOps(`binder_vm_ops (${design})`, (vmf) => this.binder_vm_fault(vmf));
   }
 
-  /** anon_inode_getfile-style: a fresh inode and address_space for this open file. */
+  /** binder_open: a fresh anonymous inode whose address_space becomes this file's f_mapping. */
   open(alloc: BinderAlloc, file: File): void {
-    const inode = new Inode(alloc.k, 'anon_inode', [0, 14]);
+    const inode = alloc_anon_inode(alloc.k);
     file.f_mapping = inode.i_mapping;
     alloc.designState = { mapping: inode.i_mapping, counters: { faults: 0, sigbus: 0, trylockSkips: 0, reclaimUnmaps: 0 } } satisfies FaultState;
   }
@@ -172,7 +173,7 @@ export class FaultMapping implements PageMapping {
 
   release(alloc: BinderAlloc): void {
     const s = alloc.designState as FaultState | null;
-    if (s) s.mapping.host.evict();
+    if (s) s.mapping.host.iput();
   }
 }
 
