@@ -8,7 +8,7 @@
 
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { runDemo } from './demo.ts';
-import { EXIT_OK, EXIT_USAGE, UsageError, type Io } from './commands/common.ts';
+import { COST_MODEL_HELP, EXIT_OK, EXIT_USAGE, loadCosts, refuseSharedOptions, UsageError, type Io } from './commands/common.ts';
 import { COMMANDS } from './commands/index.ts';
 
 export { EXIT_FINDING, EXIT_OK, EXIT_USAGE, UsageError } from './commands/common.ts';
@@ -24,13 +24,21 @@ export function buildProgram(io: Io): Command {
 
   for (const register of COMMANDS) register(program, io);
 
-  program
+  const demo = program
     .command('demo', { isDefault: !COMMANDS.length })
     .description('build a machine, map pages, run accesses and print translations, faults and A/D bits')
     .option('--json', 'print the steps as JSON')
-    .addHelpText('after', '\nExample:\n  mmulab demo\n  mmulab demo --json')
-    .action((o: { json?: boolean }) => {
-      io.out(runDemo({ json: !!o.json }).text + '\n');
+    .option('--cost-model <file>', `${COST_MODEL_HELP} (the cycles counter; the kernel section is not used)`);
+  refuseSharedOptions(demo, {
+    seed: 'the tour makes no random choice',
+    cpus: 'the tour runs on one CPU',
+    engine: 'the tour drives its CPU directly, without an engine',
+  });
+  demo
+    .addHelpText('after', '\nExamples:\n  mmulab demo\n  mmulab demo --json\n  mmulab demo --cost-model costs.json    the same steps, cycles at other costs')
+    .action((o: { json?: boolean; costModel?: string }) => {
+      const costs = loadCosts(o.costModel);
+      io.out(runDemo({ json: !!o.json, ...(costs ? { cost: costs.model.hw, clockGhz: costs.model.clockGhz } : {}) }).text + '\n');
     });
 
   return program;

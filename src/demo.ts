@@ -8,9 +8,13 @@
 
 import { Machine, PageTableBuilder, PF_ID, PF_P, PF_PK, PF_RSVD, PF_U, PF_W, decodeEntry, LEVEL_PTE, hex64 } from '../hw/index.ts';
 import type { AccessKind } from '../hw/index.ts';
+import type { HwCostModel } from '../hw/cost.ts';
 
 export interface DemoOptions {
   json: boolean;
+  /** Hardware costs and clock of the machine (--cost-model); default the built-in ones. */
+  cost?: Partial<HwCostModel>;
+  clockGhz?: number;
 }
 
 interface Row {
@@ -31,7 +35,7 @@ export function errorCodeText(e: number): string {
 }
 
 export function runDemo(opts: DemoOptions): { rows: Row[]; text: string } {
-  const m = new Machine({ memoryBytes: 16 << 20, cpus: 1 });
+  const m = new Machine({ memoryBytes: 16 << 20, cpus: 1, ...(opts.cost ? { cost: opts.cost } : {}), ...(opts.clockGhz !== undefined ? { clockGhz: opts.clockGhz } : {}) });
   const cpu = m.cpu(0);
   const tables = new PageTableBuilder(m, 0x100000, 0x200000);
   cpu.writeCr3(BigInt(tables.root));

@@ -1,33 +1,19 @@
 /**
  * src/commands/ab.ts — `mmulab ab`, the default command: binder page-mapping designs compared
  * on the same workloads across seeds (src/experiments/ab.ts), printed as a table, as JSON
- * (schema in docs/json-schema.md) or as a self-contained HTML report. Sweeps run on local
- * worker threads (--jobs) and split across machines (--shard i/n); `mmulab merge` joins the
- * shards' JSON into one result.
+ * (docs/schemas/ab.schema.json) or as a self-contained HTML report. Sweeps run on local
+ * worker threads (--jobs) and split across machines (--shard i/n); `mmulab merge`
+ * (src/commands/merge.ts) joins the shards' JSON into one result.
  */
 
 import { writeFileSync } from 'node:fs';
 import { InvalidArgumentError, type Command } from 'commander';
 import { abCases, attackTargetOf, defaultConfigs, parseConfig, summarise, SUMMARY_METRICS, WORKLOAD_HELP, WORKLOADS, type AbCaseResult, type AbConfig, type AbMetrics, type AbResult, type AbVerdict, type WorkloadName } from '../experiments/ab.ts';
 import { SCENARIOS, type ScenarioOptions, type ScenarioResult } from '../experiments/attack.ts';
-import { addCommonOptions, EXIT_FINDING, kernelOptions, listOption, loadCosts, parseIntOption, progressBar, UsageError, type CommonOptions, type Io } from './common.ts';
+import { addCommonOptions, checkWritable, EXIT_FINDING, kernelOptions, listOption, loadCosts, parseIntOption, parseShard, progressBar, shardSlice, UsageError, type CommonOptions, type Io, type Shard } from './common.ts';
 import { defaultJobs, runJobs } from '../jobs/pool.ts';
 import type { AbJobArgs } from '../jobs/registry.ts';
 import { abHtml } from '../report/ab_html.ts';
-
-export interface Shard {
-  index: number;
-  count: number;
-}
-
-export function parseShard(v: string): Shard {
-  const m = /^(\d+)\/(\d+)$/.exec(v.trim());
-  if (!m) throw new InvalidArgumentError(`--shard must look like i/n (for example 2/8), got "${v}"`);
-  const index = Number(m[1]);
-  const count = Number(m[2]);
-  if (count < 1 || index < 1 || index > count) throw new InvalidArgumentError(`--shard ${v}: i must be between 1 and n`);
-  return { index, count };
-}
 
 function configOption(v: string, prev: AbConfig[] | undefined): AbConfig[] {
   const out = [...(prev ?? [])];
@@ -63,13 +49,17 @@ export function register(program: Command, io: Io): void {
   const cmd = program
     .command('ab', { isDefault: true })
     .description('compare binder page-mapping designs on the same workloads across seeds (the default command)');
-  addCommonOptions(cmd, { cpus: 4 })
+  addCommonOptions(cmd, {
+    cpus: 4,
+    cpusHelp: `CPUs of each case's emulated machine, 1 to 64`,
+    engineHelp: 'deterministic only: each case is one reproducible run of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel); --jobs runs cases in parallel',
+  })
     .option('--design <names>', `designs to compare, the first is the baseline (${defaultConfigs().map((c) => c.label).join(', ')}; eager designs take :none, :mapped or :vm_ops)`, configOption)
     .option('--workload <names>', `workloads (${WORKLOADS.join(', ')})`, listOption('workload', WORKLOADS))
     .option('--seeds <n>', 'number of seeds, starting at --seed', parseIntOption('--seeds', 1, 1000), 3)
     .option('--iterations <n>', 'transactions per worker per run', parseIntOption('--iterations', 1, 1_000_000), 100)
     .option('--jobs <n>', 'worker threads', parseIntOption('--jobs', 1, 256), defaultJobs())
-    .option('--shard <i/n>', 'run only every n-th case starting at the i-th (for batch schedulers); merge the outputs with mmulab merge', parseShard)
+    .option('--shard <i/n>', 'run only every n-th case starting at the i-th (for batch schedulers); join the --json outputs with mmulab merge', parseShard)
     .option('--html <file>', 'also write a self-contained HTML report')
     .option('--no-attack', 'skip the security scenarios (mmulab attack) run against each design')
     .addHelpText(
@@ -87,6 +77,7 @@ Examples:
     .action(async (o: AbCliOptions) => {
       if (o.engine === 'parallel') throw new UsageError('--engine parallel: the binder experiments run on the deterministic engine (use --jobs to run cases in parallel)');
       const costs = loadCosts(o.costModel);
+      if (o.html) checkWritable(o.html, '--html');
       const configs = o.design ?? defaultConfigs();
       if (configs.length < 2 && !o.design) throw new UsageError('--design needs at least two designs to compare');
       const workloads = o.workload ?? [...WORKLOADS];
@@ -94,8 +85,7 @@ Examples:
       const kernel = kernelOptions(o, costs);
       delete kernel.seed;
       delete kernel.cpus;
-      let cases = abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel });
-      if (o.shard) cases = cases.filter((_, i) => i % o.shard!.count === o.shard!.index - 1);
+      const cases = shardSlice(abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel }), o.shard);
       // The security scenarios once per design (with the first seed); in a sharded run, shard 1
       // carries them.
       const attacks: { config: string; args: ScenarioOptions }[] = [];
@@ -119,56 +109,12 @@ Examples:
       const result: AbFile = summarise({ configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations }, results);
       if (attacks.length) result.attack = verdicts.map((v, i) => ({ config: attacks[i]!.config, scenario: v.scenario, title: v.title, verdict: v.verdict, summary: v.summary }));
       if (o.shard) result.shard = o.shard;
-      emit(io, result, o);
-    });
-
-  program
-    .command('merge')
-    .description('combine the JSON outputs of sharded runs (ab --shard i/n --json) into one result')
-    .argument('<files...>', 'shard outputs')
-    .option('--json', 'print the merged result as JSON', false)
-    .option('--html <file>', 'also write a self-contained HTML report')
-    .addHelpText('after', '\nExample:\n  mmulab merge part1.json part2.json part3.json part4.json --html report.html')
-    .action(async (files: string[], o: { json: boolean; html?: string }) => {
-      const { readFileSync } = await import('node:fs');
-      const parts: AbFile[] = files.map((f) => {
-        let doc: unknown;
-        try {
-          doc = JSON.parse(readFileSync(f, 'utf8'));
-        } catch (e) {
-          throw new UsageError(`${f}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
-        }
-        const d = doc as AbFile;
-        if (typeof d !== 'object' || d === null || d.schema !== 'mmulab.ab/1' || !Array.isArray(d.cases) || typeof d.options !== 'object') throw new UsageError(`${f}: not an mmulab ab result (expected "schema": "mmulab.ab/1")`);
-        return d;
-      });
-      const opts = parts[0]!.options;
-      for (const [i, p] of parts.entries()) {
-        if (JSON.stringify(p.options) !== JSON.stringify(opts)) throw new UsageError(`${files[i]}: its options differ from ${files[0]}'s; only shards of one run can be merged`);
-      }
-      const seen = new Set<string>();
-      const cases: AbCaseResult[] = [];
-      for (const p of parts) {
-        for (const c of p.cases) {
-          const key = `${c.workload}/${c.config}/${c.seed}`;
-          if (seen.has(key)) continue;
-          seen.add(key);
-          cases.push(c);
-        }
-      }
-      const expected = opts.workloads.length * opts.configs.length * opts.seeds.length;
-      if (cases.length < expected) io.err(`mmulab: warning: ${expected - cases.length} of ${expected} cases are missing (a shard was not given?)\n`);
-      // Keep the order of a single run.
-      const order = (c: AbCaseResult) => (opts.workloads.indexOf(c.workload) * opts.configs.length + opts.configs.indexOf(c.config)) * opts.seeds.length + opts.seeds.indexOf(c.seed);
-      cases.sort((a, b) => order(a) - order(b));
-      const merged: AbFile = summarise(opts, cases);
-      const attack = parts.find((p) => p.attack)?.attack;
-      if (attack) merged.attack = attack;
-      emit(io, merged, { json: o.json, html: o.html });
+      emitAb(io, result, o);
     });
 }
 
-function emit(io: Io, result: AbFile, o: { json: boolean; html?: string }): void {
+/** Print a result (table or JSON), write its HTML report, and set the exit code (also for mmulab merge). */
+export function emitAb(io: Io, result: AbFile, o: { json: boolean; html?: string }): void {
   if (o.html) {
     try {
       writeFileSync(o.html, abHtml(result));

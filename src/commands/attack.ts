@@ -3,16 +3,17 @@
  * against each page-mapping design and identity variant, with a verdict per design and scenario
  * and the evidence the emulator saw (which page, which VMA, which report). `--expect-safe` turns
  * a vulnerable verdict for the named designs into exit code 1, for CI. JSON output follows
- * docs/schemas/attack.schema.json.
+ * docs/schemas/attack.schema.json. The shared options set the seed, the CPUs and the cost model of
+ * every scenario's machine; the scenarios need the deterministic engine.
  */
 
 import { InvalidArgumentError, type Command } from 'commander';
 import { DESIGNS, IDENTITY_VARIANTS, type IdentityVariant } from '../../drivers/android/binder/page_mapping.ts';
 import {
-  SCENARIOS, SCENARIO_TITLES, attackTargets, expandScenario, parseTarget, runAttackMatrix, targetLabel, targetMatches, type AttackMatrix, type AttackTarget,
+  ATTACK_MIN_CPUS, SCENARIOS, SCENARIO_TITLES, attackTargets, expandScenario, parseTarget, runAttackMatrix, targetLabel, targetMatches, type AttackMatrix, type AttackTarget,
   type ScenarioId, type ScenarioResult,
 } from '../experiments/attack.ts';
-import { EXIT_FINDING, listOption, parseIntOption, progressBar, UsageError, type Io } from './common.ts';
+import { addCommonOptions, EXIT_FINDING, listOption, loadCosts, progressBar, UsageError, type CommonOptions, type Io } from './common.ts';
 
 const SCENARIO_NAMES = ['1', ...SCENARIOS] as const;
 
@@ -30,14 +31,12 @@ function targetListOption(v: string, prev: string[] | undefined): string[] {
   return out;
 }
 
-interface AttackCliOptions {
+interface AttackCliOptions extends CommonOptions {
   design?: string[];
   variant?: IdentityVariant[];
   scenario?: string[];
   expectSafe?: string[];
   plant: boolean;
-  json: boolean;
-  seed: number;
 }
 
 /** The targets the options name: --design entries, bare eager designs expanded by --variant. */
@@ -87,8 +86,9 @@ function evidenceLines(r: ScenarioResult): string[] {
   return out;
 }
 
-function text(m: AttackMatrix, violated: Map<string, string[]>): string {
-  const lines = [`mmulab attack: binder security scenarios, seed ${m.seed}${m.planted ? ', judging the planted bugs of scenarios 3 and 5' : ''}`, '', table(m), ''];
+function text(m: AttackMatrix, violated: Map<string, string[]>, costModel: string | undefined): string {
+  const machine = `${m.cpus !== ATTACK_MIN_CPUS ? `, ${m.cpus} CPUs` : ''}${costModel ? `, cost model ${costModel}` : ''}`;
+  const lines = [`mmulab attack: binder security scenarios, seed ${m.seed}${machine}${m.planted ? ', judging the planted bugs of scenarios 3 and 5' : ''}`, '', table(m), ''];
   lines.push('Scenarios:');
   for (const s of m.scenarios) lines.push(`  ${s.padEnd(3)} ${SCENARIO_TITLES[s]}`);
   lines.push('', 'Evidence:');
@@ -104,16 +104,21 @@ function text(m: AttackMatrix, violated: Map<string, string[]>): string {
 }
 
 export function register(program: Command, io: Io): void {
-  program
+  const cmd = program
     .command('attack')
-    .description('run the binder security scenarios against the page-mapping designs and print a verdict per design and scenario, with the evidence')
+    .description('run the binder security scenarios against the page-mapping designs and print a verdict per design and scenario, with the evidence');
+  addCommonOptions(cmd, {
+    cpus: ATTACK_MIN_CPUS,
+    minCpus: ATTACK_MIN_CPUS,
+    seedHelp: 'seed of the scheduler (same seed, same result)',
+    cpusHelp: `CPUs of each scenario's emulated machine, ${ATTACK_MIN_CPUS} to 64 (scenario 3's reader runs on CPU 1)`,
+    engineHelp: 'deterministic only: the verdicts come from reproducible runs of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel)',
+  })
     .option('--design <names>', `designs to attack (${DESIGNS.join(', ')}); an eager design may name one variant, e.g. eager:vm_ops; default: all`, targetListOption)
     .option('--variant <names>', `identity variants of the eager designs (${IDENTITY_VARIANTS.join(', ')}); default: all`, listOption('variant', IDENTITY_VARIANTS))
     .option('--scenario <ids>', `scenarios (${SCENARIO_NAMES.join(', ')}; 1 = 1a,1b,1c); default: all`, listOption('scenario', SCENARIO_NAMES))
     .option('--expect-safe <names>', 'exit 1 if any of these designs (or design:variant) is vulnerable', targetListOption)
     .option('--plant', 'judge scenarios 3 and 5 with their planted driver bug (shows what the checkers catch)', false)
-    .option('--seed <n>', 'seed of the scheduler (same seed, same result)', parseIntOption('--seed', 0, 2 ** 32 - 1), 1)
-    .option('--json', 'print the result as JSON (docs/schemas/attack.schema.json)', false)
     .addHelpText(
       'after',
       `
@@ -128,16 +133,20 @@ Examples:
   mmulab attack --design fault,eager:none --scenario 1
   mmulab attack --design eager --variant none,vm_ops --scenario 1a,4
   mmulab attack --expect-safe fault --expect-safe eager:vm_ops    (CI: exit 1 if either is vulnerable)
-  mmulab attack --scenario 3,5 --plant --json`,
+  mmulab attack --scenario 3,5 --plant --json
+  mmulab attack --design fault --cpus 4 --cost-model costs.json --seed 7`,
     )
     .action(async (o: AttackCliOptions) => {
+      if (o.engine !== 'deterministic') throw new UsageError('--engine parallel: the attack scenarios run the kernel on the deterministic engine only, so that each verdict is reproducible');
+      const costs = loadCosts(o.costModel);
+      const kernel = costs ? { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } : undefined;
       const targets = selectTargets(o.design, o.variant, o.expectSafe ?? []);
       const scenarios: ScenarioId[] = [];
       for (const s of o.scenario ?? SCENARIOS) for (const id of expandScenario(s)) if (!scenarios.includes(id)) scenarios.push(id);
       const bar = await progressBar(io, targets.length * scenarios.length, 'attack');
       let m: AttackMatrix;
       try {
-        m = runAttackMatrix({ targets, scenarios, seed: o.seed, plant: o.plant, onResult: () => bar.tick() });
+        m = runAttackMatrix({ targets, scenarios, seed: o.seed, cpus: o.cpus, kernel, plant: o.plant, onResult: () => bar.tick() });
       } finally {
         bar.stop();
       }
@@ -154,6 +163,8 @@ Examples:
         const doc = {
           schema: 'mmulab.attack/1',
           seed: m.seed,
+          cpus: m.cpus,
+          ...(o.costModel ? { costModel: o.costModel } : {}),
           planted: m.planted,
           targets: m.targets,
           scenarios: m.scenarios,
@@ -163,7 +174,7 @@ Examples:
         };
         io.out(JSON.stringify(doc, null, 2) + '\n');
       } else {
-        io.out(text(m, violated));
+        io.out(text(m, violated, o.costModel));
       }
       if (violated.size) {
         io.err(`mmulab attack: expected safe, but vulnerable: ${[...violated].map(([t, ss]) => `${t} (${ss.join(', ')})`).join('; ')}\n`);

@@ -4,14 +4,16 @@
  * invariant checkers on (src/fuzz/). Runs until an operation count (--ops) or a time budget
  * (--time) is used up; on the first failure it shrinks the case to a minimal sequence, prints it
  * with its seed and the one-line command that replays it, and exits 1. `--replay SEED:PATH`
- * runs exactly that case again.
+ * runs exactly that case again. Of the shared options, --cpus fixes every case's CPU count and
+ * --cost-model its kernel's costs (both become part of the replay line); --engine must be
+ * deterministic, since a failure has to replay exactly.
  *
  * Exit codes: 0 nothing found (or a replayed case passed), 1 a failure, 2 bad usage.
  */
 
 import { randomInt } from 'node:crypto';
 import { InvalidArgumentError, type Command } from 'commander';
-import { EXIT_FINDING, parseIntOption, progressBar, UsageError, type Io } from './common.ts';
+import { COST_MODEL_HELP, engineOption, EXIT_FINDING, loadCosts, parseCpus, parseIntOption, parseSeed, progressBar, UsageError, type EngineName, type Io } from './common.ts';
 import { PLANTS, PLANT_HELP, type Plant } from '../fuzz/executor.ts';
 import { fuzz, fuzzParallel, formatCounterexample, replay, type FuzzSummary } from '../fuzz/runner.ts';
 import { defaultJobs } from '../jobs/pool.ts';
@@ -30,6 +32,9 @@ interface FuzzCliOptions {
   shrinkTime: number;
   jobs: number;
   json: boolean;
+  cpus?: number;
+  engine: EngineName;
+  costModel?: string;
 }
 
 function replayOption(v: string): ReplayToken {
@@ -50,7 +55,10 @@ export function register(program: Command, io: Io): void {
     .command('fuzz')
     .description('fuzz the kernel and the binder designs with random system calls and bad inputs, checking every invariant; shrink and print a replay line on failure')
     .option('--time <seconds>', 'time budget (default: 60 s unless --ops is given)', parseIntOption('--time', 1, 7 * 24 * 3600))
-    .option('--seed <n>', 'first seed (default: random, printed)', parseIntOption('--seed', 0, 2 ** 32 - 1))
+    .option('--seed <n>', 'first seed (default: random, printed)', parseSeed)
+    .option('--cpus <n>', 'CPUs of every case, 1 to 64 (default: each case draws 2 to 4; part of the replay line)', parseCpus(1))
+    .addOption(engineOption('deterministic only: a failure must replay exactly from its seed and path, which needs the deterministic engine (parallel drives bare CPUs, not the kernel)'))
+    .option('--cost-model <file>', `${COST_MODEL_HELP}: it changes the timing and with it the interleavings (part of the replay line)`)
     .option('--ops <n>', 'stop after this many operations', parseIntOption('--ops', 1, 1e12))
     .option('--replay <seed:path>', 'run the case a failure printed (SEED:PATH, e.g. 1234:5:2:1) and nothing else', replayOption)
     .option('--ops-per-run <n>', 'longest operation sequence of one case', parseIntOption('--ops-per-run', 1, 100_000), DEFAULT_SHAPE.opsPerRun)
@@ -70,10 +78,20 @@ Examples:
   mmulab fuzz --time 600                  ten minutes from a random seed, on every core
   mmulab fuzz --seed 42 --ops 200000      a fixed amount of work, reproducibly
   mmulab fuzz --plant zap-without-flush   watch it find, shrink and print a planted bug
-  mmulab fuzz --replay 1234:5:2:1         run one printed failure again`,
+  mmulab fuzz --replay 1234:5:2:1         run one printed failure again
+  mmulab fuzz --cpus 8 --cost-model slow-ipi.json --ops 50000    every case on 8 CPUs, other costs`,
     )
     .action(async (o: FuzzCliOptions) => {
-      const shape: CaseShape = { opsPerRun: o.opsPerRun, roundOps: o.roundOps, checkEvery: o.checkEvery, plant: o.plant ?? null };
+      if (o.engine !== 'deterministic') throw new UsageError('--engine parallel: fuzz cases run the kernel on the deterministic engine only, so that every failure replays exactly');
+      const costs = loadCosts(o.costModel);
+      const shape: CaseShape = {
+        opsPerRun: o.opsPerRun,
+        roundOps: o.roundOps,
+        checkEvery: o.checkEvery,
+        plant: o.plant ?? null,
+        cpus: o.cpus ?? null,
+        costs: costs && o.costModel ? { file: o.costModel, kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } } : null,
+      };
       if (o.replay) {
         if (o.time !== undefined || o.ops !== undefined || o.seed !== undefined) throw new UsageError('--replay runs one case: it takes no --time, --ops or --seed');
         const { scenario, result } = replay(o.replay, shape);
@@ -89,7 +107,7 @@ Examples:
       }
       const seed = o.seed ?? randomInt(0, 2 ** 31);
       const timeMs = o.time !== undefined ? o.time * 1000 : o.ops === undefined ? 60_000 : undefined;
-      io.err(`mmulab fuzz: seed ${seed}${timeMs !== undefined ? `, ${timeMs / 1000} s` : ''}${o.ops !== undefined ? `, ${o.ops} operations` : ''}${o.jobs > 1 ? `, ${o.jobs} jobs` : ''}${shape.plant ? `, planted bug ${shape.plant}` : ''}\n`);
+      io.err(`mmulab fuzz: seed ${seed}${timeMs !== undefined ? `, ${timeMs / 1000} s` : ''}${o.ops !== undefined ? `, ${o.ops} operations` : ''}${o.jobs > 1 ? `, ${o.jobs} jobs` : ''}${shape.plant ? `, planted bug ${shape.plant}` : ''}${shape.cpus ? `, ${shape.cpus} CPUs` : ''}${o.costModel ? `, cost model ${o.costModel}` : ''}\n`);
       let summary: FuzzSummary;
       if (o.jobs > 1) {
         summary = await fuzzParallel({ seed, shape, ops: o.ops, timeMs, shrinkMs: o.shrinkTime * 1000, jobs: o.jobs });

@@ -11,7 +11,8 @@ import { register as inspect } from './inspect.ts';
 import { register as shootdown } from './shootdown.ts';
 import { register as attack } from './attack.ts';
 import { register as fuzz } from './fuzz.ts';
+import { register as merge } from './merge.ts';
 
 export type RegisterCommand = (program: Command, io: Io) => void;
 
-export const COMMANDS: RegisterCommand[] = [ab, run, inspect, shootdown, attack, fuzz];
+export const COMMANDS: RegisterCommand[] = [ab, run, inspect, shootdown, attack, fuzz, merge];

@@ -16,7 +16,8 @@
  * fork parent, the binder server, the lackey replay, a module's first program).
  *
  * With --json each command prints the view parsed into records, with the text as Linux prints
- * it in "text".
+ * it in "text", and the options that shaped the scenario (docs/schemas/inspect.schema.json, one
+ * schema for the four commands, told apart by "view").
  */
 
 import type { Command } from 'commander';
@@ -26,7 +27,7 @@ import type { Kernel } from '../../kernel/kernel.ts';
 import { EngineError } from '../../hw/engine.ts';
 import { buildScenario, runScenario, type RunOutcome, type Scenario } from '../experiments/scenario.ts';
 import { BUILTIN_WORKLOADS } from '../experiments/scenario.ts';
-import { addScenarioOptions, MODULE_HELP, scenarioOptions, type ScenarioCliOptions } from './run.ts';
+import { addScenarioOptions, MODULE_HELP, recordedOptions, scenarioOptions, type ScenarioCliOptions } from './run.ts';
 import { EXIT_FINDING, parseIntOption, UsageError, type Io } from './common.ts';
 
 export const VIEWS = ['maps', 'smaps', 'pagemap', 'ptdump'] as const;
@@ -124,7 +125,8 @@ export function register(program: Command, io: Io): void {
       }
       if (o.json) {
         const key = view === 'pagemap' ? 'pages' : view === 'ptdump' ? 'lines' : 'vmas';
-        io.out(JSON.stringify({ schema: 'mmulab.inspect/1', view: view === 'smaps' && o.rollup ? 'smaps_rollup' : view, workload: so.workload, pid, comm, at, [key]: records, text }, null, 2) + '\n');
+        const doc = { schema: 'mmulab.inspect/1', view: view === 'smaps' && o.rollup ? 'smaps_rollup' : view, workload: so.workload, options: recordedOptions(so, o), pid, comm, at, [key]: records, text };
+        io.out(JSON.stringify(doc, null, 2) + '\n');
       } else io.out(text);
     });
   }

@@ -3,7 +3,8 @@
  * patterns, fork with copy-on-write, a binder client and server), a user's module of programs
  * (--module), or a memory trace recorded with valgrind's lackey (--lackey) — and report TLB hit
  * rates per level, page walks, faults, RSS and virtual time (src/experiments/run.ts), as a table
- * or JSON; --trace writes the kernel's tracepoints as ftrace text or Perfetto/Chrome JSON.
+ * or JSON (docs/schemas/run.schema.json); --trace writes the kernel's tracepoints as ftrace text
+ * or Perfetto/Chrome JSON.
  *
  * The options that choose and shape a scenario are shared with the inspection commands
  * (src/commands/inspect.ts): addScenarioOptions and scenarioOptions below.
@@ -51,7 +52,7 @@ function parseNumberOption(name: string, min: number, max: number): (v: string) 
 
 /** Add the workload options (and the common options) to a command taking an optional [workload]. */
 export function addScenarioOptions(cmd: Command): Command {
-  addCommonOptions(cmd);
+  addCommonOptions(cmd, { engineHelp: 'deterministic only: emulated processes run on the mini-kernel, which drives the deterministic engine (parallel drives bare CPUs, not the kernel)' });
   return cmd
     .option('--workload <name>', `built-in workload (${BUILTIN_WORKLOADS.join(', ')}); also accepted as the first argument`)
     .option('--module <file>', 'run the programs a TypeScript or JavaScript module exports (see "Modules" below)')

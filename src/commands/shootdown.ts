@@ -2,20 +2,19 @@
  * src/commands/shootdown.ts — `mmulab shootdown`: TLB shootdown experiments
  * (src/experiments/shootdown.ts). Sweeps CPUs, pages per flush, flush policy (Linux, always
  * full, always per page, LATR), lazy TLB, PCIDs, batching and the operation, and prints a table
- * (or --json), with --csv and --html files. Points run on local worker threads (--jobs) and can
- * be split across machines (--shard i/n, joined again with --merge). Exit code 1 when a
+ * (or --json, docs/schemas/shootdown.schema.json), with --csv and --html files. Points run on
+ * local worker threads (--jobs) and can be split across machines (--shard i/n; `mmulab merge`,
+ * src/commands/merge.ts, joins the shards and reports them with emitShootdown). Exit code 1 when a
  * correctness check fails (a usable stale entry after a synchronous flush, a page LATR released
- * while still reachable, a KASAN report, a broken mm invariant); 2 for bad usage.
+ * while still reachable, a KASAN report, a broken mm invariant); 2 for bad usage. The former
+ * `shootdown --merge` is refused with a pointer to `mmulab merge`.
  */
 
-import { readFileSync, statSync, writeFileSync, accessSync, constants as fsc } from 'node:fs';
-import { dirname } from 'node:path';
-import { InvalidArgumentError, type Command } from 'commander';
-import { addCommonOptions, EXIT_FINDING, listOption, loadCosts, parseIntOption, progressBar, UsageError, type CommonOptions, type Io } from './common.ts';
-import { parseShard, type Shard } from './ab.ts';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import { addCommonOptions, checkWritable, EXIT_FINDING, listOption, loadCosts, parseIntOption, parseShard, progressBar, shardSlice, UsageError, writeOutput, type CommonOptions, type Io, type Shard } from './common.ts';
 import { defaultJobs, runJobs } from '../jobs/pool.ts';
 import type { ShootdownJobArgs } from '../jobs/registry.ts';
-import { DEFAULT_CONFIG, mergeReports, OPS, POLICIES, POLICY_DESCRIPTIONS, sweepPoints, summarise, type OpName, type PointResult, type PolicyName, type ShootdownConfig, type ShootdownPoint, type ShootdownReport } from '../experiments/shootdown.ts';
+import { DEFAULT_CONFIG, OPS, POLICIES, POLICY_DESCRIPTIONS, sweepPoints, summarise, type OpName, type PointResult, type PolicyName, type ShootdownConfig, type ShootdownGrid, type ShootdownReport } from '../experiments/shootdown.ts';
 import { checkProblems, formatTable, toCsv, toHtml } from '../experiments/shootdown-report.ts';
 
 /** The default sweep (60 points). */
@@ -60,39 +59,18 @@ interface ShootdownCliOptions extends CommonOptions {
   html?: string;
   jobs: number;
   shard?: Shard;
-  merge?: string[];
 }
 
-/** Fail early, before a long sweep, if an output file cannot be written. */
-function checkWritable(path: string, option: string): void {
-  try {
-    if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) throw new Error('is a directory');
-    accessSync(dirname(path) || '.', fsc.W_OK);
-  } catch (e) {
-    throw new UsageError(`${option} ${path}: cannot write there (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+/** Print a report (table or JSON), write its CSV and HTML files, and set the exit code (also for mmulab merge). */
+export function emitShootdown(io: Io, report: ShootdownReport, o: { json: boolean; csv?: string; html?: string; command: string }): void {
+  if (o.csv) writeOutput(o.csv, toCsv(report.points), '--csv');
+  if (o.html) writeOutput(o.html, toHtml(report, o.command), '--html');
+  io.out(o.json ? JSON.stringify(report, null, 2) + '\n' : formatTable(report));
+  const problems = checkProblems(report);
+  if (problems.length) {
+    io.err(`mmulab: shootdown checks failed: ${problems.join('; ')}\n`);
+    io.exitCode = EXIT_FINDING;
   }
-}
-
-function writeOut(path: string, text: string, option: string): void {
-  try {
-    writeFileSync(path, text);
-  } catch (e) {
-    throw new UsageError(`${option} ${path}: ${(e as Error).message}`);
-  }
-}
-
-/** The grid order of a merged report: every dimension's values as a sweep would list them. */
-function gridOf(points: readonly PointResult[]): ShootdownPoint[] {
-  const uniq = <T>(xs: T[], cmp: (a: T, b: T) => number): T[] => [...new Set(xs)].sort(cmp);
-  return sweepPoints({
-    ops: uniq(points.map((p) => p.op), (a, b) => OPS.indexOf(a) - OPS.indexOf(b)),
-    batch: uniq(points.map((p) => p.batch), (a, b) => a - b),
-    pcid: uniq(points.map((p) => p.pcid), (a, b) => Number(b) - Number(a)),
-    lazy: uniq(points.map((p) => p.lazy), (a, b) => Number(b) - Number(a)),
-    cpus: uniq(points.map((p) => p.cpus), (a, b) => a - b),
-    pages: uniq(points.map((p) => p.pages), (a, b) => a - b),
-    policies: uniq(points.map((p) => p.policy), (a, b) => POLICIES.indexOf(a) - POLICIES.indexOf(b)),
-  });
 }
 
 /** The command line, rebuilt from the options given on it (for the report's subtitle). */
@@ -114,7 +92,11 @@ export function register(program: Command, io: Io): void {
   const cmd = program
     .command('shootdown')
     .description('TLB shootdown experiments: initiator latency, IPIs, flushed entries and refill misses under Linux\'s flush policy, always-full, always-per-page and LATR');
-  addCommonOptions(cmd)
+  addCommonOptions(cmd, {
+    cpusHelp: 'run only this CPU count, 1 to 64 (the same as --cpus-list N)',
+    cpusDefaultText: 'the --cpus-list sweep',
+    engineHelp: 'deterministic only: each point is one reproducible run of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel); --jobs runs points in parallel',
+  })
     .option('--cpus-list <list>', `CPU counts to sweep, each 1..256 (default ${DEFAULTS.cpus.join(',')}; --cpus N alone means just N)`, intList('--cpus-list', 1, 256))
     .option('--pages <list>', `pages changed per flush, each 1..4096 (default ${DEFAULTS.pages.join(',')})`, intList('--pages', 1, 4096))
     .option('--policy <list>', `flush policies (${POLICIES.join(', ')}; default all)`, listOption('policy', POLICIES))
@@ -128,8 +110,12 @@ export function register(program: Command, io: Io): void {
     .option('--csv <file>', 'also write one CSV row per point')
     .option('--html <file>', 'also write a self-contained HTML report with charts')
     .option('--jobs <n>', 'worker threads', parseIntOption('--jobs', 1, 256), defaultJobs())
-    .option('--shard <i/n>', 'run only every n-th point starting at the i-th (for batch schedulers); join the --json outputs with --merge', parseShard)
-    .option('--merge <files...>', 'do not run: join the --json outputs of shards of one sweep and report them')
+    .option('--shard <i/n>', 'run only every n-th point starting at the i-th (for batch schedulers); join the --json outputs with mmulab merge', parseShard)
+    .addOption(
+      new Option('--merge <files...>').hideHelp().argParser(() => {
+        throw new InvalidArgumentError('shootdown --merge is gone: join shards with mmulab merge FILES (it takes --json, --csv and --html)');
+      }),
+    )
     .addHelpText(
       'after',
       `
@@ -146,64 +132,38 @@ Examples:
   mmulab shootdown --cpus-list 2,4,8,16 --pages 1,33,34 --policy linux,latr
   mmulab shootdown --op munmap,dontneed,mprotect --lazy on,off --pcid on,off --cpus-list 4
   mmulab shootdown --batch 1,8 --op dontneed --html shootdown.html --csv shootdown.csv
-  mmulab shootdown --json --shard 1/4 > part1.json   (then: mmulab shootdown --merge part*.json)`,
+  mmulab shootdown --json --shard 1/4 > part1.json   (then: mmulab merge part*.json --html r.html)`,
     )
     .action(async (o: ShootdownCliOptions) => {
+      if (o.engine !== 'deterministic') throw new UsageError('--engine parallel: shootdown experiments run on the deterministic engine only, so that each point is reproducible');
       if (o.csv) checkWritable(o.csv, '--csv');
       if (o.html) checkWritable(o.html, '--html');
       const command = commandLine(cmd, o as unknown as Record<string, unknown>);
-      let report: ShootdownReport;
-      if (o.merge) {
-        const docs = o.merge.map((f) => {
-          try {
-            return { name: f, report: JSON.parse(readFileSync(f, 'utf8')) as unknown };
-          } catch (e) {
-            throw new UsageError(`--merge ${f}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
-          }
-        });
-        try {
-          const merged = mergeReports(docs);
-          report = mergeReports(docs, gridOf(merged.points));
-        } catch (e) {
-          throw new UsageError(`--merge ${(e as Error).message}`);
-        }
-      } else {
-        if (o.engine !== 'deterministic') throw new UsageError('--engine parallel: shootdown experiments run on the deterministic engine only, so that each point is reproducible');
-        const costs = loadCosts(o.costModel);
-        const cpus = o.cpusList ?? (cmd.getOptionValueSource('cpus') === 'cli' ? [o.cpus] : DEFAULTS.cpus);
-        const all = sweepPoints({
-          ops: o.op ?? DEFAULTS.ops,
-          cpus,
-          pages: o.pages ?? DEFAULTS.pages,
-          policies: o.policy ?? DEFAULTS.policies,
-          lazy: (o.lazy ?? DEFAULTS.lazy).map((v) => v === 'on'),
-          pcid: (o.pcid ?? DEFAULTS.pcid).map((v) => v === 'on'),
-          batch: o.batch ?? DEFAULTS.batch,
-        });
-        const points = o.shard ? all.filter((_, i) => i % o.shard!.count === o.shard!.index - 1) : all;
-        const config: ShootdownConfig = {
-          seed: o.seed,
-          rounds: o.rounds,
-          workingSet: o.workingSet,
-          hz: o.hz,
-          ...(costs ? { kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } } : {}),
-        };
-        const bar = await progressBar(io, points.length, 'shootdown');
-        let results: PointResult[];
-        try {
-          results = await runJobs<PointResult>(points.map((point) => ({ kind: 'shootdown', args: { point, config } satisfies ShootdownJobArgs })), o.jobs, () => bar.tick());
-        } finally {
-          bar.stop();
-        }
-        report = summarise(results, config, o.shard);
+      const costs = loadCosts(o.costModel);
+      const grid: ShootdownGrid = {
+        ops: o.op ?? DEFAULTS.ops,
+        cpus: o.cpusList ?? (cmd.getOptionValueSource('cpus') === 'cli' ? [o.cpus] : DEFAULTS.cpus),
+        pages: o.pages ?? DEFAULTS.pages,
+        policies: o.policy ?? DEFAULTS.policies,
+        lazy: (o.lazy ?? DEFAULTS.lazy).map((v) => v === 'on'),
+        pcid: (o.pcid ?? DEFAULTS.pcid).map((v) => v === 'on'),
+        batch: o.batch ?? DEFAULTS.batch,
+      };
+      const points = shardSlice(sweepPoints(grid), o.shard);
+      const config: ShootdownConfig = {
+        seed: o.seed,
+        rounds: o.rounds,
+        workingSet: o.workingSet,
+        hz: o.hz,
+        ...(costs ? { kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } } : {}),
+      };
+      const bar = await progressBar(io, points.length, 'shootdown');
+      let results: PointResult[];
+      try {
+        results = await runJobs<PointResult>(points.map((point) => ({ kind: 'shootdown', args: { point, config } satisfies ShootdownJobArgs })), o.jobs, () => bar.tick());
+      } finally {
+        bar.stop();
       }
-      if (o.csv) writeOut(o.csv, toCsv(report.points), '--csv');
-      if (o.html) writeOut(o.html, toHtml(report, command), '--html');
-      io.out(o.json ? JSON.stringify(report, null, 2) + '\n' : formatTable(report));
-      const problems = checkProblems(report);
-      if (problems.length) {
-        io.err(`mmulab: shootdown checks failed: ${problems.join('; ')}\n`);
-        io.exitCode = EXIT_FINDING;
-      }
+      emitShootdown(io, summarise(results, config, grid, o.shard), { json: o.json, csv: o.csv, html: o.html, command });
     });
 }

@@ -44,6 +44,9 @@
  * shows a finding, `not-applicable` when the scenario has nothing to act on in the design (the
  * planted bug changes nothing; the design never calls vm_insert_page), `immune` otherwise.
  *
+ * Every kernel a scenario builds has `cpus` CPUs (2 by default, and at least 2: scenario 3's
+ * reader runs on CPU 1) and the given cost model; scenario 4's contract control runs on one CPU.
+ *
  * Deviations: the processes coordinate through plain JavaScript flags polled with nanosleep, as
  * a test harness would use shared memory; everything they do to the kernel goes through system
  * calls. The race of scenario 1 relies on the preemption point binder_alloc has between the
@@ -52,7 +55,7 @@
  * (drivers, kernel, hw).
  */
 
-import { Kernel } from '../../kernel/kernel.ts';
+import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
 import type { User } from '../../kernel/uapi.ts';
 import type { KGen, Task } from '../../kernel/sched/core.ts';
 import type { MmStruct, VmArea, VmFault, VmOperations } from '../../kernel/mm/mm_types.ts';
@@ -220,7 +223,20 @@ export interface ScenarioOptions {
   seed?: number;
   /** Judge the run with the scenario's planted bug (3, 5) instead of the shipped design. */
   plant?: boolean;
+  /** CPUs of the emulated machine (default 2, at least 2: scenario 3's reader runs on CPU 1). */
+  cpus?: number;
+  /** Cost model of the machine and kernel (hwCosts, clockGhz, costs); default the built-in one. */
+  kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
 }
+
+/** What every kernel of a scenario is built with. */
+interface WorldEnv {
+  seed: number;
+  cpus: number;
+  kernel: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
+}
+
+export const ATTACK_MIN_CPUS = 2;
 
 // ==============================================================================================
 // The world: a kernel, binder, and helpers the programs share
@@ -257,8 +273,8 @@ function designOptions(t: AttackTarget, bugs: PlantedBugs): DesignOptions {
   return t.variant ? { design: t.design, identity: t.variant, bugs } : { design: t.design, bugs };
 }
 
-function makeWorld(t: AttackTarget, seed: number, bugs: PlantedBugs): World {
-  const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20, seed });
+function makeWorld(t: AttackTarget, env: WorldEnv, bugs: PlantedBugs): World {
+  const k = new Kernel({ ...env.kernel, cpus: env.cpus, memoryBytes: 64 << 20, seed: env.seed });
   const dev = new BinderDevice(k, { design: designOptions(t, bugs) });
   const w: World = { k, dev, target: t, frames: new Set(), recv: null, impostor: null, binderVma: null };
   registerPfnmapDevice(w);
@@ -579,8 +595,8 @@ interface InstallObs {
  * The install run: the receiver swaps in the impostor while the sender installs (or, for a
  * design that maps at delivery, before it reads the transaction); then the impostor's entries.
  */
-function installRun(t: AttackTarget, seed: number, kind: ImpostorKind, bugs: PlantedBugs = {}): InstallObs {
-  const w = makeWorld(t, seed, bugs);
+function installRun(t: AttackTarget, env: WorldEnv, kind: ImpostorKind, bugs: PlantedBugs = {}): InstallObs {
+  const w = makeWorld(t, env, bugs);
   const k = w.k;
   const arm = newArm();
   const st = { ready: false, senderDone: false, send: 'not sent', swappedAtInstalled: -1, swappedBeforeSenderDone: false, installedAtEnd: -1, deliveryAttempted: false, delivered: false };
@@ -701,8 +717,8 @@ interface ReclaimObs {
  * The reclaim run: binder pages on the LRU (still mapped), the impostor swapped in and
  * populated, the sender's next allocation, the shrinker; then the impostor's entries again.
  */
-function reclaimRun(t: AttackTarget, seed: number, kind: ImpostorKind): ReclaimObs {
-  const w = makeWorld(t, seed, {});
+function reclaimRun(t: AttackTarget, env: WorldEnv, kind: ImpostorKind): ReclaimObs {
+  const w = makeWorld(t, env, {});
   const k = w.k;
   const arm = newArm();
   const st = { ready: false, first: 'not sent', freed: false, swapped: false, second: 'not sent', reclaimed: false, inspected: false };
@@ -786,10 +802,10 @@ function reclaimRun(t: AttackTarget, seed: number, kind: ImpostorKind): ReclaimO
   return { arm };
 }
 
-function scenario1(t: AttackTarget, seed: number, id: ImpostorScenario): { arm: ArmEvidence; summary: string } {
+function scenario1(t: AttackTarget, env: WorldEnv, id: ImpostorScenario): { arm: ArmEvidence; summary: string } {
   const kind = IMPOSTOR_OF[id];
-  const ins = installRun(t, seed, kind);
-  const rec = reclaimRun(t, seed, kind).arm;
+  const ins = installRun(t, env, kind);
+  const rec = reclaimRun(t, env, kind).arm;
   const arm = newArm();
   for (const f of ins.arm.findings) addFinding(arm, f);
   for (const f of rec.findings) addFinding(arm, f);
@@ -839,8 +855,8 @@ function dedupeReports(rs: ReportEvidence[]): ReportEvidence[] {
 // Scenario 2: vmsplice
 // ==============================================================================================
 
-function scenario2(t: AttackTarget, seed: number): { arm: ArmEvidence; summary: string } {
-  const w = makeWorld(t, seed, {});
+function scenario2(t: AttackTarget, env: WorldEnv): { arm: ArmEvidence; summary: string } {
+  const w = makeWorld(t, env, {});
   const k = w.k;
   const arm = newArm();
   const st = { ready: false, freed: false, pressured: false };
@@ -1039,10 +1055,10 @@ function scenario3Run(w: World, mode: ReaderMode, arm: ArmEvidence): void {
   if (hung.length) arm.facts[`${mode}.hung`] = hung.join('; ');
 }
 
-function scenario3Arm(t: AttackTarget, seed: number, bugs: PlantedBugs): ArmEvidence {
+function scenario3Arm(t: AttackTarget, env: WorldEnv, bugs: PlantedBugs): ArmEvidence {
   const arm = newArm();
   for (const mode of READER_MODES) {
-    const w = makeWorld(t, seed, bugs);
+    const w = makeWorld(t, env, bugs);
     scenario3Run(w, mode, arm);
     if (!arm.vmas.length && w.binderVma) arm.vmas.push(w.binderVma);
   }
@@ -1055,8 +1071,8 @@ function scenario3Arm(t: AttackTarget, seed: number, bugs: PlantedBugs): ArmEvid
 // ==============================================================================================
 
 /** Ordinary traffic: send, read, free, reclaim, send again, read again. */
-function trafficArm(t: AttackTarget, seed: number, bugs: PlantedBugs): ArmEvidence & { inserts: number } {
-  const w = makeWorld(t, seed, bugs);
+function trafficArm(t: AttackTarget, env: WorldEnv, bugs: PlantedBugs): ArmEvidence & { inserts: number } {
+  const w = makeWorld(t, env, bugs);
   const k = w.k;
   const arm = newArm();
   const st = { ready: false, sends: [] as string[], delivered: 0, round: 0, done: false };
@@ -1112,8 +1128,8 @@ function trafficArm(t: AttackTarget, seed: number, bugs: PlantedBugs): ArmEviden
 }
 
 /** The checker itself: vm_insert_page on a plain anonymous VMA under the mmap read lock. */
-function contractControl(seed: number): ArmEvidence & { planted: string } {
-  const k = new Kernel({ cpus: 1, memoryBytes: 16 << 20, seed });
+function contractControl(env: WorldEnv): ArmEvidence & { planted: string } {
+  const k = new Kernel({ ...env.kernel, cpus: 1, memoryBytes: 16 << 20, seed: env.seed });
   const arm = newArm();
   k.spawn(function* victim(u: User) {
     const a = yield* u.mmap(0, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
@@ -1170,6 +1186,9 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
   if (o.variant && !(IDENTITY_VARIANTS as readonly string[]).includes(o.variant)) throw new RangeError(`unknown identity variant "${String(o.variant)}" (known: ${IDENTITY_VARIANTS.join(', ')})`);
   const target: AttackTarget = { design: o.design, variant: eager ? (o.variant ?? 'mapped') : null };
   const seed = o.seed ?? 1;
+  const cpus = o.cpus ?? ATTACK_MIN_CPUS;
+  if (!Number.isInteger(cpus) || cpus < ATTACK_MIN_CPUS) throw new RangeError(`the attack scenarios need at least ${ATTACK_MIN_CPUS} CPUs (scenario 3's reader runs on CPU 1), got ${cpus}`);
+  const env: WorldEnv = { seed, cpus, kernel: o.kernel ?? {} };
   const ids = expandScenario(String(o.scenario));
   if (ids.length > 1) return combine(ids.map((id) => runScenario({ ...o, scenario: id })));
   const id = ids[0]!;
@@ -1180,16 +1199,16 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
     case '1b':
     case '1c':
     case '1d': {
-      const { arm, summary } = scenario1(target, seed, id);
+      const { arm, summary } = scenario1(target, env, id);
       return { ...base, planted: false, verdict: judge(arm.findings), evidence: arm, summary };
     }
     case '2': {
-      const { arm, summary } = scenario2(target, seed);
+      const { arm, summary } = scenario2(target, env);
       return { ...base, planted: false, verdict: judge(arm.findings), evidence: arm, summary };
     }
     case '3': {
-      const shipped = scenario3Arm(target, seed, {});
-      const planted = scenario3Arm(target, seed, { zapWithoutFlush: true });
+      const shipped = scenario3Arm(target, env, {});
+      const planted = scenario3Arm(target, env, { zapWithoutFlush: true });
       const judged = o.plant ? planted : shipped;
       const other = o.plant ? shipped : planted;
       const evidence: Evidence = { ...judged, control: { ...other, planted: o.plant ? 'none (the design as shipped)' : 'zapWithoutFlush' } };
@@ -1206,8 +1225,8 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
       return { ...base, planted: !!o.plant, verdict, evidence, summary };
     }
     case '4': {
-      const traffic = trafficArm(target, seed, {});
-      const race = installRun(target, seed, 'anon');
+      const traffic = trafficArm(target, env, {});
+      const race = installRun(target, env, 'anon');
       const arm = newArm();
       for (const f of traffic.findings) addFinding(arm, f);
       const raceContracts = race.arm.reports.filter((r) => r.contract && INSERT_CONTRACTS.has(r.contract));
@@ -1218,7 +1237,7 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
       arm.facts.pfnInserts = traffic.facts.pfnInserts ?? 0;
       arm.facts.impostorRaceWon = race.raceWon;
       arm.facts.impostorSend = race.arm.facts.send ?? null;
-      const control = contractControl(seed);
+      const control = contractControl(env);
       const evidence: Evidence = { ...arm, control };
       let verdict = judge(arm.findings);
       if (verdict === 'immune' && traffic.inserts === 0) verdict = 'not-applicable';
@@ -1232,8 +1251,8 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
       return { ...base, planted: false, verdict, evidence, summary };
     }
     case '5': {
-      const shipped = trafficArm(target, seed, {});
-      const planted = trafficArm(target, seed, { keepVmaReference: true });
+      const shipped = trafficArm(target, env, {});
+      const planted = trafficArm(target, env, { keepVmaReference: true });
       const judged = o.plant ? planted : shipped;
       const other = o.plant ? shipped : planted;
       const strip = (a: ArmEvidence & { inserts: number }): ArmEvidence => ({ findings: a.findings.filter((f) => f === 'vma-used-without-its-lock' || f === 'use-after-free'), pages: a.pages, vmas: a.vmas, reports: a.reports.filter((r) => /VMA|VmaRef|vm_insert_page/.test(r.title)), facts: a.facts });
@@ -1276,12 +1295,16 @@ export interface MatrixOptions {
   scenarios?: readonly ScenarioId[];
   seed?: number;
   plant?: boolean;
+  /** CPUs and cost model of every scenario's machine (ScenarioOptions). */
+  cpus?: number;
+  kernel?: ScenarioOptions['kernel'];
   /** Called after each result (progress). */
   onResult?: (r: ScenarioResult) => void;
 }
 
 export interface AttackMatrix {
   seed: number;
+  cpus: number;
   planted: boolean;
   targets: string[];
   scenarios: ScenarioId[];
@@ -1296,12 +1319,12 @@ export function runAttackMatrix(o: MatrixOptions = {}): AttackMatrix {
   const results: ScenarioResult[] = [];
   for (const t of targets) {
     for (const s of scenarios) {
-      const r = runScenario({ design: t.design, variant: t.variant, scenario: s, seed, plant: o.plant });
+      const r = runScenario({ design: t.design, variant: t.variant, scenario: s, seed, plant: o.plant, cpus: o.cpus, kernel: o.kernel });
       results.push(r);
       o.onResult?.(r);
     }
   }
-  return { seed, planted: !!o.plant, targets: targets.map(targetLabel), scenarios, results };
+  return { seed, cpus: o.cpus ?? ATTACK_MIN_CPUS, planted: !!o.plant, targets: targets.map(targetLabel), scenarios, results };
 }
 
 /** Targets with at least one vulnerable verdict. */

@@ -7,7 +7,7 @@
 
 import { barChart, boxChart, formatNumber, lineChart } from '../report/svg.ts';
 import { callout, figure, grid, h, page, table, type Column, type Section } from '../report/html.ts';
-import { POLICIES, POLICY_DESCRIPTIONS, type PointResult, type PolicyName, type ShootdownReport } from './shootdown.ts';
+import { OPS, POLICIES, POLICY_DESCRIPTIONS, type PointResult, type PolicyName, type ShootdownReport } from './shootdown.ts';
 
 /** Per-point fields in CSV/JSON order, with a unit or meaning for the table header. */
 export const POINT_FIELDS = [
@@ -22,41 +22,61 @@ export const POINT_FIELDS = [
  */
 export const SHOOTDOWN_JSON_SCHEMA = {
   $schema: 'https://json-schema.org/draft/2020-12/schema',
-  title: 'mmulab shootdown --json',
+  $id: 'https://mmulab.dev/schemas/shootdown.schema.json',
+  title: 'mmulab shootdown result (mmulab shootdown --json, mmulab merge --json)',
   type: 'object',
-  required: ['schema', 'config', 'points', 'checks'],
+  required: ['schema', 'config', 'grid', 'points', 'checks'],
   properties: {
     schema: { const: 'mmulab.shootdown/1' },
     config: {
       type: 'object',
       required: ['seed', 'rounds', 'workingSet', 'hz', 'clockGhz', 'tickUs'],
       properties: { seed: { type: 'integer' }, rounds: { type: 'integer' }, workingSet: { type: 'integer' }, hz: { type: 'number' }, clockGhz: { type: 'number' }, tickUs: { type: 'number' } },
+      additionalProperties: false,
     },
-    shard: { type: 'object', required: ['index', 'count'], properties: { index: { type: 'integer', minimum: 1 }, count: { type: 'integer', minimum: 1 } } },
+    grid: {
+      description: 'the whole sweep: its points are every combination of these values (a shard holds every count-th of them)',
+      type: 'object',
+      required: ['ops', 'cpus', 'pages', 'policies', 'lazy', 'pcid', 'batch'],
+      properties: {
+        ops: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: [...OPS] } },
+        cpus: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'integer', minimum: 1 } },
+        pages: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'integer', minimum: 1 } },
+        policies: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: [...POLICIES] } },
+        lazy: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'boolean' } },
+        pcid: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'boolean' } },
+        batch: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'integer', minimum: 1 } },
+      },
+      additionalProperties: false,
+    },
+    shard: { type: 'object', required: ['index', 'count'], properties: { index: { type: 'integer', minimum: 1 }, count: { type: 'integer', minimum: 1 } }, additionalProperties: false },
     points: {
       type: 'array',
       items: {
         type: 'object',
         required: [...POINT_FIELDS, 'samplesUs'],
         properties: {
-          op: { enum: ['munmap', 'dontneed', 'mprotect'] },
+          op: { enum: [...OPS] },
           policy: { enum: [...POLICIES] },
           lazy: { type: 'boolean' },
           pcid: { type: 'boolean' },
-          cpus: { type: 'integer', minimum: 2 },
+          cpus: { type: 'integer', minimum: 1 },
           pages: { type: 'integer', minimum: 1 },
           batch: { type: 'integer', minimum: 1 },
           samplesUs: { type: 'array', items: { type: 'number' } },
           ...Object.fromEntries(POINT_FIELDS.filter((f) => !['op', 'policy', 'lazy', 'pcid', 'cpus', 'pages', 'batch'].includes(f)).map((f) => [f, { type: 'number', minimum: 0 }])),
         },
+        additionalProperties: false,
       },
     },
     checks: {
       type: 'object',
       required: ['staleAfterSynchronous', 'releaseViolations', 'kasan', 'invariantProblems'],
       properties: { staleAfterSynchronous: { const: 0 }, releaseViolations: { const: 0 }, kasan: { const: 0 }, invariantProblems: { const: 0 } },
+      additionalProperties: false,
     },
   },
+  additionalProperties: false,
 } as const;
 
 const onOff = (b: boolean): string => (b ? 'on' : 'off');

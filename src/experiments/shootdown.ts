@@ -123,8 +123,19 @@ export interface PointResult extends ShootdownPoint {
   samplesUs: number[];
 }
 
-/** Every combination of the given dimensions, in a stable order. */
-export function sweepPoints(dims: { ops: readonly OpName[]; cpus: readonly number[]; pages: readonly number[]; policies: readonly PolicyName[]; lazy: readonly boolean[]; pcid: readonly boolean[]; batch: readonly number[] }): ShootdownPoint[] {
+/** The values a sweep takes in each dimension; its points are their product (sweepPoints). */
+export interface ShootdownGrid {
+  ops: OpName[];
+  cpus: number[];
+  pages: number[];
+  policies: PolicyName[];
+  lazy: boolean[];
+  pcid: boolean[];
+  batch: number[];
+}
+
+/** Every point of a grid, in the fixed order sweeps, shards and merged results use. */
+export function sweepPoints(dims: { readonly [K in keyof ShootdownGrid]: readonly ShootdownGrid[K][number][] }): ShootdownPoint[] {
   const out: ShootdownPoint[] = [];
   for (const op of dims.ops)
     for (const batch of dims.batch)
@@ -357,6 +368,8 @@ export function validatePoint(p: ShootdownPoint, config: ShootdownConfig): void 
 export interface ShootdownReport {
   schema: 'mmulab.shootdown/1';
   config: { seed: number; rounds: number; workingSet: number; hz: number; clockGhz: number; tickUs: number };
+  /** The whole sweep's grid (also in a shard, which holds only some of its points). */
+  grid: ShootdownGrid;
   /** Present when this report holds one shard of the grid: every count-th point from the index-th (1-based). */
   shard?: { index: number; count: number };
   points: PointResult[];
@@ -364,11 +377,13 @@ export interface ShootdownReport {
   checks: { staleAfterSynchronous: number; releaseViolations: number; kasan: number; invariantProblems: number };
 }
 
-export function summarise(points: PointResult[], config: ShootdownConfig, shard?: { index: number; count: number }): ShootdownReport {
+/** The report of a sweep's points: all of `grid`'s, or with `shard` that shard's. */
+export function summarise(points: PointResult[], config: ShootdownConfig, grid: ShootdownGrid, shard?: { index: number; count: number }): ShootdownReport {
   const probe = new Kernel({ cpus: 1, memoryBytes: 1 << 20, hz: config.hz, ...config.kernel });
   return {
     schema: 'mmulab.shootdown/1',
     config: { seed: config.seed, rounds: config.rounds, workingSet: config.workingSet, hz: config.hz, clockGhz: probe.machine.config.cost.clockGhz, tickUs: probe.micros(probe.tickCycles) },
+    grid,
     ...(shard ? { shard } : {}),
     points,
     checks: checksOf(points),
@@ -383,35 +398,4 @@ export function checksOf(points: readonly PointResult[]): ShootdownReport['check
     kasan: points.reduce((a, p) => a + p.kasan, 0),
     invariantProblems: points.reduce((a, p) => a + p.invariantProblems, 0),
   };
-}
-
-/**
- * Join the reports of shards of one sweep (`--shard i/n --json`) into one report, in the order
- * of `order` (the full grid) when given. Throws an Error naming the first report that does not
- * fit (another configuration, or not a shootdown report).
- */
-export function mergeReports(reports: readonly { name: string; report: unknown }[], order?: readonly ShootdownPoint[]): ShootdownReport {
-  if (reports.length === 0) throw new Error('nothing to merge');
-  const docs = reports.map(({ name, report }) => {
-    const d = report as ShootdownReport;
-    if (typeof d !== 'object' || d === null || d.schema !== 'mmulab.shootdown/1' || !Array.isArray(d.points) || typeof d.config !== 'object') throw new Error(`${name}: not an mmulab shootdown result (expected "schema": "mmulab.shootdown/1")`);
-    return { name, d };
-  });
-  const config = docs[0]!.d.config;
-  for (const { name, d } of docs) if (JSON.stringify(d.config) !== JSON.stringify(config)) throw new Error(`${name}: its configuration differs from ${docs[0]!.name}'s; only shards of one sweep can be merged`);
-  const seen = new Set<string>();
-  const points: PointResult[] = [];
-  for (const { d } of docs) {
-    for (const p of d.points) {
-      const key = pointLabel(p);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      points.push(p);
-    }
-  }
-  if (order) {
-    const rank = new Map(order.map((p, i) => [pointLabel(p), i]));
-    points.sort((a, b) => (rank.get(pointLabel(a)) ?? Infinity) - (rank.get(pointLabel(b)) ?? Infinity));
-  }
-  return { schema: 'mmulab.shootdown/1', config, points, checks: checksOf(points) };
 }

@@ -34,7 +34,7 @@
  * FuzzFailure naming the kind, the message and the operation being run or last checked.
  */
 
-import { Kernel } from '../../kernel/kernel.ts';
+import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
 import type { KGen, Task } from '../../kernel/sched/core.ts';
 import { ExitRequest, type Program, type User } from '../../kernel/uapi.ts';
 import { WaitQueue } from '../../kernel/sched/wait.ts';
@@ -83,6 +83,8 @@ export interface ExecOptions {
   stacks?: boolean;
   /** Every process gets this binder design (default: the scenario's choice per process). */
   design?: DesignOptions;
+  /** Cost model of the kernel (default: the built-in costs). */
+  kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
   /**
    * Record each operation's outcome here, and for every transaction delivered its id, sizes,
    * offset in the mapping and a hash of the bytes read (the differential tests compare these).
@@ -284,7 +286,7 @@ class World {
     this.plant = opts.plant ?? null;
     this.hangCycles = opts.hangCycles ?? 4e9;
     this.log = opts.log ?? null;
-    this.k = new Kernel({ cpus: s.cpus, memoryBytes: s.memoryMiB << 20, quantum: s.quantum, seed: 1 + s.ops.length });
+    this.k = new Kernel({ ...opts.kernel, cpus: s.cpus, memoryBytes: s.memoryMiB << 20, quantum: s.quantum, seed: 1 + s.ops.length });
     const bugs = this.plant === 'zap-without-flush' ? { zapWithoutFlush: true } : undefined;
     const perProcess: Record<string, DesignOptions> = {};
     for (let slot = 0; slot < MAX_SLOTS; slot++) perProcess[commOf(slot)] = { ...(opts.design ?? FUZZ_DESIGNS[s.designs[slot % s.designs.length]! % FUZZ_DESIGNS.length]!), ...(bugs ? { bugs } : {}) };

@@ -156,6 +156,8 @@ export const arbOp: fc.Arbitrary<Op> = fc.oneof(
 export interface ScenarioShape {
   /** Operations per scenario (the array is generated with exactly this length before shrinking). */
   ops: number;
+  /** Every scenario's CPU count; absent or null: drawn per scenario (2 to 4). */
+  cpus?: number | null;
 }
 
 /**
@@ -225,7 +227,7 @@ export function arbScenario(shape: ScenarioShape): fc.Arbitrary<Scenario> {
   return fc
     .record({
       ops: new OpSequenceArbitrary(shape.ops),
-      cpus: fc.constantFrom(2, 2, 3, 4),
+      cpus: shape.cpus ? fc.constant(shape.cpus) : fc.constantFrom(2, 2, 3, 4),
       memoryMiB: fc.constantFrom(16, 24, 32),
       quantum: fc.constantFrom(500, 2000, 20000),
       // One number picks the six designs (3 bits each): it shrinks in a few steps, toward all 'eager'.

@@ -9,10 +9,17 @@
  * written as one token, SEED:PATH — for example 1234:5:2:1 is seed 1234, run 5, then shrink
  * steps 2 and 1 — and printed as the command line that replays it:
  *
- *   mmulab fuzz --replay 1234:5:2:1 [--ops-per-run N] [--plant NAME] …
+ *   mmulab fuzz --replay 1234:5:2:1 [--ops-per-run N] [--plant NAME] [--cpus N] [--cost-model FILE] …
  */
 
 import { PLANTS, type Plant } from './executor.ts';
+import type { KernelOptions } from '../../kernel/kernel.ts';
+
+/** A --cost-model file: its name (for the replay line) and the costs the kernel takes from it. */
+export interface CaseCosts {
+  file: string;
+  kernel: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
+}
 
 /** What generation and execution depend on, besides the seed and path. */
 export interface CaseShape {
@@ -20,9 +27,13 @@ export interface CaseShape {
   roundOps: number;
   checkEvery: number;
   plant: Plant | null;
+  /** Every case's CPU count (--cpus); null: each case draws its own (2 to 4). */
+  cpus?: number | null;
+  /** The cost model of every case's kernel (--cost-model); null: the built-in costs. */
+  costs?: CaseCosts | null;
 }
 
-export const DEFAULT_SHAPE: CaseShape = { opsPerRun: 1000, roundOps: 16, checkEvery: 64, plant: null };
+export const DEFAULT_SHAPE: CaseShape = { opsPerRun: 1000, roundOps: 16, checkEvery: 64, plant: null, cpus: null, costs: null };
 
 export interface ReplayToken {
   seed: number;
@@ -51,6 +62,8 @@ export function replayCommand(r: ReplayToken, shape: CaseShape): string {
   if (shape.roundOps !== DEFAULT_SHAPE.roundOps) parts.push(`--round-ops ${shape.roundOps}`);
   if (shape.checkEvery !== DEFAULT_SHAPE.checkEvery) parts.push(`--check-every ${shape.checkEvery}`);
   if (shape.plant) parts.push(`--plant ${shape.plant}`);
+  if (shape.cpus) parts.push(`--cpus ${shape.cpus}`);
+  if (shape.costs) parts.push(`--cost-model ${/^[\w./-]+$/.test(shape.costs.file) ? shape.costs.file : `'${shape.costs.file.replace(/'/g, `'\\''`)}'`}`);
   return parts.join(' ');
 }
 

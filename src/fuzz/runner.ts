@@ -70,13 +70,13 @@ class CaseFailed extends Error {
 }
 
 export function execOptions(shape: CaseShape): ExecOptions {
-  return { roundOps: shape.roundOps, checkEvery: shape.checkEvery, plant: shape.plant };
+  return { roundOps: shape.roundOps, checkEvery: shape.checkEvery, plant: shape.plant, ...(shape.costs ? { kernel: shape.costs.kernel } : {}) };
 }
 
 /** The property every generated scenario must satisfy (`skip()` true: pass without running). */
 function property(shape: CaseShape, onCase: (r: ExecResult) => void, skip: () => boolean): fc.IProperty<[Scenario]> {
   const exec = execOptions(shape);
-  return fc.property(arbScenario({ ops: shape.opsPerRun }), (s) => {
+  return fc.property(arbScenario({ ops: shape.opsPerRun, cpus: shape.cpus }), (s) => {
     if (skip()) return;
     const r = executeScenario(s, exec);
     onCase(r);
@@ -183,7 +183,7 @@ export interface ReplayResult {
 export function replay(token: ReplayToken, shapeIn: Partial<CaseShape> = {}): ReplayResult {
   const shape: CaseShape = { ...DEFAULT_SHAPE, ...shapeIn };
   let found: Scenario | null = null;
-  const prop = fc.property(arbScenario({ ops: shape.opsPerRun }), (s) => {
+  const prop = fc.property(arbScenario({ ops: shape.opsPerRun, cpus: shape.cpus }), (s) => {
     found = s;
     return false; // fail at once: the path's first step names the case itself
   });

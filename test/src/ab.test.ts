@@ -89,12 +89,15 @@ describe('mmulab ab', () => {
       writeFileSync(f, r.out);
       files.push(f);
     }
-    const merged = await run(['merge', ...files, '--json', '--html', join(dir, 'r.html')]);
+    const merged = await run(['merge', ...[...files].reverse(), '--json', '--html', join(dir, 'r.html')]);
     expect(merged.code).toBe(0);
-    expect(JSON.parse(merged.out)).toEqual(whole);
+    expect(merged.out).toBe(JSON.stringify(whole, null, 2) + '\n');
     expect(readFileSync(join(dir, 'r.html'), 'utf8')).toContain('<svg');
-    const missing = await run(['merge', files[0]!, '--json']);
-    expect(missing.err).toMatch(/4 of 6 cases are missing/);
+    // An incomplete set is refused, not merged.
+    const missing = await run(['merge', files[2]!, files[1]!, '--json']);
+    expect(missing.code).toBe(2);
+    expect(missing.out).toBe('');
+    expect(missing.err).toBe('mmulab: incomplete: shard 1/3 missing (given: 2/3, 3/3)\n');
   });
 
   it('runs the security scenarios against each compared design, with verdicts computed per design', async () => {
@@ -141,6 +144,6 @@ describe('mmulab ab', () => {
     writeFileSync(bad, '{"schema": "something else"}');
     const r = await run(['merge', bad]);
     expect(r.code).toBe(2);
-    expect(r.err).toContain('not an mmulab ab result');
+    expect(r.err).toContain('x.json: not the --json output of a sharded mmulab command (its "schema" is "something else"');
   });
 });

@@ -1,10 +1,13 @@
 /**
  * `mmulab attack` end to end through main(): the verdict table and the evidence, the JSON
- * document (validated against docs/schemas/attack.schema.json), --expect-safe and the exit codes
- * 0 (ran), 1 (a design expected safe is vulnerable) and 2 (bad usage, one line naming the problem).
+ * document (validated against docs/schemas/attack.schema.json), --expect-safe, the shared options
+ * (--cpus, --cost-model, --engine) and the exit codes 0 (ran), 1 (a design expected safe is
+ * vulnerable) and 2 (bad usage, one line naming the problem).
  */
 
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { main } from '../../src/cli.ts';
@@ -70,6 +73,26 @@ describe('mmulab attack', () => {
     // The schema is strict enough to reject a wrong document.
     expect(validate({ ...doc, results: [{ ...bad, verdict: 'immune' }] })).toBe(false);
     expect(validate({ ...doc, schema: 'mmulab.ab/1' })).toBe(false);
+    expect(validate({ ...doc, cpus: 1 })).toBe(false);
+    const { cpus: _cpus, ...noCpus } = doc as AttackDoc & { cpus: number };
+    expect(validate(noCpus)).toBe(false);
+  });
+
+  it('--cpus and --cost-model shape every scenario\'s machine and are recorded; the verdicts stay', async () => {
+    const costs = join(mkdtempSync(join(tmpdir(), 'mmulab-attack-')), 'costs.json');
+    writeFileSync(costs, JSON.stringify({ clockGhz: 2, hw: { ipiLatency: 9000 }, kernel: { contextSwitch: 3000 } }));
+    const args = ['attack', '--design', 'eager:none,fault', '--scenario', '1a,3'];
+    const base = JSON.parse((await run([...args, '--json'])).out) as AttackDoc & { cpus: number };
+    expect(base.cpus).toBe(2);
+    const r = await run([...args, '--cpus', '4', '--cost-model', costs, '--json']);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as AttackDoc & { cpus: number; costModel: string };
+    expect(validate(doc) ? [] : validate.errors).toEqual([]);
+    expect(doc.cpus).toBe(4);
+    expect(doc.costModel).toBe(costs);
+    expect(doc.results.map((x) => x.verdict)).toEqual(base.results.map((x) => x.verdict));
+    const text = await run([...args, '--cpus', '4']);
+    expect(text.out.split('\n')[0]).toBe('mmulab attack: binder security scenarios, seed 1, 4 CPUs');
   });
 
   it('--expect-safe: exit 1 naming the design and the scenarios when one of them is vulnerable', async () => {
@@ -108,6 +131,9 @@ describe('mmulab attack', () => {
       [['attack', '--expect-safe', 'eager:strict'], /unknown identity variant "strict"/],
       [['attack', '--design', 'fault', '--variant', 'none'], /--variant applies to the eager designs only/],
       [['attack', '--seed', 'x'], /--seed must be an integer/],
+      [['attack', '--cpus', '1'], /--cpus must be between 2 and 64, got 1/],
+      [['attack', '--engine', 'parallel'], /--engine parallel: the attack scenarios run the kernel on the deterministic engine only/],
+      [['attack', '--cost-model', '/nonexistent/costs.json'], /--cost-model: cannot read cost model \/nonexistent\/costs\.json: no such file/],
     ];
     for (const [args, msg] of cases) {
       const r = await run(args);

@@ -1,8 +1,11 @@
 /**
- * The mmulab command line: the default job, help, JSON output, and exit code 2 with one clear
- * line for bad usage.
+ * The mmulab command line: the default job, help, JSON output, the demo's cost model and the
+ * shared options it refuses, and exit code 2 with one clear line for bad usage.
  */
 
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.ts';
 
@@ -28,6 +31,19 @@ describe('mmulab command line', () => {
     expect(doc.rows.length).toBe(11);
     expect(doc.rows[1]!.answeredBy).toBe('L1 TLB');
     expect(doc.counters.pageFaults).toBe(5);
+  });
+
+  it('runs the demo on another cost model, and refuses the shared options it cannot use', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'mmulab-cli-')), 'costs.json');
+    writeFileSync(file, JSON.stringify({ hw: { walkMemRef: 1000 } }));
+    const cycles = async (args: string[]) => (JSON.parse((await run(['demo', '--json', ...args])).out) as { counters: { cycles: number; walkMemRefs: number } }).counters;
+    const base = await cycles([]);
+    const slow = await cycles(['--cost-model', file]);
+    expect(slow.walkMemRefs).toBe(base.walkMemRefs);
+    expect(slow.cycles).toBeGreaterThan(base.cycles + 500 * base.walkMemRefs);
+    const r = await run(['demo', '--cpus', '4']);
+    expect(r.code).toBe(2);
+    expect(r.err.split('\n')[0]).toBe("error: option '--cpus <n>' argument '4' is invalid. demo takes no --cpus: the tour runs on one CPU");
   });
 
   it('answers an unknown option with exit code 2 and a message', async () => {

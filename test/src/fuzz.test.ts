@@ -1,7 +1,11 @@
 // `mmulab fuzz` (src/commands/fuzz.ts): a clean run, a planted bug that is found, shrunk and
-// printed with a replay line that reproduces it, replays of passing cases, JSON, bad usage.
+// printed with a replay line that reproduces it, replays of passing cases, JSON, the shared
+// options (--cpus and --cost-model become part of the replay line), bad usage.
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.ts';
+import { arbScenario, type Scenario } from '../../src/fuzz/ops.ts';
+import { DEFAULT_SHAPE, replayCommand } from '../../src/fuzz/replay.ts';
 
 async function run(args: string[]) {
   let out = '';
@@ -55,6 +59,20 @@ describe('mmulab fuzz', () => {
     expect(Object.keys(doc.byOp).length).toBeGreaterThan(5);
   }, 120_000);
 
+  it('--cpus fixes every case\'s CPU count; it and --cost-model are part of the replay line', async () => {
+    const cases = fc.sample(arbScenario({ ops: 20, cpus: 6 }), { seed: 4, numRuns: 5, unbiased: true }) as Scenario[];
+    expect(cases.map((s) => s.cpus)).toEqual([6, 6, 6, 6, 6]);
+    // Without --cpus the cases are generated as before (replay tokens keep working).
+    const drawn = fc.sample(arbScenario({ ops: 20 }), { seed: 4, numRuns: 20, unbiased: true }) as Scenario[];
+    expect(new Set(drawn.map((s) => s.cpus)).size).toBeGreaterThan(1);
+    const kernel = { clockGhz: 2 };
+    expect(replayCommand({ seed: 1, path: '2' }, { ...DEFAULT_SHAPE, cpus: 6, costs: { file: 'c.json', kernel } })).toBe('mmulab fuzz --replay 1:2 --cpus 6 --cost-model c.json');
+    expect(replayCommand({ seed: 1, path: '2' }, { ...DEFAULT_SHAPE, costs: { file: "my costs.json", kernel } })).toBe("mmulab fuzz --replay 1:2 --cost-model 'my costs.json'");
+    const r = await run(['fuzz', '--seed', '3', '--ops', '200', '--ops-per-run', '50', '--cpus', '3', '--jobs', '1']);
+    expect(r.code).toBe(0);
+    expect(r.err).toBe('mmulab fuzz: seed 3, 200 operations, 3 CPUs\n');
+  }, 120_000);
+
   it('rejects bad usage with exit code 2 and one line', async () => {
     for (const [args, msg] of [
       [['fuzz', '--replay', 'nonsense'], /--replay must look like SEED:PATH/],
@@ -62,6 +80,8 @@ describe('mmulab fuzz', () => {
       [['fuzz', '--replay', '1:2', '--time', '5'], /--replay runs one case/],
       [['fuzz', '--time', '0'], /--time must be between 1/],
       [['fuzz', '--ops', '-5'], /--ops must be between 1/],
+      [['fuzz', '--cpus', '65'], /--cpus must be between 1 and 64, got 65/],
+      [['fuzz', '--engine', 'parallel', '--ops', '1'], /--engine parallel: fuzz cases run the kernel on the deterministic engine only/],
     ] as [string[], RegExp][]) {
       const r = await run(args);
       expect(r.code, args.join(' ')).toBe(2);

@@ -1,8 +1,8 @@
 /**
  * `mmulab shootdown` end to end through main(): the table, the JSON document (validated against
  * its JSON Schema) with figures that follow from the runs, the CSV and HTML files, the same
- * numbers whatever --jobs and across shards merged back, exit code 1 for a failed check and exit
- * code 2 with a line naming the problem for bad input.
+ * numbers whatever --jobs and across shards joined by `mmulab merge`, exit code 1 for a failed
+ * check (also in a merged result) and exit code 2 with a line naming the problem for bad input.
  */
 
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -67,6 +67,9 @@ describe('mmulab shootdown', () => {
     expect(validate({ ...doc, checks: { ...doc.checks, kasan: 1 } })).toBe(false);
     expect(doc.schema).toBe('mmulab.shootdown/1');
     expect(doc.config).toMatchObject({ seed: 1, rounds: 1, workingSet: 32, hz: 1000, clockGhz: 3, tickUs: 1000 });
+    expect(doc.grid).toEqual({ ops: ['munmap'], cpus: [2], pages: [1, 64], policies: ['linux', 'latr'], lazy: [true], pcid: [true], batch: [1] });
+    expect(validate({ ...doc, grid: { ...doc.grid, pages: undefined } })).toBe(false);
+    expect(validate({ ...doc, extra: 1 })).toBe(false);
     expect(doc.points.map((p) => `${p.pages} ${p.policy}`)).toEqual(['1 linux', '1 latr', '64 linux', '64 latr']);
     const [l1, t1, l64, t64] = doc.points as [ShootdownReport['points'][0], ShootdownReport['points'][0], ShootdownReport['points'][0], ShootdownReport['points'][0]];
     // Linux: one IPI to the other CPU, per-page INVLPG at 1 page, a full flush above 33 pages.
@@ -130,22 +133,29 @@ describe('mmulab shootdown', () => {
       expect(r.code).toBe(0);
       const doc = JSON.parse(r.out) as ShootdownReport;
       expect(doc.shard).toEqual({ index: Number(shard[0]), count: 2 });
+      expect(validate(doc) ? [] : validate.errors).toEqual([]);
+      expect(doc.grid).toEqual(one.grid);
       expect(doc.points).toHaveLength(2);
       const f = join(dir, `part${shard[0]}.json`);
       writeFileSync(f, r.out);
       files.push(f);
     }
-    const merged = await run(['shootdown', '--merge', ...files.reverse(), '--json']);
+    const merged = await run(['merge', ...files.reverse(), '--json']);
     expect(merged.code).toBe(0);
-    expect(JSON.parse(merged.out)).toEqual(one);
+    expect(merged.out).toBe(JSON.stringify(one, null, 2) + '\n');
   });
 
-  it('exits 1 when a check fails (a merged result with a KASAN report)', async () => {
-    const bad = structuredClone(await smallJson());
-    bad.points[1]!.kasan = 1;
-    const f = join(dir, 'bad.json');
-    writeFileSync(f, JSON.stringify(bad));
-    const r = await run(['shootdown', '--merge', f]);
+  it('exits 1 when a check fails (merged shards, one with a KASAN report)', async () => {
+    const files: string[] = [];
+    for (const shard of ['1/2', '2/2']) {
+      const r = await run([...SMALL, '--jobs', '1', '--shard', shard, '--json']);
+      const doc = JSON.parse(r.out) as ShootdownReport;
+      if (shard === '2/2') doc.points[0]!.kasan = 1;
+      const f = join(dir, `kasan${shard[0]}.json`);
+      writeFileSync(f, JSON.stringify(doc));
+      files.push(f);
+    }
+    const r = await run(['merge', ...files]);
     expect(r.code).toBe(1);
     expect(r.out).toContain('Checks FAILED: 1 KASAN reports');
     expect(r.err).toBe('mmulab: shootdown checks failed: 1 KASAN reports\n');
@@ -172,7 +182,8 @@ describe('mmulab shootdown', () => {
     [['--shard', '3/2'], /--shard 3\/2: i must be between 1 and n/],
     [['--engine', 'parallel'], /deterministic engine only/],
     [['--csv', '/nonexistent-dir/x.csv'], /--csv \/nonexistent-dir\/x\.csv: cannot write there/],
-    [['--merge', '/nonexistent-dir/part1.json'], /--merge \/nonexistent-dir\/part1\.json: no such file/],
+    [['--merge', 'part1.json'], /shootdown --merge is gone: join shards with mmulab merge FILES/],
+    [['--cpus', '0'], /--cpus must be between 1 and 64, got 0/],
   ];
   for (const [args, message] of BAD) {
     it(`answers ${args.join(' ')} with exit code 2 and a line naming the problem`, async () => {
