@@ -4,9 +4,9 @@
 // again until the pipe lets go; a PFN map cannot be vmspliced at all.
 import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../kernel/kernel.ts';
+import { errno, runProgram } from './util.ts';
 import { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import type { User } from '../../kernel/uapi.ts';
-import { SyscallError } from '../../kernel/errno.ts';
 import { assert_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import { O_NONBLOCK, PIPE_DEF_BUFFERS, SPLICE_F_NONBLOCK } from '../../kernel/fs/pipe.ts';
 import { ptePfn } from '../../kernel/arch/x86/pgtable.ts';
@@ -15,34 +15,11 @@ import { fakeDevice } from './fake-devices.ts';
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 
-function run(body: (u: User, k: Kernel) => Generator<any, void, any>, cpus = 2): Kernel {
-  const k = new Kernel({ cpus, memoryBytes: 64 << 20 });
-  let error: unknown = null;
-  k.spawn(function* (u: User) {
-    try {
-      yield* body(u, k);
-    } catch (e) {
-      error = e;
-    }
-  });
-  k.run();
-  if (error) throw error;
-  return k;
-}
 
-function* errnoOf(g: Generator<any, any, any>): Generator<any, string, any> {
-  try {
-    yield* g;
-    return 'ok';
-  } catch (e) {
-    if (e instanceof SyscallError) return e.code;
-    throw e;
-  }
-}
 
 describe('pipe byte stream', () => {
   it('delivers bytes in order, then EOF once the writer is closed', () => {
-    run(function* (u) {
+    runProgram(function* (u) {
       const [r, w] = yield* u.pipe();
       expect(yield* u.writeFd(w, bytes('hello '))).toBe(6);
       expect(yield* u.writeFd(w, bytes('world'))).toBe(5);
@@ -54,19 +31,19 @@ describe('pipe byte stream', () => {
   });
 
   it('EPIPE without readers, EAGAIN on an empty non-blocking pipe, EBADF on the wrong end', () => {
-    run(function* (u) {
+    runProgram(function* (u) {
       const [r, w] = yield* u.pipe(O_NONBLOCK);
-      expect(yield* errnoOf(u.readFd(r, 1))).toBe('EAGAIN');
-      expect(yield* errnoOf(u.readFd(w, 1))).toBe('EBADF');
-      expect(yield* errnoOf(u.writeFd(r, bytes('x')))).toBe('EBADF');
+      expect(yield* errno(u.readFd(r, 1))).toBe('EAGAIN');
+      expect(yield* errno(u.readFd(w, 1))).toBe('EBADF');
+      expect(yield* errno(u.writeFd(r, bytes('x')))).toBe('EBADF');
       yield* u.close(r);
-      expect(yield* errnoOf(u.writeFd(w, bytes('x')))).toBe('EPIPE');
-      expect(yield* errnoOf(u.pipe(0x1234))).toBe('EINVAL');
+      expect(yield* errno(u.writeFd(w, bytes('x')))).toBe('EPIPE');
+      expect(yield* errno(u.pipe(0x1234))).toBe('EINVAL');
     });
   });
 
   it('a blocked reader in another process is woken by the writer', () => {
-    run(function* (u) {
+    runProgram(function* (u) {
       const [r, w] = yield* u.pipe();
       let got = '';
       const child = yield* u.fork(function* (c: User) {
@@ -81,7 +58,7 @@ describe('pipe byte stream', () => {
   });
 
   it('a full pipe blocks the writer until the reader drains it', () => {
-    run(function* (u) {
+    runProgram(function* (u) {
       const [r, w] = yield* u.pipe();
       const big = new Uint8Array(PIPE_DEF_BUFFERS * 4096 + 100).fill(0x41);
       let wrote = 0;
@@ -100,7 +77,7 @@ describe('pipe byte stream', () => {
 
 describe('vmsplice', () => {
   it('keeps an unmapped page alive and readable with its current contents, and never reuses it meanwhile', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const [r, w] = yield* u.pipe();
       const a = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS);
       yield* u.write(a, bytes('secret v1'));
@@ -130,19 +107,19 @@ describe('vmsplice', () => {
   });
 
   it('fails with EFAULT on a PFN map (special PTEs, VM_PFNMAP) and queues nothing', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const dev = fakeDevice(k, '/dev/pfn', 1, 'pfnmap');
       const fd = yield* u.open('/dev/pfn');
       const a = yield* u.mmap(0, 4096, PROT_READ, MAP_SHARED, fd);
       yield* u.load32(a);
       const [, w] = yield* u.pipe();
-      expect(yield* errnoOf(u.vmsplice(w, [{ base: a, len: 100 }]))).toBe('EFAULT');
+      expect(yield* errno(u.vmsplice(w, [{ base: a, len: 100 }]))).toBe('EFAULT');
       expect(k.pages.refcount[dev.pages[0]!]).toBe(1);
     });
   });
 
   it('succeeds on a vm_insert_page mapping, so the driver page outlives the driver freeing it', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const dev = fakeDevice(k, '/dev/mixed', 1, 'insert-in-mmap');
       dev.fill(0, 0x5a);
       const fd = yield* u.open('/dev/mixed');
@@ -162,14 +139,14 @@ describe('vmsplice', () => {
   });
 
   it('blocks on a full pipe, or returns EAGAIN with SPLICE_F_NONBLOCK', () => {
-    run(function* (u) {
+    runProgram(function* (u) {
       const [, w] = yield* u.pipe();
       const a = yield* u.mmap(0, (PIPE_DEF_BUFFERS + 1) * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.fill(a, (PIPE_DEF_BUFFERS + 1) * 4096, 1);
       const iov = Array.from({ length: PIPE_DEF_BUFFERS }, (_, i) => ({ base: a + i * 4096, len: 4096 }));
       expect(yield* u.vmsplice(w, iov)).toBe(PIPE_DEF_BUFFERS * 4096);
-      expect(yield* errnoOf(u.vmsplice(w, [{ base: a + PIPE_DEF_BUFFERS * 4096, len: 10 }], SPLICE_F_NONBLOCK))).toBe('EAGAIN');
-      expect(yield* errnoOf(u.vmsplice(w, [{ base: a, len: 10 }], 0x100))).toBe('EINVAL');
+      expect(yield* errno(u.vmsplice(w, [{ base: a + PIPE_DEF_BUFFERS * 4096, len: 10 }], SPLICE_F_NONBLOCK))).toBe('EAGAIN');
+      expect(yield* errno(u.vmsplice(w, [{ base: a, len: 10 }], 0x100))).toBe('EINVAL');
     });
   });
 

@@ -3,6 +3,7 @@
 // VmaMixedMap, VmaNew), and the run-time lifetime checks standing in for the borrow checker.
 import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../kernel/kernel.ts';
+import { errno, runProgram } from './util.ts';
 import { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import type { User } from '../../kernel/uapi.ts';
 import { Mm, MmWithUser, type MmWithUserAsync } from '../../kernel/rust/mm.ts';
@@ -10,35 +11,11 @@ import { VmaNew } from '../../kernel/rust/mm/virt.ts';
 import { Page } from '../../kernel/rust/page.ts';
 import { borrowCounters } from '../../kernel/rust/borrow.ts';
 import { File, Inode, type FileOperations } from '../../kernel/fs/file.ts';
-import { SyscallError } from '../../kernel/errno.ts';
 import { VM_DONTCOPY, VM_DONTDUMP, VM_DONTEXPAND, VM_EXEC, VM_IO, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_MIXEDMAP, VM_READ, VM_WRITE, vmFlagNames, type VmArea } from '../../kernel/mm/mm_types.ts';
 import { assert_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import type { MmStruct } from '../../kernel/mm/mm_types.ts';
 
-function run(body: (u: User, k: Kernel) => Generator<any, void, any>, cpus = 1): Kernel {
-  const k = new Kernel({ cpus, memoryBytes: 64 << 20 });
-  let error: unknown = null;
-  k.spawn(function* (u: User) {
-    try {
-      yield* body(u, k);
-    } catch (e) {
-      error = e;
-    }
-  });
-  k.run();
-  if (error) throw error;
-  return k;
-}
 
-function* errnoOf(g: Generator<any, any, any>): Generator<any, string, any> {
-  try {
-    yield* g;
-    return 'ok';
-  } catch (e) {
-    if (e instanceof SyscallError) return e.code;
-    throw e;
-  }
-}
 
 const titles = (k: Kernel): string[] => k.reports.reports.map((r) => r.title);
 
@@ -89,7 +66,7 @@ describe('handles', () => {
 
 describe('guards and VMA views', () => {
   it('lock_vma_under_rcu gives a VmaRef that ends with its guard; a later use is a BUG naming the call site, and is refused', () => {
-    const k = run(function* (u, k) {
+    const k = runProgram(function* (u, k) {
       const a = yield* u.mmap(0, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       const user = new Mm(k, u.task.mm!).mmget_not_zero()!;
       const g = user.lock_vma_under_rcu(a + 4096)!;
@@ -111,7 +88,7 @@ describe('guards and VMA views', () => {
   });
 
   it('vma_lookup finds only a VMA that contains the address; the view ends with the mmap read guard', () => {
-    const k = run(function* (u, k) {
+    const k = runProgram(function* (u, k) {
       const a = yield* u.mmap(0, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
       const user = new Mm(k, u.task.mm!).mmget_not_zero()!;
       const g = (yield* user.mmap_read_lock())!;
@@ -126,7 +103,7 @@ describe('guards and VMA views', () => {
   });
 
   it('mmap_read_trylock fails while a writer holds the lock; lock_vma_under_rcu fails on a write-locked VMA', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const a = yield* u.mmap(0, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
       const mm = u.task.mm!;
       const user = new Mm(k, mm).mmget_not_zero()!;
@@ -142,11 +119,11 @@ describe('guards and VMA views', () => {
       k.locks.mmap_write_unlock(mm);
       void other;
       yield* user.drop();
-    }, 2);
+    }, { cpus: 2 });
   });
 
   it('zap_page_range_single bounds-checks silently, as the Rust wrapper does', () => {
-    const k = run(function* (u, k) {
+    const k = runProgram(function* (u, k) {
       const a = yield* u.mmap(0, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.store32(a, 1);
       yield* u.store32(a + 4096, 2);
@@ -181,7 +158,7 @@ describe('VmaNew and VmaMixedMap', () => {
   }
 
   it('sets flags inside ->mmap; try_clear_maywrite refuses a writable mapping and makes mprotect(PROT_WRITE) fail afterwards', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       let page: Page | null = null;
       device(k, (v) => {
         if (v.writable()) return v.try_clear_maywrite();
@@ -194,13 +171,13 @@ describe('VmaNew and VmaMixedMap', () => {
         return mixed.vm_insert_page(v.start(), page);
       });
       const fd = yield* u.open('/dev/rustdev');
-      expect(yield* errnoOf(u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd))).toBe('EINVAL');
+      expect(yield* errno(u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd))).toBe('EINVAL');
       const a = yield* u.mmap(0, 4096, PROT_READ, MAP_SHARED, fd);
       const vma = u.task.mm!.vma_lookup(a)!;
       expect(vma.vm_flags & (VM_MIXEDMAP | VM_DONTCOPY | VM_IO)).toBe(VM_MIXEDMAP | VM_DONTCOPY | VM_IO);
       expect(vma.vm_flags & VM_MAYWRITE).toBe(0);
       expect(new TextDecoder().decode(yield* u.read(a, 15))).toBe('from the driver');
-      expect(yield* errnoOf(u.mprotect(a, 4096, PROT_READ | PROT_WRITE))).toBe('EACCES');
+      expect(yield* errno(u.mprotect(a, 4096, PROT_READ | PROT_WRITE))).toBe('EACCES');
       assert_vm_invariants(k);
       yield* u.munmap(a, 4096);
       page!.drop();
@@ -217,7 +194,7 @@ describe('VmaNew and VmaMixedMap', () => {
   ];
   for (const [setter, flag] of setters) {
     it(`${setter} sets exactly ${vmFlagNames(flag)} on the new VMA`, () => {
-      run(function* (u, k) {
+      runProgram(function* (u, k) {
         let before = 0;
         device(k, (v, raw) => {
           before = raw.vm_flags;
@@ -239,7 +216,7 @@ describe('VmaNew and VmaMixedMap', () => {
   ];
   for (const [method, prot, perm, may] of clears) {
     it(`${method}: -EINVAL (flags untouched) while ${vmFlagNames(perm)} is set; clears ${vmFlagNames(may)} otherwise`, () => {
-      run(function* (u, k) {
+      runProgram(function* (u, k) {
         const seen: [number, number, number][] = [];
         device(k, (v, raw) => {
           const f0 = raw.vm_flags;
@@ -263,7 +240,7 @@ describe('VmaNew and VmaMixedMap', () => {
 
   it('a VmaNew kept after ->mmap returned is refused and reported', () => {
     let kept: VmaNew | null = null;
-    const k = run(function* (u, k) {
+    const k = runProgram(function* (u, k) {
       device(k, () => 0, (v) => (kept = v));
       const fd = yield* u.open('/dev/rustdev');
       yield* u.mmap(0, 4096, PROT_READ, MAP_SHARED, fd);
@@ -274,7 +251,7 @@ describe('VmaNew and VmaMixedMap', () => {
   });
 
   it('as_mixedmap_vma + vm_insert_page under the VMA read lock is the legal fault-time context: no report', () => {
-    const k = run(function* (u, k) {
+    const k = runProgram(function* (u, k) {
       device(k, (v) => (v.set_mixedmap() ? 0 : -22));
       const fd = yield* u.open('/dev/rustdev');
       const a = yield* u.mmap(0, 2 * 4096, PROT_READ, MAP_SHARED, fd);
@@ -294,7 +271,7 @@ describe('VmaNew and VmaMixedMap', () => {
   });
 
   it('a Page used after drop is reported', () => {
-    const k = run(function* (_u, k) {
+    const k = runProgram(function* (_u, k) {
       const p = Page.alloc_page(k)!;
       p.drop();
       expect(p.read(0, 4).length).toBe(0);

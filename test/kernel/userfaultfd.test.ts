@@ -3,10 +3,9 @@
 // UFFDIO_COPY / UFFDIO_ZEROPAGE, release waking the waiters, fork, GUP without retry, and the
 // review's warning about VM_MIXEDMAP appearing on a registered VMA.
 import { describe, expect, it } from 'vitest';
-import { Kernel } from '../../kernel/kernel.ts';
+import { errno, runProgram } from './util.ts';
 import { MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import type { User } from '../../kernel/uapi.ts';
-import { SyscallError } from '../../kernel/errno.ts';
 import {
   UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_UNREGISTER, UFFDIO_ZEROPAGE, UFFD_API, UFFD_EVENT_PAGEFAULT,
   UFFD_PAGEFAULT_FLAG_WRITE, UFFD_FEATURE_THREAD_ID, parseUffdMsg,
@@ -19,30 +18,7 @@ import { vm_insert_page } from '../../kernel/mm/memory.ts';
 import { GFP_KERNEL } from '../../kernel/mm/page_alloc.ts';
 import { fakeDevice } from './fake-devices.ts';
 
-function run(body: (u: User, k: Kernel) => Generator<any, void, any>, cpus = 2): Kernel {
-  const k = new Kernel({ cpus, memoryBytes: 64 << 20 });
-  let error: unknown = null;
-  k.spawn(function* (u: User) {
-    try {
-      yield* body(u, k);
-    } catch (e) {
-      error = e;
-    }
-  });
-  k.run();
-  if (error) throw error;
-  return k;
-}
 
-function* errnoOf(g: Generator<any, any, any>): Generator<any, string, any> {
-  try {
-    yield* g;
-    return 'ok';
-  } catch (e) {
-    if (e instanceof SyscallError) return e.code;
-    throw e;
-  }
-}
 
 function* openUffd(u: User, features = 0): Generator<any, number, any> {
   const fd = yield* u.userfaultfd();
@@ -53,21 +29,21 @@ function* openUffd(u: User, features = 0): Generator<any, number, any> {
 
 describe('userfaultfd API', () => {
   it('requires UFFDIO_API first, refuses a wrong API number and unknown flags', () => {
-    run(function* (u) {
-      expect(yield* errnoOf(u.userfaultfd(0x40))).toBe('EINVAL');
+    runProgram(function* (u) {
+      expect(yield* errno(u.userfaultfd(0x40))).toBe('EINVAL');
       const fd = yield* u.userfaultfd();
-      expect(yield* errnoOf(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: 0x100000, len: 4096 }, mode: 1 }))).toBe('EINVAL');
-      expect(yield* errnoOf(u.readFd(fd, 32))).toBe('EINVAL');
-      expect(yield* errnoOf(u.ioctl(fd, UFFDIO_API, { api: 0xab, features: 0 }))).toBe('EINVAL');
+      expect(yield* errno(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: 0x100000, len: 4096 }, mode: 1 }))).toBe('EINVAL');
+      expect(yield* errno(u.readFd(fd, 32))).toBe('EINVAL');
+      expect(yield* errno(u.ioctl(fd, UFFDIO_API, { api: 0xab, features: 0 }))).toBe('EINVAL');
       const api = { api: UFFD_API, features: 0, ioctls: 0 };
       yield* u.ioctl(fd, UFFDIO_API, api);
       expect(api.ioctls).not.toBe(0);
-      expect(yield* errnoOf(u.ioctl(fd, UFFDIO_API, { api: UFFD_API, features: 0 }))).toBe('EINVAL'); // only once
+      expect(yield* errno(u.ioctl(fd, UFFDIO_API, { api: UFFD_API, features: 0 }))).toBe('EINVAL'); // only once
     });
   });
 
   it('registers anonymous memory (splitting at the range ends) and refuses driver, foreign and misaligned ranges', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       fakeDevice(k, '/dev/pfn', 1, 'pfnmap');
       fakeDevice(k, '/dev/mixed', 1, 'insert-in-mmap');
       const fd = yield* openUffd(u);
@@ -81,15 +57,15 @@ describe('userfaultfd API', () => {
         [4096, 3 * 4096, true],
         [3 * 4096, 4 * 4096, false],
       ]);
-      expect(yield* errnoOf(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a + 1, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING }))).toBe('EINVAL');
-      expect(yield* errnoOf(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a, len: 4096 }, mode: 0 }))).toBe('EINVAL');
+      expect(yield* errno(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a + 1, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING }))).toBe('EINVAL');
+      expect(yield* errno(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a, len: 4096 }, mode: 0 }))).toBe('EINVAL');
       for (const dev of ['/dev/pfn', '/dev/mixed']) {
         const dfd = yield* u.open(dev);
         const m = yield* u.mmap(0, 4096, PROT_READ, MAP_SHARED, dfd);
-        expect(yield* errnoOf(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: m, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING }))).toBe('EINVAL');
+        expect(yield* errno(u.ioctl(fd, UFFDIO_REGISTER, { range: { start: m, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING }))).toBe('EINVAL');
       }
       const other = yield* openUffd(u);
-      expect(yield* errnoOf(u.ioctl(other, UFFDIO_REGISTER, { range: { start: a + 4096, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING }))).toBe('EBUSY');
+      expect(yield* errno(u.ioctl(other, UFFDIO_REGISTER, { range: { start: a + 4096, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING }))).toBe('EBUSY');
       yield* u.ioctl(fd, UFFDIO_UNREGISTER, { start: a + 4096, len: 2 * 4096 });
       expect(u.task.mm!.vmasIn(a, a + 4 * 4096).some((v) => v.vm_flags & VM_UFFD_MISSING || v.vm_userfaultfd_ctx)).toBe(false);
       assert_vm_invariants(k);
@@ -99,7 +75,7 @@ describe('userfaultfd API', () => {
 
 describe('missing faults', () => {
   it('delivers a fault to the handler thread and resumes the faulting thread after UFFDIO_COPY', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const fd = yield* openUffd(u, UFFD_FEATURE_THREAD_ID);
       const a = yield* u.mmap(0, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       const src = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
@@ -127,14 +103,14 @@ describe('missing faults', () => {
       expect(faulterTid).toBe(faulter);
       // Copying onto a present page: EEXIST, reported in the copy field too.
       const again = { dst: msg.address, src, len: 4096, mode: 0, copy: 0 };
-      expect(yield* errnoOf(u.ioctl(fd, UFFDIO_COPY, again))).toBe('EEXIST');
+      expect(yield* errno(u.ioctl(fd, UFFDIO_COPY, again))).toBe('EEXIST');
       expect(again.copy).toBe(-17);
       assert_vm_invariants(k);
     });
   });
 
   it('UFFDIO_ZEROPAGE resolves a write fault with the zero page; the retried write breaks copy-on-write', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const fd = yield* openUffd(u);
       const a = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING });
@@ -155,7 +131,7 @@ describe('missing faults', () => {
   });
 
   it('closing the userfaultfd wakes waiting faults, which then fault normally', () => {
-    run(function* (u) {
+    runProgram(function* (u) {
       const fd = yield* openUffd(u);
       const a = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING });
@@ -172,7 +148,7 @@ describe('missing faults', () => {
   });
 
   it('a fork child is not registered; GUP without FOLL_UNLOCKABLE gets -EFAULT (SIGBUS from handle_userfault)', () => {
-    run(function* (u, k) {
+    runProgram(function* (u, k) {
       const fd = yield* openUffd(u);
       const a = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING });
@@ -197,7 +173,7 @@ describe('missing faults', () => {
 
 describe('the review contract', () => {
   it('vm_insert_page setting VM_MIXEDMAP on a registered anonymous VMA is reported', () => {
-    const k = run(function* (u, k) {
+    const k = runProgram(function* (u, k) {
       const fd = yield* openUffd(u);
       const a = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
       yield* u.ioctl(fd, UFFDIO_REGISTER, { range: { start: a, len: 4096 }, mode: UFFDIO_REGISTER_MODE_MISSING });

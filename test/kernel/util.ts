@@ -56,6 +56,13 @@ export function run(k: Kernel, body: Body, opts: { comm?: string; untilCycles?: 
   return t;
 }
 
+/** Boot a machine (boot(opts)), run `body` as a process to the end (run), return the kernel. */
+export function runProgram(body: (u: User, k: Kernel) => KGen<void | number>, opts: KernelOptions = {}): Kernel {
+  const k = boot(opts);
+  run(k, (u) => body(u, k));
+  return k;
+}
+
 /** The errno name a syscall fails with, or 'OK' (and the result in `value`). */
 export function* errno<T>(g: KGen<T>): KGen<string> {
   try {
