@@ -4,12 +4,17 @@
  *
  * A program is a generator function `function* (u: User) { … }`. Memory accesses and system
  * calls are generators too, called with `yield*`, because either may have to wait (a page fault
- * that needs the mmap lock, a syscall that sleeps). An access that the MMU refuses enters the
- * kernel's page-fault handler (do_user_addr_fault) at CPL 0 and is retried, as the hardware
- * re-executes a faulting instruction; a fault the kernel cannot resolve throws a SignalError
- * (SIGSEGV/SIGBUS with the address and code) into the program at that access — catching it is
- * handling the signal; not catching it kills the process with Linux's log line. A failing system
- * call throws SyscallError (errno name in `.code`), as libc returns -1 with errno.
+ * that needs the mmap lock, a syscall that sleeps). Inside them the common case is plain code:
+ * a translation that succeeds, a fault the kernel resolves without sleeping, and a preemption
+ * point at which the scheduler has nothing to do (need_resched() false) cost no further
+ * generator and no yield; the yield happens exactly when the scheduler would act on it.
+ *
+ * An access that the MMU refuses enters the kernel's page-fault handler (do_user_addr_fault) at
+ * CPL 0 and is retried, as the hardware re-executes a faulting instruction; a fault the kernel
+ * cannot resolve throws a SignalError (SIGSEGV/SIGBUS with the address and code) into the
+ * program at that access — catching it is handling the signal; not catching it kills the process
+ * with Linux's log line. A failing system call throws SyscallError (errno name in `.code`), as
+ * libc returns -1 with errno.
  *
  * Deviation: fork cannot resume a copy of the caller's JavaScript stack, so `fork(child)` takes
  * the program the child runs; the child starts in a copy of the parent's address space and file
@@ -23,14 +28,14 @@ import type { AccessStream } from '../hw/engine.ts';
 import { VEC_MC, VEC_PF } from '../hw/control-registers.ts';
 import { SyscallError, EBADF, EINVAL, ECHILD, ENOENT, ENOMEM, EFAULT } from './errno.ts';
 import { SignalError, signalFromFault } from './signal.ts';
-import { BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV, do_user_addr_fault } from './arch/x86/fault.ts';
+import { BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV, do_user_addr_fault_nowait, isFaultWait, type FaultOutcome, type SignalInfo } from './arch/x86/fault.ts';
 import { do_mmap, do_vmi_munmap } from './mm/mmap.ts';
 import { do_mprotect_pkey } from './mm/mprotect.ts';
 import { do_mremap } from './mm/mremap.ts';
 import { do_madvise } from './mm/madvise.ts';
 import { dup_mm, mmget } from './fork.ts';
 import { do_exit, groupOf, ThreadGroup, FdTable } from './exit.ts';
-import { kasanState } from './mm/kasan.ts';
+import { kasanState, type KasanState } from './mm/kasan.ts';
 import { O_NONBLOCK, create_pipe_files, get_pipe_info, isPipeWriter } from './fs/pipe.ts';
 import { new_userfaultfd } from './fs/userfaultfd.ts';
 
@@ -46,11 +51,15 @@ const KIND_OF = { read: K_READ, write: K_WRITE, fetch: K_FETCH } as const;
 export class User {
   /** Accesses since the last preemption point. */
   private budget = 0;
+  /** The use-after-free detector's state (told the size of each access before it is made). */
+  private readonly kasan: KasanState;
 
   constructor(
     readonly k: Kernel,
     readonly task: Task,
-  ) {}
+  ) {
+    this.kasan = kasanState(k);
+  }
 
   get pid(): number {
     return this.task.tgid;
@@ -65,28 +74,50 @@ export class User {
   // ==============================================================================================
 
   /**
+   * One translation of `va` for `kind` at CPL 3 on this task's CPU, as the MMU performs it:
+   * the physical address, or -1 when it raised an exception (described by the CPU's fault
+   * registers; the kernel has not seen it yet). Plain code, so an access whose translation
+   * succeeds costs no generator; see translate() for what follows a fault.
+   */
+  private tryTranslate(va: number, kind: number, size: number): number {
+    if (!Number.isSafeInteger(va)) throw new SignalError(SIGSEGV, SEGV_MAPERR, 0, `address ${String(va)} is not an integer`);
+    const cpu = this.k.machine.cpu(this.task.cpu);
+    this.kasan.accessSize = size;
+    if (cpu.translate(Math.floor(va / 4294967296) | 0, va | 0, kind, false, false) === 0) return cpu.pa;
+    return -1;
+  }
+
+  /**
    * Translate `va` for `kind` at CPL 3, taking page faults as the hardware would (the kernel
    * handles them; an unresolved one throws a SignalError). Returns the physical address.
    */
   private *translate(va: number, kind: number, size: number): KGen<number> {
-    const k = this.k;
-    if (!Number.isSafeInteger(va)) throw new SignalError(SIGSEGV, SEGV_MAPERR, 0, `address ${String(va)} is not an integer`);
-    const hi = Math.floor(va / 4294967296) | 0;
-    const lo = va | 0;
+    const pa = this.tryTranslate(va, kind, size);
+    return pa >= 0 ? pa : yield* this.translateAfterFault(va, kind, size);
+  }
+
+  /**
+   * The rest of translate() once the first attempt has faulted: the exception goes to the
+   * kernel, then the access is retried (with a new exception per failed retry).
+   */
+  private *translateAfterFault(va: number, kind: number, size: number): KGen<number> {
     for (let attempt = 0; ; attempt++) {
-      const cpu = k.machine.cpu(this.task.cpu);
-      kasanState(k).accessSize = size;
-      if (cpu.translate(hi, lo, kind, false, false) === 0) return cpu.pa;
-      yield* this.exception(va, attempt);
+      const wait = this.exception(va, attempt);
+      if (wait !== null) yield* wait;
+      const pa = this.tryTranslate(va, kind, size);
+      if (pa >= 0) return pa;
     }
   }
 
   /**
    * The exception the last translation on this task's CPU raised at `va`: a #PF goes to the
    * kernel's fault handler (an unresolved one throws a SignalError); anything else is a signal.
-   * Returns when the access can be retried. `attempt` counts retries of the same access.
+   * `attempt` counts retries of the same access. Returns null when the access can be retried
+   * now, or a generator that finishes the exception first (a fault that has to wait, or a return
+   * to user mode at which the scheduler has work); the caller runs it, then retries. Most faults
+   * take neither, and cost no generator.
    */
-  private *exception(va: number, attempt: number): KGen {
+  private exception(va: number, attempt: number): KGen | null {
     const k = this.k;
     const t = this.task;
     const cpu = k.machine.cpu(t.cpu);
@@ -94,31 +125,73 @@ export class User {
       const err = cpu.faultError;
       t.inKernel++;
       cpu.setCpl(0);
-      let sig;
+      let r: FaultOutcome;
       try {
-        sig = yield* do_user_addr_fault(k, t, va, err);
-      } finally {
-        t.inKernel--;
-        k.machine.cpu(t.cpu).setCpl(3);
+        r = do_user_addr_fault_nowait(k, t, va, err);
+      } catch (e) {
+        this.leaveFault();
+        throw e;
       }
-      // The return to user mode after an exception is a preemption point (exit_to_user_mode
-      // checks need_resched), so a thread that keeps faulting cannot starve the others.
-      this.budget = 0;
-      yield PREEMPT;
-      if (sig) throw signalFromFault(sig, err);
-      if (attempt > 64) throw new SignalError(SIGBUS, BUS_ADRERR, va, 'the fault keeps recurring');
-      return;
+      if (isFaultWait(r)) return this.faultWait(r, va, err, attempt);
+      this.leaveFault();
+      return this.returnFromFault(r, va, err, attempt);
     }
     if (cpu.faultVector === VEC_MC) throw new SignalError(SIGBUS, BUS_ADRERR, va, `machine check: ${cpu.faultReason}`);
     throw new SignalError(SIGSEGV, 0x80 /* SI_KERNEL */, va, `general protection fault (${cpu.faultReason || 'vector ' + cpu.faultVector})`);
   }
 
-  private pace(): SchedYield | null {
+  /** The end of the fault handler: back to CPL 3. */
+  private leaveFault(): void {
+    const t = this.task;
+    t.inKernel--;
+    this.k.machine.cpu(t.cpu).setCpl(3);
+  }
+
+  /** A fault that has to wait: run the rest of it, then return to user mode. */
+  private *faultWait(rest: KGen<SignalInfo | null>, va: number, err: number, attempt: number): KGen {
+    let sig: SignalInfo | null;
+    try {
+      sig = yield* rest;
+    } finally {
+      this.leaveFault();
+    }
+    const wait = this.returnFromFault(sig, va, err, attempt);
+    if (wait !== null) yield* wait;
+  }
+
+  /**
+   * The return to user mode after an exception is a preemption point (exit_to_user_mode checks
+   * need_resched), so a thread that keeps faulting cannot starve the others; then the signal of
+   * a fault the kernel could not resolve. Null when nothing had to wait.
+   */
+  private returnFromFault(sig: SignalInfo | null, va: number, err: number, attempt: number): KGen | null {
+    this.budget = 0;
+    if (this.k.sched[this.task.cpu]!.need_resched(this.task)) return this.preemptThenSignal(sig, va, err, attempt);
+    this.raiseFaultSignal(sig, va, err, attempt);
+    return null;
+  }
+
+  private *preemptThenSignal(sig: SignalInfo | null, va: number, err: number, attempt: number): KGen {
+    yield PREEMPT;
+    this.raiseFaultSignal(sig, va, err, attempt);
+  }
+
+  /** Deliver the signal of an unresolved fault (or of one that keeps recurring), if any. */
+  private raiseFaultSignal(sig: SignalInfo | null, va: number, err: number, attempt: number): void {
+    if (sig) throw signalFromFault(sig, err);
+    if (attempt > 64) throw new SignalError(SIGBUS, BUS_ADRERR, va, 'the fault keeps recurring');
+  }
+
+  /**
+   * Count one access towards the next preemption point (every 64 accesses); true when the
+   * caller must yield PREEMPT there (the scheduler has work, see need_resched).
+   */
+  private pace(): boolean {
     if (++this.budget >= 64) {
       this.budget = 0;
-      return PREEMPT;
+      return this.k.sched[this.task.cpu]!.need_resched(this.task);
     }
-    return null;
+    return false;
   }
 
   /** Physical address of byte `i` of an access that may cross a page. */
@@ -140,7 +213,13 @@ export class User {
     const phys = this.k.machine.phys;
     let v: number;
     if ((va & 4095) + size <= 4096) {
-      const pa = yield* this.translate(va, K_READ, size);
+      // translate(), written out: an access costs no generator but its own.
+      let pa = this.tryTranslate(va, K_READ, size);
+      for (let attempt = 0; pa < 0; attempt++) {
+        const wait = this.exception(va, attempt);
+        if (wait !== null) yield* wait;
+        pa = this.tryTranslate(va, K_READ, size);
+      }
       this.checkPa(pa, size, va);
       v = size === 4 && (pa & 3) === 0 ? phys.i32[pa >>> 2]! >>> 0 : phys.readN(pa, size);
     } else {
@@ -151,8 +230,7 @@ export class User {
         v = v * 256 + phys.u8[pas[i]!]!;
       }
     }
-    const y = this.pace();
-    if (y) yield y;
+    if (this.pace()) yield PREEMPT;
     return v;
   }
 
@@ -160,9 +238,17 @@ export class User {
   *store(va: number, size: 1 | 2 | 4, value: number): KGen {
     const phys = this.k.machine.phys;
     if ((va & 4095) + size <= 4096) {
-      const pa = yield* this.translate(va, K_WRITE, size);
+      // translate(), written out: an access costs no generator but its own.
+      let pa = this.tryTranslate(va, K_WRITE, size);
+      for (let attempt = 0; pa < 0; attempt++) {
+        const wait = this.exception(va, attempt);
+        if (wait !== null) yield* wait;
+        pa = this.tryTranslate(va, K_WRITE, size);
+      }
       this.checkPa(pa, size, va);
-      phys.writeN(pa, size, value);
+      // checkPa has bounded the access; an aligned word is one store (what writeN does for it).
+      if (size === 4 && pa % 4 === 0) phys.i32[pa / 4] = value | 0;
+      else phys.writeN(pa, size, value);
     } else {
       const pas = yield* this.bytesPa(va, size, K_WRITE);
       let v = value >>> 0;
@@ -172,20 +258,22 @@ export class User {
         v >>>= 8;
       }
     }
-    const y = this.pace();
-    if (y) yield y;
+    if (this.pace()) yield PREEMPT;
   }
 
-  *load8(va: number): KGen<number> {
-    return yield* this.load(va, 1);
+  // The sized forms hand back load()'s or store()'s own generator rather than wrapping it in
+  // another one: `yield* u.load32(a)` runs exactly load(a, 4), one generator layer fewer.
+
+  load8(va: number): KGen<number> {
+    return this.load(va, 1);
   }
 
-  *load16(va: number): KGen<number> {
-    return yield* this.load(va, 2);
+  load16(va: number): KGen<number> {
+    return this.load(va, 2);
   }
 
-  *load32(va: number): KGen<number> {
-    return yield* this.load(va, 4);
+  load32(va: number): KGen<number> {
+    return this.load(va, 4);
   }
 
   *load64(va: number): KGen<bigint> {
@@ -193,16 +281,16 @@ export class User {
     return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
   }
 
-  *store8(va: number, v: number): KGen {
-    yield* this.store(va, 1, v);
+  store8(va: number, v: number): KGen {
+    return this.store(va, 1, v);
   }
 
-  *store16(va: number, v: number): KGen {
-    yield* this.store(va, 2, v);
+  store16(va: number, v: number): KGen {
+    return this.store(va, 2, v);
   }
 
-  *store32(va: number, v: number): KGen {
-    yield* this.store(va, 4, v);
+  store32(va: number, v: number): KGen {
+    return this.store(va, 4, v);
   }
 
   *store64(va: number, v: bigint): KGen {
@@ -216,8 +304,7 @@ export class User {
     const code = KIND_OF[kind];
     if (code === undefined) throw new TypeError(`touch: kind must be read, write or fetch, got ${String(kind)}`);
     yield* this.translate(va, code, 1);
-    const y = this.pace();
-    if (y) yield y;
+    if (this.pace()) yield PREEMPT;
   }
 
   /** Copy `len` bytes of user memory out (each page translated once). */
@@ -235,8 +322,7 @@ export class User {
       done += n;
       this.k.charge(n * this.k.costs.copyPerByte);
     }
-    const y = this.pace();
-    if (y) yield y;
+    if (this.pace()) yield PREEMPT;
     return out;
   }
 
@@ -253,8 +339,7 @@ export class User {
       done += n;
       this.k.charge(n * this.k.costs.copyPerByte);
     }
-    const y = this.pace();
-    if (y) yield y;
+    if (this.pace()) yield PREEMPT;
   }
 
   /** Fill `len` bytes with `byte`. */
@@ -285,10 +370,11 @@ export class User {
         // Handle the exception of the access that failed, then retry it (as the CPU re-executes
         // the faulting instruction): one #PF per fault, not one per look.
         const va = his[i]! * 4294967296 + (los[i]! >>> 0);
-        yield* this.exception(va, attempt++);
+        const wait = this.exception(va, attempt++);
+        if (wait !== null) yield* wait;
         continue;
       }
-      yield PREEMPT;
+      if (k.sched[t.cpu]!.need_resched(t)) yield PREEMPT;
     }
     return length;
   }
@@ -311,7 +397,8 @@ export class User {
       t.inKernel--;
       if (t.inKernel === 0) k.machine.cpu(t.cpu).setCpl(3);
     }
-    yield PREEMPT;
+    // The return to user mode: a preemption point.
+    if (k.sched[t.cpu]!.need_resched(t)) yield PREEMPT;
     if (typeof r === 'number' && r < 0 && r > -4096) throw new SyscallError(name, -r);
     return r;
   }

@@ -34,10 +34,10 @@ interface Edge {
 }
 
 function heldOf(t: Task): HeldLock[] {
-  let h = t.ext.get('lockdep') as HeldLock[] | undefined;
+  let h = t.lockdepHeld as HeldLock[] | null;
   if (!h) {
     h = [];
-    t.ext.set('lockdep', h);
+    t.lockdepHeld = h;
   }
   return h;
 }
@@ -65,7 +65,9 @@ export class Lockdep {
   acquire(cls: string, instance: object, mode: LockMode, site: string, trylock: boolean, t: Task | null = this.k.current): void {
     if (!t) return;
     const held = heldOf(t);
-    this.usage.set(cls, (this.usage.get(cls) ?? 0) | (mode === 'read' ? 2 : 1));
+    const use = this.usage.get(cls) ?? 0;
+    const bit = mode === 'read' ? 2 : 1;
+    if ((use & bit) === 0) this.usage.set(cls, use | bit);
     if (this.enabled && !trylock) {
       this.acquiring = instance;
       for (const h of held) {
@@ -83,7 +85,8 @@ export class Lockdep {
     const held = heldOf(t);
     for (let i = held.length - 1; i >= 0; i--) {
       if (held[i]!.instance === instance) {
-        held.splice(i, 1);
+        if (i === held.length - 1) held.pop();
+        else held.splice(i, 1);
         return;
       }
     }

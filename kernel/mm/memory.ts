@@ -6,7 +6,9 @@
  * shared) / do_wp_page, as in Linux; a driver's ->fault returns a referenced page in vmf.page
  * (the PTE consumes that reference) or VM_FAULT_NOPAGE after inserting one itself. Under the
  * per-VMA lock, faults that need the mmap lock (a missing anon_vma without a trylock, a driver
- * ->fault without ->map_pages) drop the VMA lock and return VM_FAULT_RETRY.
+ * ->fault without ->map_pages) drop the VMA lock and return VM_FAULT_RETRY. The fault path is
+ * written sync-first (handle_mm_fault_nowait): it returns the result when nothing had to wait,
+ * or a generator that continues from the point that may sleep; handle_mm_fault runs either.
  *
  * Zapping clears leaf entries, drops each page's mapcount at once and hands its PTE reference
  * to an mmu_gather, which drops it only after the TLB flush (mm/mmu_gather.c's rule).
@@ -101,12 +103,19 @@ export interface FaultCounters {
   oom: number;
 }
 
+/** The kernel whose fault counters were fetched last, and those counters (a one-entry cache). */
+let countersOf: Kernel | null = null;
+let lastCounters: FaultCounters | null = null;
+
 export function faultCounters(k: Kernel): FaultCounters {
+  if (k === countersOf) return lastCounters!;
   let c = k.subsystems.get('faults') as FaultCounters | undefined;
   if (!c) {
     c = { anon: 0, zeroPage: 0, file: 0, cow: 0, reuse: 0, shared: 0, spurious: 0, driver: 0, retries: 0, sigbus: 0, sigsegv: 0, oom: 0 };
     k.subsystems.set('faults', c);
   }
+  countersOf = k;
+  lastCounters = c;
   return c;
 }
 
@@ -116,35 +125,59 @@ export function faultCounters(k: Kernel): FaultCounters {
  * read lock was dropped.
  */
 export function* handle_mm_fault(k: Kernel, vma: VmArea, addr: number, flags: number): KGen<number> {
+  const r = handle_mm_fault_nowait(k, vma, addr, flags);
+  return typeof r === 'number' ? r : yield* r;
+}
+
+/**
+ * handle_mm_fault as plain code as far as it can go: the VM_FAULT_* result of a fault resolved
+ * without sleeping (an anonymous page, the zero page, a spurious fault), or a generator that
+ * runs the rest of one that may sleep (PTE lock held by a waiter, userfaultfd, ->fault, COW,
+ * hugetlb), from exactly that point. handle_mm_fault runs either; the steps are the same.
+ */
+export function handle_mm_fault_nowait(k: Kernel, vma: VmArea, addr: number, flags: number): number | KGen<number> {
   // sanitize_fault_flags
   if (flags & FAULT_FLAG_WRITE) {
     if (!(vma.vm_flags & VM_MAYWRITE)) return VM_FAULT_SIGSEGV;
     if (!(vma.vm_flags & VM_WRITE) && !is_cow_mapping(vma.vm_flags)) return VM_FAULT_SIGSEGV;
   }
   k.charge(k.costs.faultHandler);
-  const vmf: VmFault = { vma, address: addr - (addr % PAGE_SIZE), pgoff: vma.pgoffOf(addr - (addr % PAGE_SIZE)), flags, page: -1 };
-  if (vma.vm_flags & VM_HUGETLB) return yield* hugetlb_fault(k, vmf);
-  return yield* handle_pte_fault(k, vmf);
+  const address = addr - (addr % PAGE_SIZE);
+  const vmf: VmFault = { vma, address, pgoff: vma.pgoffOf(address), flags, page: -1 };
+  if (vma.vm_flags & VM_HUGETLB) return hugetlb_fault(k, vmf);
+  return handle_pte_fault(k, vmf);
 }
 
-function* handle_pte_fault(k: Kernel, vmf: VmFault): KGen<number> {
-  const vma = vmf.vma;
-  const mm = vma.vm_mm;
-  const pt = pgtableOf(k);
-  const ptep = pt.pte_alloc(mm, vmf.address, 'pte_alloc <- __handle_mm_fault');
+function handle_pte_fault(k: Kernel, vmf: VmFault): number | KGen<number> {
+  const mm = vmf.vma.vm_mm;
+  const ptep = pgtableOf(k).pte_alloc(mm, vmf.address, 'pte_alloc <- __handle_mm_fault');
   if (ptep < 0) return VM_FAULT_OOM;
-  yield* pte_lock_wait(k, mm, vmf.address);
+  // pte_offset_map_lock: spin while another CPU holds this PTE table's lock across a wait.
+  if (ptlBusy(k, mm, vmf.address, vmf.address + 1)) return handle_pte_fault_after_wait(k, vmf, ptep);
+  return handle_pte_fault_locked(k, vmf, ptep);
+}
+
+function* handle_pte_fault_after_wait(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
+  yield* pte_lock_wait(k, vmf.vma.vm_mm, vmf.address);
+  const r = handle_pte_fault_locked(k, vmf, ptep);
+  return typeof r === 'number' ? r : yield* r;
+}
+
+/** The part of handle_pte_fault that runs with the PTE table's lock (see the file header). */
+function handle_pte_fault_locked(k: Kernel, vmf: VmFault, ptep: number): number | KGen<number> {
+  const vma = vmf.vma;
+  const pt = pgtableOf(k);
   const lo = pt.lo(ptep);
   if ((lo & _PAGE_PRESENT) === 0) {
     // uffd-registered VMAs: missing faults go to the userfaultfd handler.
     if (vma.vm_userfaultfd_ctx && k.subsystems.has('userfaultfd')) {
       const uffd = k.subsystem<{ handleMissing(k: Kernel, vmf: VmFault): KGen<number> }>('userfaultfd');
-      return yield* uffd.handleMissing(k, vmf);
+      return uffd.handleMissing(k, vmf);
     }
     if (vma.isAnonymous()) return do_anonymous_page(k, vmf, ptep);
-    return yield* do_fault(k, vmf, ptep);
+    return do_fault(k, vmf, ptep);
   }
-  if (vmf.flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) && !pte_write(lo)) return yield* do_wp_page(k, vmf, ptep);
+  if (vmf.flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) && !pte_write(lo)) return do_wp_page(k, vmf, ptep);
   // The entry already allows the access (another thread fixed it, or the TLB entry was stale and
   // stricter): mark it young/dirty as the access would, and return (a spurious fault).
   pt.set_bits(ptep, _PAGE_ACCESSED | (vmf.flags & FAULT_FLAG_WRITE ? _PAGE_DIRTY : 0));
@@ -160,12 +193,19 @@ interface PtlHold {
   base: number;
 }
 
+/** The kernel whose PTE-lock holds were fetched last, and those holds (a one-entry cache). */
+let holdsOf: Kernel | null = null;
+let lastHolds: Set<PtlHold> | null = null;
+
 function ptlHolds(k: Kernel): Set<PtlHold> {
+  if (k === holdsOf) return lastHolds!;
   let s = k.subsystems.get('ptl') as Set<PtlHold> | undefined;
   if (!s) {
     s = new Set();
     k.subsystems.set('ptl', s);
   }
+  holdsOf = k;
+  lastHolds = s;
   return s;
 }
 
@@ -182,7 +222,9 @@ function pte_lock(k: Kernel, mm: MmStruct, addr: number): () => void {
 const PMD_SPAN = 2 << 20;
 
 function ptlBusy(k: Kernel, mm: MmStruct, start: number, end: number): boolean {
-  for (const h of ptlHolds(k)) if (h.mm === mm && h.base < end && h.base + PMD_SPAN > start) return true;
+  const holds = ptlHolds(k);
+  if (holds.size === 0) return false;
+  for (const h of holds) if (h.mm === mm && h.base < end && h.base + PMD_SPAN > start) return true;
   return false;
 }
 
@@ -234,8 +276,9 @@ function do_anonymous_page(k: Kernel, vmf: VmFault, ptep: number): number {
     return VM_FAULT_OOM;
   }
   k.charge(k.costs.pageAlloc + PAGE_SIZE * k.costs.copyPerByte);
-  let [lo, hi] = mk_pte(pfn, prot);
-  lo |= _PAGE_ACCESSED;
+  // mk_pte, spelled out (no pair to allocate on this path).
+  let lo = ((pfn & 0xfffff) << 12) | prot.lo | _PAGE_ACCESSED;
+  const hi = Math.floor(pfn / 0x100000) | prot.hi;
   if (vma.vm_flags & VM_WRITE) lo |= _PAGE_RW | _PAGE_DIRTY;
   folio_add_new_anon_rmap(k, pfn, vma, vmf.address);
   mm.rss.anon++;
@@ -478,18 +521,24 @@ export function zapCounters(k: Kernel): ZapCounters {
 export function* zap_range(k: Kernel, tlb: MmuGather, vma: VmArea, start: number, end: number, details: ZapDetails = {}): KGen {
   const mm = vma.vm_mm;
   const pt = pgtableOf(k);
-  const leaves: [number, number, number][] = [];
+  // The leaves as (address, entry, level) triples, flat.
+  const leaves: number[] = [];
   yield* pte_lock_wait(k, mm, Math.max(start, vma.vm_start), Math.min(end, vma.vm_end));
-  pt.forEachLeaf(mm, Math.max(start, vma.vm_start), Math.min(end, vma.vm_end), (addr, ptep, level) => leaves.push([addr, ptep, level]));
+  pt.forEachLeaf(mm, Math.max(start, vma.vm_start), Math.min(end, vma.vm_end), (addr, ptep, level) => {
+    leaves.push(addr, ptep, level);
+  });
   const zc = zapCounters(k);
-  for (const [addr, ptep, level] of leaves) {
+  for (let j = 0; j < leaves.length; j += 3) {
+    const addr = leaves[j]!;
+    const ptep = leaves[j + 1]!;
+    const level = leaves[j + 2]!;
     const lo = pt.lo(ptep);
     const hi = pt.hi(ptep);
     if ((lo & _PAGE_PRESENT) === 0) continue;
     const pfn = level === 1 ? vm_normal_page(k, vma, addr, lo, hi) : k.pages.head(ptePfn(lo, hi));
     if (pfn >= 0 && details.single_pfn !== undefined && pfn !== details.single_pfn) continue;
     if (pfn >= 0 && details.skip_cows && isAnon(k, pfn)) continue;
-    const [olo] = pt.get_and_clear(ptep);
+    const olo = pt.get_and_clear_lo(ptep);
     tlb.removeTlbEntry(addr, level === 1 ? 12 : level === 2 ? 21 : 30);
     zc.ptes++;
     if (pfn < 0) {

@@ -191,13 +191,21 @@ export class MmapLocking {
     return vma.vm_lock_seq === vma.vm_mm.mm_lock_seq;
   }
 
-  private vmaStat(caller: string): { success: number; fail: number } {
+  /** The caller label looked up last, with its vmaStats.byCaller entry and its lockdep site. */
+  private lastCaller: { caller: string; stat: { success: number; fail: number }; site: string } | null = null;
+
+  /** The per-caller entry of vmaStats and the lockdep site (faults all come from one caller). */
+  private vmaStat(caller: string): { caller: string; stat: { success: number; fail: number }; site: string } {
+    const last = this.lastCaller;
+    if (last !== null && last.caller === caller) return last;
     let s = this.vmaStats.byCaller.get(caller);
     if (!s) {
       s = { success: 0, fail: 0 };
       this.vmaStats.byCaller.set(caller, s);
     }
-    return s;
+    const entry = { caller, stat: s, site: `lock_vma_under_rcu <- ${caller}` };
+    this.lastCaller = entry;
+    return entry;
   }
 
   /**
@@ -210,7 +218,8 @@ export class MmapLocking {
     k.charge(k.costs.vmaOp);
     const t = k.current;
     const vma = mm.vma_lookup(addr);
-    const st = this.vmaStat(caller);
+    const entry = this.vmaStat(caller);
+    const st = entry.stat;
     if (!vma || !t) {
       this.vmaStats.abort++;
       st.fail++;
@@ -231,7 +240,7 @@ export class MmapLocking {
     }
     vma.vm_refcnt++;
     vma.readers.push(t);
-    this.lockdep.acquire(VMA_LOCK_CLASS, vma, 'read', `lock_vma_under_rcu <- ${caller}`, true, t);
+    this.lockdep.acquire(VMA_LOCK_CLASS, vma, 'read', entry.site, true, t);
     this.vmaStats.success++;
     st.success++;
     return vma;
@@ -249,12 +258,15 @@ export class MmapLocking {
   }
 
   vma_end_read(vma: VmArea, t: Task | null = this.k.current): void {
-    const i = t ? vma.readers.indexOf(t) : -1;
+    const readers = vma.readers;
+    const i = t ? readers.lastIndexOf(t) : -1;
     if (i < 0) {
       this.k.warn('WARNING: vma_end_read without the VMA read lock', `vma_end_read: ${vma} is not read-locked by ${t?.comm}/${t?.pid}`, { vma: vma.id });
       return;
     }
-    vma.readers.splice(i, 1);
+    // Readers are usually released in the order they came; removing the last one is a pop.
+    if (i === readers.length - 1) readers.pop();
+    else readers.splice(i, 1);
     vma.vm_refcnt--;
     this.lockdep.release(vma, t);
     if (vma.excludeReaders && vma.readers.length === 0) this.vmaWriters.wakeAll(this.k);

@@ -393,9 +393,23 @@ export class PageAllocator {
   /** Site ids by chain, then by pid: the interned key is built only the first time. */
   private readonly siteIds = new Map<string, Map<number, number>>();
 
+  /** The last site id handed out, with its chain and pid (most calls repeat the previous one). */
+  private lastSiteChain = '';
+  private lastSitePid = -1;
+  private lastSiteId = 0;
+
   /** A site id: the call chain and the current task's pid, interned together. */
   private siteId(chain: string): number {
     const pid = this.hooks.currentPid ? this.hooks.currentPid() : 0;
+    if (pid === this.lastSitePid && chain === this.lastSiteChain) return this.lastSiteId;
+    const id = this.internSite(chain, pid);
+    this.lastSiteChain = chain;
+    this.lastSitePid = pid;
+    this.lastSiteId = id;
+    return id;
+  }
+
+  private internSite(chain: string, pid: number): number {
     let byPid = this.siteIds.get(chain);
     if (!byPid) {
       byPid = new Map();

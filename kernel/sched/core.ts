@@ -4,7 +4,9 @@
  *
  * Every task is a generator. Kernel code that may sleep is written as generator functions called
  * with `yield*`; when it must wait it yields to the scheduler:
- *   PREEMPT          a preemption point: the scheduler may switch if the slice is used up;
+ *   PREEMPT          a preemption point: the scheduler may switch if the slice is used up
+ *                    (a hot path may ask need_resched() first and skip a yield that the
+ *                    scheduler would answer by resuming it at once);
  *   { kind:'sleep' } the task has put itself on a wait queue and set itself sleeping;
  *   { kind:'spin' }  the CPU busy-waits (interrupts enabled) until a condition holds, e.g. the
  *                    IPI acknowledgements of a TLB shootdown; nothing else runs on that CPU.
@@ -107,8 +109,10 @@ export class Task {
   /** Exception to throw into the generator at its next resumption (signals). */
   pendingThrow: unknown = null;
   readonly serial = nextTaskSerial++;
-  /** Subsystem-private per-task data (locks held, signal state, user context…). */
+  /** Subsystem-private per-task data (signal state, user context…). */
   readonly ext = new Map<string, unknown>();
+  /** The locks lockdep records as held by this task (kernel/locking/lockdep.ts owns it). */
+  lockdepHeld: unknown[] | null = null;
   /** Called once when the task is dead (exit paths, waiters). */
   readonly onExit: ((t: Task) => void)[] = [];
 
@@ -134,6 +138,10 @@ export class CpuScheduler implements Agent {
   private spinSince = 0;
   /** When the next scheduler tick is due on this CPU. */
   private nextTick = 0;
+  /** The end of the engine turn being run (step's `until`). */
+  private turnEnd = 0;
+  /** The clock when the running task was last resumed: its run time is counted from there. */
+  private resumedAt = 0;
 
   constructor(
     readonly kernel: Kernel,
@@ -171,6 +179,7 @@ export class CpuScheduler implements Agent {
 
   step(cpu: Cpu, until: number): AgentStatus {
     const k = this.kernel;
+    this.turnEnd = until;
     for (;;) {
       if (this.spin) {
         if (!this.spin.until()) return 'wait';
@@ -246,7 +255,7 @@ export class CpuScheduler implements Agent {
         if (to < t.busyUntil) continue;
       }
       // Run the task up to its next yield.
-      const start = cpu.cycles;
+      this.resumedAt = cpu.cycles;
       k.current = t;
       let r: IteratorResult<SchedYield, number | void>;
       try {
@@ -261,13 +270,13 @@ export class CpuScheduler implements Agent {
         }
       } catch (e) {
         k.current = null;
-        t.stats.runCycles += cpu.cycles - start;
+        t.stats.runCycles += cpu.cycles - this.resumedAt;
         this.curr = null;
         k.taskCrashed(t, e);
         continue;
       }
       k.current = null;
-      t.stats.runCycles += cpu.cycles - start;
+      t.stats.runCycles += cpu.cycles - this.resumedAt;
       if (r.done) {
         this.curr = null;
         k.taskExited(t, typeof r.value === 'number' ? r.value : 0);
@@ -304,6 +313,26 @@ export class CpuScheduler implements Agent {
           throw new Error(`task ${t.pid} yielded ${JSON.stringify(y)} to the scheduler`);
       }
     }
+  }
+
+  /**
+   * need_resched() for `t`, the task this CPU is running, at a preemption point (the return to
+   * user mode, every 64 user accesses): true when a PREEMPT yield here would make the loop in
+   * step() do anything but resume `t` at once — end the engine turn, take a tick, fire timers,
+   * switch tasks, deliver a pending throw or value. When it returns false the yield would be a
+   * round trip with no effect, so the caller may go on without it (as exit_to_user_mode calls
+   * schedule() only when TIF_NEED_RESCHED is set); the run time of `t` is then accounted as that
+   * round trip would have, in two parts split at this point.
+   */
+  need_resched(t: Task): boolean {
+    if (this.curr !== t || this.kernel.current !== t || t.state !== 'running' || this.spin !== null) return true;
+    const now = this.kernel.machine.cpu(this.index).cycles;
+    if (now >= this.turnEnd || now >= this.nextTick || t.busyUntil > now) return true;
+    if (now >= this.sliceEnd && (this.rq.length > 0 || this.kernel.nextTimer(this.index) <= now)) return true;
+    if (t.pendingThrow !== null || t.resume !== undefined) return true;
+    t.stats.runCycles += now - this.resumedAt;
+    this.resumedAt = now;
+    return false;
   }
 }
 

@@ -5,6 +5,9 @@
  * retry under the mmap lock when the VMA-lock attempt says VM_FAULT_RETRY, and turn what cannot
  * be resolved into a signal: SIGSEGV (SEGV_MAPERR without a VMA, SEGV_ACCERR for a forbidden
  * access, SEGV_PKUERR for a protection-key fault) or SIGBUS (BUS_ADRERR), or kill on OOM.
+ * do_user_addr_fault_nowait is the same path as plain code: a fault that needs no wait (the usual
+ * VMA-locked anonymous fault) is resolved without creating a generator, and the part that may
+ * sleep is handed back as one, to be run from exactly where the plain code stopped.
  *
  * Deviation: stack VMAs do not grow (no VM_GROWSDOWN expansion).
  */
@@ -16,7 +19,7 @@ import {
   FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_INSTRUCTION, FAULT_FLAG_INTERRUPTIBLE, FAULT_FLAG_KILLABLE, FAULT_FLAG_TRIED, FAULT_FLAG_USER, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, VM_EXEC, VM_FAULT_COMPLETED, VM_FAULT_OOM, VM_FAULT_RETRY,
   VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_READ, VM_WRITE, type VmArea,
 } from '../../mm/mm_types.ts';
-import { faultCounters, handle_mm_fault } from '../../mm/memory.ts';
+import { faultCounters, handle_mm_fault_nowait } from '../../mm/memory.ts';
 
 export const SIGBUS = 7;
 export const SIGKILL = 9;
@@ -47,6 +50,25 @@ export function access_error(error_code: number, vma: VmArea): boolean {
  * when the access can be retried, or the signal to deliver.
  */
 export function* do_user_addr_fault(k: Kernel, task: Task, address: number, error_code: number): KGen<SignalInfo | null> {
+  const r = do_user_addr_fault_nowait(k, task, address, error_code);
+  return isFaultWait(r) ? yield* r : r;
+}
+
+/** The outcome of do_user_addr_fault_nowait: the result, or the rest of the fault to run. */
+export type FaultOutcome = SignalInfo | null | KGen<SignalInfo | null>;
+
+/** Is `r` the rest of a fault that may sleep (a generator) rather than its result? */
+export function isFaultWait(r: FaultOutcome): r is KGen<SignalInfo | null> {
+  return r !== null && !('signo' in r);
+}
+
+/**
+ * do_user_addr_fault as plain code as far as it can go: a fault resolved without sleeping (the
+ * common case: the VMA lock taken, an anonymous page installed) returns its result directly;
+ * one that has to wait returns a generator that continues it from that point (do_user_addr_fault
+ * runs it). Both shapes run the same steps in the same order.
+ */
+export function do_user_addr_fault_nowait(k: Kernel, task: Task, address: number, error_code: number): FaultOutcome {
   const mm = task.mm;
   k.charge(k.costs.faultEntry);
   // perf's page-faults software event, counted per task before anything can fail.
@@ -75,13 +97,36 @@ export function* do_user_addr_fault(k: Kernel, task: Task, address: number, erro
       fc.sigsegv++;
       return { signo: SIGSEGV, code: error_code & PF_PK ? SEGV_PKUERR : SEGV_ACCERR, addr: address, why: 'access not allowed by the VMA' };
     }
-    const fault = yield* handle_mm_fault(k, vma0, address, flags | FAULT_FLAG_VMA_LOCK);
-    if (!(fault & (VM_FAULT_RETRY | VM_FAULT_COMPLETED))) k.locks.vma_end_read(vma0);
-    if (!(fault & VM_FAULT_RETRY)) return faultResult(k, fault, address);
-    k.locks.vmaStats.retry++;
-    fc.retries++;
+    const f = handle_mm_fault_nowait(k, vma0, address, flags | FAULT_FLAG_VMA_LOCK);
+    if (typeof f !== 'number') return vma_locked_fault_wait(k, task, address, error_code, flags, vma0, f);
+    if (!vma_locked_fault_done(k, vma0, f)) return faultResult(k, f, address);
   }
-  // lock_mm_and_find_vma
+  return lock_mm_and_fault(k, task, address, error_code, flags);
+}
+
+/**
+ * After handle_mm_fault under the VMA lock: release the lock unless the handler did, and say
+ * whether the fault must be retried under the mmap lock (VM_FAULT_RETRY).
+ */
+function vma_locked_fault_done(k: Kernel, vma: VmArea, fault: number): boolean {
+  if (!(fault & (VM_FAULT_RETRY | VM_FAULT_COMPLETED))) k.locks.vma_end_read(vma);
+  if (!(fault & VM_FAULT_RETRY)) return false;
+  k.locks.vmaStats.retry++;
+  faultCounters(k).retries++;
+  return true;
+}
+
+/** The VMA-locked handle_mm_fault had to wait: finish it, then as do_user_addr_fault_nowait. */
+function* vma_locked_fault_wait(k: Kernel, task: Task, address: number, error_code: number, flags: number, vma: VmArea, rest: KGen<number>): KGen<SignalInfo | null> {
+  const fault = yield* rest;
+  if (!vma_locked_fault_done(k, vma, fault)) return faultResult(k, fault, address);
+  return yield* lock_mm_and_fault(k, task, address, error_code, flags);
+}
+
+/** lock_mm_and_find_vma and the fault under the mmap read lock, retried while it says so. */
+function* lock_mm_and_fault(k: Kernel, task: Task, address: number, error_code: number, flags: number): KGen<SignalInfo | null> {
+  const mm = task.mm!;
+  const fc = faultCounters(k);
   for (let tries = 0; ; tries++) {
     yield* k.locks.mmap_read_lock(mm, 'do_user_addr_fault');
     const vma = mm.find_vma(address);
@@ -95,7 +140,8 @@ export function* do_user_addr_fault(k: Kernel, task: Task, address: number, erro
       fc.sigsegv++;
       return { signo: SIGSEGV, code: error_code & PF_PK ? SEGV_PKUERR : SEGV_ACCERR, addr: address, why: 'access not allowed by the VMA' };
     }
-    const fault = yield* handle_mm_fault(k, vma, address, flags | (tries > 0 ? FAULT_FLAG_TRIED : 0));
+    const f = handle_mm_fault_nowait(k, vma, address, flags | (tries > 0 ? FAULT_FLAG_TRIED : 0));
+    const fault = typeof f === 'number' ? f : yield* f;
     if (fault & VM_FAULT_RETRY) {
       // The handler dropped the lock (it may not have; Linux's contract is that it did).
       if (mm.mmap_lock.heldBy(k.current)) k.locks.mmap_read_unlock(mm);

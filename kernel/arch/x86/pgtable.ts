@@ -45,7 +45,7 @@ export interface PgProt {
  * without the user bit (see kernel/mm/mprotect.ts), which every user access faults on just the
  * same while the kernel (zap, fork, GUP with FOLL_FORCE, /proc) still sees the page.
  */
-export const PAGE_NONE: PgProt = { lo: PTE_P | PTE_A, hi: PTE_HI_XD };
+export const PAGE_NONE: PgProt = Object.freeze({ lo: PTE_P | PTE_A, hi: PTE_HI_XD });
 
 /** PTRS_PER_* and the address bits each level covers. */
 export const PTE_SHIFT = 12;
@@ -151,10 +151,11 @@ export class PageTables {
    * entry's address at `level`, or -1 on ENOMEM or when a huge leaf sits where a table should be.
    */
   alloc(mm: MmStruct, addr: number, level: number, site: string): number {
+    const i32 = this.i32;
     let table = mm.pgd;
     for (let l = this.levels; l > level; l--) {
       const e = table + index(addr, 12 + 9 * (l - 1)) * 8;
-      let lo = this.lo(e);
+      let lo = i32[e / 4]!;
       if ((lo & PTE_P) === 0) {
         const t = this.allocTable(mm, site);
         if (t < 0) return -1;
@@ -166,7 +167,7 @@ export class PageTables {
         // callers report as -ENOMEM.
         return -1;
       }
-      table = entryTable(lo, this.hi(e));
+      table = entryTable(lo, i32[e / 4 + 1]!);
     }
     return table + index(addr, 12 + 9 * (level - 1)) * 8;
   }
@@ -192,6 +193,15 @@ export class PageTables {
     return [oldLo, oldHi];
   }
 
+  /** ptep_get_and_clear for a caller that needs only the old low half (P, A, D, RW …). */
+  get_and_clear_lo(ptep: number): number {
+    const phys = this.k.machine.phys;
+    const oldLo = phys.xchgLo(ptep / 4, 0);
+    phys.i32[ptep / 4 + 1] = 0;
+    this.k.charge(this.k.costs.pteWrite);
+    return oldLo;
+  }
+
   /** Clear bits in the low half atomically (ptep_set_wrprotect, ptep_test_and_clear_young). */
   clear_bits(ptep: number, mask: number): number {
     this.k.charge(this.k.costs.pteWrite);
@@ -213,21 +223,23 @@ export class PageTables {
    * Used by zap, mprotect, fork and the /proc views. The callback may modify the entry.
    */
   forEachLeaf(mm: MmStruct, start: number, end: number, fn: (addr: number, ptep: number, level: number) => void): void {
-    const visit = (table: number, level: number, base: number): void => {
-      const shift = 12 + 9 * (level - 1);
-      const span = 2 ** shift;
-      const first = Math.max(0, Math.floor((start - base) / span));
-      const last = Math.min(511, Math.floor((end - 1 - base) / span));
-      for (let i = first; i <= last; i++) {
-        const e = table + i * 8;
-        const lo = this.lo(e);
-        if ((lo & PTE_P) === 0) continue;
-        const addr = base + i * span;
-        if (level === 1 || (level <= 3 && (lo & PTE_PS) !== 0)) fn(addr, e, level);
-        else visit(entryTable(lo, this.hi(e)), level - 1, addr);
-      }
-    };
-    if (end > start) visit(mm.pgd, this.levels, 0);
+    if (end > start) this.visitLeaves(mm.pgd, this.levels, 0, start, end, fn);
+  }
+
+  /** forEachLeaf below `table` (at `level`, mapping from `base`). */
+  private visitLeaves(table: number, level: number, base: number, start: number, end: number, fn: (addr: number, ptep: number, level: number) => void): void {
+    const i32 = this.i32;
+    const span = 2 ** (12 + 9 * (level - 1));
+    const first = Math.max(0, Math.floor((start - base) / span));
+    const last = Math.min(511, Math.floor((end - 1 - base) / span));
+    for (let i = first; i <= last; i++) {
+      const e = table + i * 8;
+      const lo = i32[e / 4]!;
+      if ((lo & PTE_P) === 0) continue;
+      const addr = base + i * span;
+      if (level === 1 || (level <= 3 && (lo & PTE_PS) !== 0)) fn(addr, e, level);
+      else this.visitLeaves(entryTable(lo, i32[e / 4 + 1]!), level - 1, addr, start, end, fn);
+    }
   }
 
   /** Every present non-leaf entry (table) in the tree, with the level of the table it points to. */
@@ -252,41 +264,56 @@ export class PageTables {
    * them after the TLB flush, which then IPIs even lazy CPUs: freed_tables).
    */
   free_pgd_range(mm: MmStruct, start: number, end: number, floor: number, ceiling: number, freeLater: (tablePa: number) => void): void {
-    // Recursive: a table at `level` covering [base, base + span*512) may be freed when that whole
-    // range lies inside [floor, ceiling) and it is empty after its children were freed.
-    const visit = (table: number, level: number, base: number): boolean => {
-      const shift = 12 + 9 * (level - 1);
-      const span = 2 ** shift;
-      let empty = true;
-      for (let i = 0; i < 512; i++) {
-        const e = table + i * 8;
-        const lo = this.lo(e);
-        if ((lo & PTE_P) === 0) continue;
-        const a = base + i * span;
-        const childCovers = level > 1 && !(level <= 3 && (lo & PTE_PS) !== 0);
-        // Go down into every table the unmapped range touches; free one only if it is empty
-        // and the whole range it maps lies inside [floor, ceiling) (no other VMA can use it).
-        if (childCovers && a + span > start && a < end) {
-          const child = entryTable(lo, this.hi(e));
-          if (visit(child, level - 1, a) && a >= floor && a + span <= ceiling) {
-            this.k.machine.phys.writeWordPair(e / 4, 0, 0);
-            freeLater(child);
-            continue;
-          }
+    if (end > start) this.freeTables(mm.pgd, this.levels, 0, start, end, floor, ceiling, freeLater);
+  }
+
+  /**
+   * free_pgd_range below `table` (at `level`, mapping from `base`). Recursive: a table covering
+   * [base, base + span*512) may be freed when that whole range lies inside [floor, ceiling) and
+   * it is empty after its children were freed. Returns whether `table` is now empty.
+   */
+  private freeTables(table: number, level: number, base: number, start: number, end: number, floor: number, ceiling: number, freeLater: (tablePa: number) => void): boolean {
+    const i32 = this.i32;
+    if (level === 1) {
+      // A PTE table has no children to free: it is empty unless some entry is present.
+      for (let i = 0; i < 512; i++) if ((i32[(table + i * 8) / 4]! & PTE_P) !== 0) return false;
+      return true;
+    }
+    const span = 2 ** (12 + 9 * (level - 1));
+    let empty = true;
+    for (let i = 0; i < 512; i++) {
+      const e = table + i * 8;
+      const lo = i32[e / 4]!;
+      if ((lo & PTE_P) === 0) continue;
+      const a = base + i * span;
+      const childCovers = !(level <= 3 && (lo & PTE_PS) !== 0);
+      // Go down into every table the unmapped range touches; free one only if it is empty
+      // and the whole range it maps lies inside [floor, ceiling) (no other VMA can use it).
+      if (childCovers && a + span > start && a < end) {
+        const child = entryTable(lo, i32[e / 4 + 1]!);
+        if (this.freeTables(child, level - 1, a, start, end, floor, ceiling, freeLater) && a >= floor && a + span <= ceiling) {
+          this.k.machine.phys.writeWordPair(e / 4, 0, 0);
+          freeLater(child);
+          continue;
         }
-        empty = false;
       }
-      return empty;
-    };
-    if (end > start) visit(mm.pgd, this.levels, 0);
+      empty = false;
+    }
+    return empty;
   }
 }
 
 /**
  * vm_get_page_prot (arch/x86/mm/pgprot.c protection_map): the leaf protection of a VMA's
- * pages. Private writable mappings map read-only (copy on write); A is preset, D is not.
+ * pages. Private writable mappings map read-only (copy on write); A is preset, D is not. Like
+ * protection_map, the result depends on VM_READ|VM_WRITE|VM_EXEC|VM_SHARED only, so it comes
+ * from a table of shared, frozen values.
  */
 export function vm_get_page_prot(flags: number): PgProt {
+  return PROTECTION_MAP[flags & 0xf]!;
+}
+
+function protectionOf(flags: number): PgProt {
   const VM_READ = 0x1;
   const VM_WRITE = 0x2;
   const VM_EXEC = 0x4;
@@ -295,5 +322,8 @@ export function vm_get_page_prot(flags: number): PgProt {
   let lo = PTE_P | PTE_US | PTE_A;
   if (flags & VM_WRITE && flags & VM_SHARED) lo |= PTE_RW;
   const hi = flags & VM_EXEC ? 0 : PTE_HI_XD;
-  return { lo, hi };
+  return Object.freeze({ lo, hi });
 }
+
+/** protection_map: the protection for each combination of VM_READ, VM_WRITE, VM_EXEC, VM_SHARED. */
+const PROTECTION_MAP: readonly PgProt[] = Array.from({ length: 16 }, (_, f) => protectionOf(f));
