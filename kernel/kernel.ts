@@ -9,12 +9,12 @@
  */
 
 import { Machine } from '../hw/machine.ts';
-import type { MachineOptions } from '../hw/config.ts';
+import { ConfigError, type MachineOptions } from '../hw/config.ts';
 import { DeterministicEngine, type RunLimits, type RunResult } from '../hw/engine.ts';
 import type { Cpu, WatchHit } from '../hw/cpu.ts';
 import type { HwCostModel } from '../hw/cost.ts';
 import { CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP } from '../hw/control-registers.ts';
-import { DEFAULT_KERNEL_COSTS, type KernelCostModel } from './cost.ts';
+import { parseKernelCosts, type KernelCostModel } from './cost.ts';
 import { KernelBug, ReportLog, type Report } from './report.ts';
 import { CpuScheduler, Task, type KGen } from './sched/core.ts';
 import { PageAllocator, type PageRefHolder } from './mm/page_alloc.ts';
@@ -62,6 +62,39 @@ export interface KernelOptions {
   trace?: boolean;
   /** Scheduler ticks per second (CONFIG_HZ, default HZ). */
   hz?: number;
+}
+
+const KERNEL_OPTION_TYPES: Record<keyof KernelOptions, 'number' | 'boolean' | 'object'> = {
+  memoryBytes: 'number',
+  cpus: 'number',
+  seed: 'number',
+  quantum: 'number',
+  pcid: 'boolean',
+  smep: 'boolean',
+  smap: 'boolean',
+  machine: 'object',
+  costs: 'object',
+  hwCosts: 'object',
+  clockGhz: 'number',
+  trace: 'boolean',
+  hz: 'number',
+};
+
+/**
+ * Reject options the kernel does not know or of the wrong type, naming the option: a misspelt
+ * option must not silently fall back to its default. Ranges are checked where each value is used
+ * (the machine's configuration, the engine, the tick).
+ */
+function checkKernelOptions(opts: KernelOptions): void {
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) throw new ConfigError('kernel options must be an object');
+  for (const [key, v] of Object.entries(opts)) {
+    const want = KERNEL_OPTION_TYPES[key as keyof KernelOptions];
+    if (!want) throw new ConfigError(`unknown kernel option "${key}" (known: ${Object.keys(KERNEL_OPTION_TYPES).join(', ')})`);
+    if (v === undefined) continue;
+    if (want === 'object' ? typeof v !== 'object' || v === null || Array.isArray(v) : typeof v !== want) {
+      throw new ConfigError(`kernel option ${key} must be ${want === 'object' ? 'an object' : `a ${want}`}, got ${Array.isArray(v) ? 'an array' : v === null ? 'null' : typeof v}`);
+    }
+  }
 }
 
 export class Kernel {
@@ -113,16 +146,17 @@ export class Kernel {
   readonly mms = new Set<MmStruct>();
 
   constructor(opts: KernelOptions = {}) {
+    checkKernelOptions(opts);
     const cpus = opts.cpus ?? 2;
     this.machine = new Machine({
       memoryBytes: opts.memoryBytes ?? 256 << 20,
       cpus,
       ...opts.machine,
       ...(opts.hwCosts ? { cost: opts.hwCosts } : {}),
-      ...(opts.clockGhz ? { clockGhz: opts.clockGhz } : {}),
+      ...(opts.clockGhz !== undefined ? { clockGhz: opts.clockGhz } : {}),
     });
     this.options = { pcid: opts.pcid ?? true, smep: opts.smep ?? true, smap: opts.smap ?? true };
-    this.costs = { ...DEFAULT_KERNEL_COSTS, ...opts.costs };
+    this.costs = parseKernelCosts(opts.costs);
     const hz = opts.hz ?? HZ;
     if (!Number.isFinite(hz) || hz <= 0) throw new RangeError(`hz must be a positive number, got ${String(hz)}`);
     this.tickCycles = Math.max(1, Math.round((this.machine.config.cost.clockGhz * 1e9) / hz));
@@ -219,11 +253,11 @@ export class Kernel {
 
   /** Create a task running `body` and make it runnable on `cpu` at time `at`. */
   createTask(opts: { pid?: number; tgid?: number; comm: string; kthread: boolean; cpu?: number; allowed?: number[] | null }, body: (t: Task) => KGen<number | void>): Task {
+    this.checkPlacement(opts.comm, opts.cpu, opts.allowed);
     const pid = opts.pid ?? this.allocPid();
     const t = new Task(pid, opts.tgid ?? pid, opts.comm, opts.kthread);
     t.allowed = opts.allowed ?? null;
     const cpu = opts.cpu ?? this.pickCpu(t);
-    if (cpu < 0 || cpu >= this.sched.length) throw new RangeError(`CPU ${cpu} does not exist`);
     t.cpu = cpu;
     t.inKernel = opts.kthread ? 1 : 0;
     t.body = body(t);
@@ -231,6 +265,21 @@ export class Kernel {
     const at = this.current ? this.now() : this.machine.cpu(cpu).cycles;
     this.sched[cpu]!.enqueue(t, at);
     return t;
+  }
+
+  /**
+   * Refuse a CPU or an affinity mask that names no CPU of this machine, before anything is
+   * allocated for the task (sched_setaffinity's EINVAL for a mask without an online CPU).
+   */
+  checkPlacement(comm: string, cpu: number | undefined, allowed: readonly number[] | null | undefined): void {
+    const n = this.sched.length;
+    const valid = (c: unknown): boolean => Number.isInteger(c) && (c as number) >= 0 && (c as number) < n;
+    if (cpu !== undefined && !valid(cpu)) throw new RangeError(`task ${comm}: CPU ${String(cpu)} does not exist (this machine has CPUs 0 to ${n - 1})`);
+    if (allowed === null || allowed === undefined) return;
+    if (!Array.isArray(allowed) || allowed.length === 0 || !allowed.every(valid)) {
+      throw new RangeError(`task ${comm}: the allowed CPUs must be a non-empty list of CPUs 0 to ${n - 1}, got ${JSON.stringify(allowed)}`);
+    }
+    if (cpu !== undefined && !allowed.includes(cpu)) throw new RangeError(`task ${comm}: CPU ${cpu} is not among its allowed CPUs ${JSON.stringify(allowed)}`);
   }
 
   /** A CPU for a new task: the allowed CPU with the shortest run queue (lowest index on ties). */
@@ -371,6 +420,7 @@ export class Kernel {
    */
   spawn(program: Program, opts: { comm?: string; cpu?: number; allowed?: number[] | null } = {}): Task {
     if (typeof program !== 'function') throw new TypeError('spawn: a program is a generator function (u) => …');
+    this.checkPlacement(opts.comm ?? (program.name || 'prog'), opts.cpu, opts.allowed);
     const mm = mm_alloc(this);
     if (!mm) throw new Error('spawn: out of memory for a new address space');
     return this.startProcess(program, { comm: opts.comm ?? (program.name || 'prog'), mm, files: new FdTable(), parent: 0, cpu: opts.cpu, allowed: opts.allowed ?? null });
