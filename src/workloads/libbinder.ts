@@ -24,8 +24,8 @@ import { MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from
 import {
   BC_ENTER_LOOPER, BC_FREE_BUFFER, BC_REPLY, BC_TRANSACTION, BINDER_ENABLE_ONEWAY_SPAM_DETECTION, BINDER_SET_CONTEXT_MGR, BINDER_TYPE_BINDER,
   BINDER_TYPE_HANDLE, BINDER_WRITE_READ, BR_DEAD_REPLY, BR_FAILED_REPLY, BR_NOOP, BR_ONEWAY_SPAM_SUSPECT, BR_REPLY, BR_TRANSACTION,
-  BR_TRANSACTION_COMPLETE, BTD_SIZE, BWR_SIZE, FLAT_BINDER_OBJECT_SIZE, TF_ONE_WAY, decodeBwr, decodeFlatBinderObject, decodeTransactionData,
-  encodeBwr, encodeFlatBinderObject, encodeTransactionData, type TransactionData,
+  BR_TRANSACTION_COMPLETE, BTD_SIZE, BWR_SIZE, FLAT_BINDER_OBJECT_SIZE, TF_ONE_WAY, decodeFlatBinderObject, decodeTransactionData,
+  encodeFlatBinderObject, getU64, setU64, type TransactionData,
 } from '../../drivers/android/binder/uapi.ts';
 
 /** libbinder's mapping size: 1 MiB minus two pages. */
@@ -153,14 +153,39 @@ export class ProcessState {
 const SCRATCH = 256 * 1024;
 const OUT_CAP = 4096;
 const IN_CAP = 4096;
+/** Size of a BC_TRANSACTION / BC_REPLY command: the code and its binder_transaction_data. */
+const TXN_CMD_SIZE = 4 + BTD_SIZE;
+const EMPTY = new Uint8Array(0);
+
+/** The u64 at byte `o` of `b`, as a Number (as decodeBwr reads it). */
+function u64At(b: Uint8Array, o: number): number {
+  const lo = (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+  const hi = (b[o + 4]! | (b[o + 5]! << 8) | (b[o + 6]! << 16) | (b[o + 7]! << 24)) >>> 0;
+  return hi * 4294967296 + lo;
+}
 
 /** Per thread: the command/return streams and the payload area, in this thread's user memory. */
 export class IPCThreadState {
   private scratch = 0;
   private readonly pendingFrees: number[] = [];
   private readonly inQueue: Uint8Array[] = [];
-  private inBytes: Uint8Array = new Uint8Array(0);
+  private inBytes: Uint8Array = EMPTY;
   private inPos = 0;
+  /** Where the payload of the return nextReturn() gave last starts in inBytes. */
+  private retAt = 0;
+  /**
+   * The command stream and struct binder_write_read as built before they are written to user
+   * memory, reused from one command to the next (the bytes are copied out at once), with a view
+   * of each length used so far.
+   */
+  private readonly outBuf = new Uint8Array(OUT_CAP);
+  private readonly outView = new DataView(this.outBuf.buffer);
+  private readonly outViews: Uint8Array[] = [];
+  private readonly bwrBuf = new Uint8Array(BWR_SIZE);
+  private readonly bwrView = new DataView(this.bwrBuf.buffer);
+  /** The last BC_TRANSACTION / BC_REPLY built by transactionCommand. */
+  private readonly cmdBuf = new Uint8Array(TXN_CMD_SIZE);
+  private readonly cmdView = new DataView(this.cmdBuf.buffer);
   /** Transactions served by joinThreadPool. */
   served = 0;
   stop = false;
@@ -180,54 +205,69 @@ export class IPCThreadState {
     this.pendingFrees.push(buffer);
   }
 
-  /** One BINDER_WRITE_READ: send `out` (after queued frees), receive into the return stream. */
-  private *talk(out: Uint8Array[], receive: boolean): KGen {
-    const u = this.u;
-    const base = yield* this.area();
-    const outAddr = base + BWR_SIZE;
-    const inAddr = outAddr + OUT_CAP;
-    let len = this.pendingFrees.length * 12;
-    for (const c of out) len += c.length;
-    const w = new Uint8Array(len);
-    const v = new DataView(w.buffer);
-    let p = 0;
-    for (const f of this.pendingFrees) {
-      v.setUint32(p, BC_FREE_BUFFER, true);
-      v.setBigUint64(p + 4, BigInt(f), true);
-      p += 12;
-    }
-    this.pendingFrees.length = 0;
-    for (const c of out) {
-      w.set(c, p);
-      p += c.length;
-    }
-    if (len > OUT_CAP) throw new RangeError(`binder command stream of ${len} bytes exceeds the ${OUT_CAP}-byte buffer`);
-    if (len) yield* u.write(outAddr, w);
-    yield* u.write(base, encodeBwr({ write_size: len, write_consumed: 0, write_buffer: outAddr, read_size: receive ? IN_CAP : 0, read_consumed: 0, read_buffer: inAddr }));
-    yield* u.ioctl(this.ps.fd, BINDER_WRITE_READ, base);
-    const bwr = decodeBwr(yield* u.read(base, BWR_SIZE));
-    if (bwr.read_consumed > 0) this.inQueue.push(yield* u.read(inAddr, bwr.read_consumed));
+  /** The first `len` bytes of outBuf, as a view kept for the next time. */
+  private outPrefix(len: number): Uint8Array {
+    return (this.outViews[len] ??= this.outBuf.subarray(0, len));
   }
 
-  /** The next return command and its payload, talking to the driver when the stream is empty. */
-  private *nextReturn(): KGen<[number, Uint8Array]> {
+  /** One BINDER_WRITE_READ: send `cmd` (after queued frees), receive into the return stream. */
+  private *talk(cmd: Uint8Array | null, receive: boolean): KGen {
+    const u = this.u;
+    const base = this.scratch || (yield* this.area());
+    const outAddr = base + BWR_SIZE;
+    const inAddr = outAddr + OUT_CAP;
+    const frees = this.pendingFrees;
+    const len = frees.length * 12 + (cmd ? cmd.length : 0);
+    // An oversized stream is still built (as the frees are consumed) before it is refused.
+    const w = len <= OUT_CAP ? this.outBuf : new Uint8Array(len);
+    const v = len <= OUT_CAP ? this.outView : new DataView(w.buffer);
+    let p = 0;
+    for (let i = 0; i < frees.length; i++) {
+      v.setUint32(p, BC_FREE_BUFFER, true);
+      setU64(v, p + 4, frees[i]!);
+      p += 12;
+    }
+    frees.length = 0;
+    if (cmd) w.set(cmd, p);
+    if (len > OUT_CAP) throw new RangeError(`binder command stream of ${len} bytes exceeds the ${OUT_CAP}-byte buffer`);
+    if (len) yield* u.write(outAddr, this.outPrefix(len));
+    const bv = this.bwrView;
+    setU64(bv, 0, len);
+    setU64(bv, 8, 0);
+    setU64(bv, 16, outAddr);
+    setU64(bv, 24, receive ? IN_CAP : 0);
+    setU64(bv, 32, 0);
+    setU64(bv, 40, inAddr);
+    yield* u.write(base, this.bwrBuf);
+    yield* u.ioctl(this.ps.fd, BINDER_WRITE_READ, base);
+    const readConsumed = u64At(yield* u.read(base, BWR_SIZE), 32);
+    if (readConsumed > 0) this.inQueue.push(yield* u.read(inAddr, readConsumed));
+  }
+
+  /**
+   * The next return command in the stream, its payload at `retAt`; -1 when the stream is used up
+   * (the caller talks to the driver and asks again).
+   */
+  private nextReturn(): number {
     for (;;) {
-      if (this.inPos + 4 <= this.inBytes.length) {
-        const v = new DataView(this.inBytes.buffer, this.inBytes.byteOffset, this.inBytes.length);
-        const cmd = v.getUint32(this.inPos, true);
-        const n = (cmd >>> 16) & 0x3fff;
-        const payload = this.inBytes.subarray(this.inPos + 4, this.inPos + 4 + n);
-        this.inPos += 4 + n;
-        return [cmd, payload];
+      const b = this.inBytes;
+      const at = this.inPos;
+      if (at + 4 <= b.length) {
+        const cmd = (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+        this.retAt = at + 4;
+        this.inPos = at + 4 + ((cmd >>> 16) & 0x3fff);
+        return cmd;
       }
       const next = this.inQueue.shift();
-      if (next) {
-        this.inBytes = next;
-        this.inPos = 0;
-        continue;
-      }
-      yield* this.talk([], true);
+      if (!next) return -1;
+      this.inBytes = next;
+      this.inPos = 0;
     }
+  }
+
+  /** The binder_transaction_data of the BR_TRANSACTION / BR_REPLY nextReturn() gave last. */
+  private returnedTransaction(): TransactionData {
+    return decodeTransactionData(this.inBytes, this.retAt);
   }
 
   /** Read a BR_TRANSACTION / BR_REPLY payload out of the mapping. */
@@ -238,40 +278,68 @@ export class IPCThreadState {
       const offs = yield* this.u.read(tr.offsets, tr.offsets_size);
       const ov = new DataView(offs.buffer, offs.byteOffset, offs.length);
       for (let i = 0; i + 8 <= offs.length; i += 8) {
-        const o = decodeFlatBinderObject(data, Number(ov.getBigUint64(i, true)));
+        const o = decodeFlatBinderObject(data, getU64(ov, i));
         objects.push({ type: o.type, value: o.binder, cookie: o.cookie });
       }
     }
-    return { code: tr.code, flags: tr.flags, senderPid: tr.sender_pid, target: tr.target, cookie: tr.cookie, data, objects, buffer: tr.buffer };
+    return received(tr, data, objects);
   }
 
+  /** Write the parcel to the payload area (bytes, then object offsets) and build its command. */
   private *transactionCommand(cmd: number, handle: number, code: number, parcel: Parcel, flags: number): KGen<Uint8Array> {
-    const base = yield* this.area();
+    const base = this.scratch || (yield* this.area());
     const payload = base + BWR_SIZE + OUT_CAP + IN_CAP;
     const data = parcel.data();
-    if (data.length + parcel.objects.length * 8 > SCRATCH - (payload - base)) throw new RangeError(`parcel of ${data.length} bytes is larger than the thread's transaction area`);
+    const nobj = parcel.objects.length;
+    if (data.length + nobj * 8 > SCRATCH - (payload - base)) throw new RangeError(`parcel of ${data.length} bytes is larger than the thread's transaction area`);
     if (data.length) yield* this.u.write(payload, data);
-    const offsAddr = payload + Math.ceil(data.length / 8) * 8;
-    if (parcel.objects.length) {
-      const o = new Uint8Array(parcel.objects.length * 8);
+    if (nobj) {
+      const o = new Uint8Array(nobj * 8);
       const ov = new DataView(o.buffer);
-      parcel.objects.forEach((x, i) => ov.setBigUint64(i * 8, BigInt(x), true));
-      yield* this.u.write(offsAddr, o);
+      for (let i = 0; i < nobj; i++) setU64(ov, i * 8, parcel.objects[i]!);
+      yield* this.u.write(payload + Math.ceil(data.length / 8) * 8, o);
     }
-    const c = new Uint8Array(4 + BTD_SIZE);
-    new DataView(c.buffer).setUint32(0, cmd, true);
-    encodeTransactionData({ target: handle, cookie: 0, code, flags, sender_pid: 0, sender_euid: 0, data_size: data.length, offsets_size: parcel.objects.length * 8, buffer: payload, offsets: offsAddr }, c, 4);
-    return c;
+    return this.command(cmd, handle, code, data.length, nobj, flags);
+  }
+
+  /**
+   * The command for a parcel already in the payload area: the BC_* code, then struct
+   * binder_transaction_data field by field (see encodeTransactionData), in cmdBuf. An empty
+   * parcel needs nothing else, so its command is built without transactionCommand.
+   */
+  private command(cmd: number, handle: number, code: number, dataLen: number, nobj: number, flags: number): Uint8Array {
+    const payload = this.scratch + BWR_SIZE + OUT_CAP + IN_CAP;
+    const c = this.cmdView;
+    c.setUint32(0, cmd, true);
+    setU64(c, 4, handle);
+    setU64(c, 12, 0);
+    c.setUint32(20, code >>> 0, true);
+    c.setUint32(24, flags >>> 0, true);
+    c.setInt32(28, 0, true);
+    c.setUint32(32, 0, true);
+    setU64(c, 36, dataLen);
+    setU64(c, 44, nobj * 8);
+    setU64(c, 52, payload);
+    setU64(c, 60, payload + Math.ceil(dataLen / 8) * 8);
+    return this.cmdBuf;
+  }
+
+  /** Is `parcel` empty (no bytes to write), with this thread's area already mapped? */
+  private emptyParcel(parcel: Parcel): boolean {
+    return this.scratch !== 0 && parcel.length === 0 && parcel.objects.length === 0;
   }
 
   /** Send a transaction to `handle` and wait for its reply (or completion, for TF_ONE_WAY). */
   *transact(handle: number, code: number, parcel: Parcel = new Parcel(), flags = 0): KGen<TransactResult> {
-    const cmd = yield* this.transactionCommand(BC_TRANSACTION, handle, code, parcel, flags);
-    yield* this.talk([cmd], true);
+    const cmd = this.emptyParcel(parcel) ? this.command(BC_TRANSACTION, handle, code, 0, 0, flags) : yield* this.transactionCommand(BC_TRANSACTION, handle, code, parcel, flags);
+    yield* this.talk(cmd, true);
     let spamSuspect = false;
     for (;;) {
-      const [br, payload] = yield* this.nextReturn();
+      const br = this.nextReturn();
       switch (br) {
+        case -1:
+          yield* this.talk(null, true);
+          continue;
         case BR_NOOP:
           continue;
         case BR_TRANSACTION_COMPLETE:
@@ -280,8 +348,8 @@ export class IPCThreadState {
           if (flags & TF_ONE_WAY) return { status: 'ok', reply: null, spamSuspect };
           continue;
         case BR_REPLY: {
-          const tr = decodeTransactionData(payload);
-          const reply = yield* this.receive(tr);
+          const tr = this.returnedTransaction();
+          const reply = tr.data_size || tr.offsets_size ? yield* this.receive(tr) : received(tr, new Uint8Array(0), []);
           this.freeBuffer(tr.buffer);
           return { status: 'ok', reply, spamSuspect };
         }
@@ -297,7 +365,7 @@ export class IPCThreadState {
 
   /** Send queued frees now (the driver may otherwise keep buffers until the next command). */
   *flush(): KGen {
-    if (this.pendingFrees.length) yield* this.talk([], false);
+    if (this.pendingFrees.length) yield* this.talk(null, false);
   }
 
   /**
@@ -307,25 +375,35 @@ export class IPCThreadState {
   *joinThreadPool(handler: (t: Received) => KGen<Parcel | null>, maxTransactions = Infinity): KGen {
     const enter = new Uint8Array(4);
     new DataView(enter.buffer).setUint32(0, BC_ENTER_LOOPER, true);
-    yield* this.talk([enter], false);
+    yield* this.talk(enter, false);
     while (!this.stop && this.served < maxTransactions) {
-      const [br, payload] = yield* this.nextReturn();
+      const br = this.nextReturn();
+      if (br === -1) {
+        yield* this.talk(null, true);
+        continue;
+      }
       if (br === BR_NOOP || br === BR_TRANSACTION_COMPLETE) continue;
       if (br !== BR_TRANSACTION) throw new Error(`libbinder: unexpected return 0x${br.toString(16)} in the thread pool`);
-      const tr = decodeTransactionData(payload);
-      const req = yield* this.receive(tr);
+      const tr = this.returnedTransaction();
+      const req = tr.data_size || tr.offsets_size ? yield* this.receive(tr) : received(tr, new Uint8Array(0), []);
       const reply = yield* handler(req);
       this.served++;
       if (tr.flags & TF_ONE_WAY) {
         this.freeBuffer(tr.buffer);
         continue;
       }
-      const cmd = yield* this.transactionCommand(BC_REPLY, 0, 0, reply ?? new Parcel(), 0);
-      yield* this.talk([cmd], false);
+      const rp = reply ?? new Parcel();
+      const cmd = this.emptyParcel(rp) ? this.command(BC_REPLY, 0, 0, 0, 0, 0) : yield* this.transactionCommand(BC_REPLY, 0, 0, rp, 0);
+      yield* this.talk(cmd, false);
       // The request Parcel dies after the reply went out: its buffer is freed with the next command.
       this.freeBuffer(tr.buffer);
     }
   }
+}
+
+/** What receive() returns, from the transaction data and what was read. */
+function received(tr: TransactionData, data: Uint8Array, objects: Received['objects']): Received {
+  return { code: tr.code, flags: tr.flags, senderPid: tr.sender_pid, target: tr.target, cookie: tr.cookie, data, objects, buffer: tr.buffer };
 }
 
 // ---- servicemanager ----------------------------------------------------------------------------

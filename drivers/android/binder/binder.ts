@@ -43,14 +43,14 @@ import { mmdrop, mmgrab } from '../../../kernel/fork.ts';
 import { copy_from_user, copy_to_user } from '../../../kernel/arch/x86/uaccess.ts';
 import { EAGAIN, EFAULT, EINVAL, EPERM, ESRCH } from '../../../kernel/errno.ts';
 import { BinderAlloc, type BinderBuffer } from './binder_alloc.ts';
-import { createPageMapping, designLabel, type DesignOptions } from './page_mapping.ts';
+import { createPageMapping, designLabel, nothingBeforeDeliver, type DesignOptions } from './page_mapping.ts';
 import {
   BC_ACQUIRE, BC_DECREFS, BC_ENTER_LOOPER, BC_EXIT_LOOPER, BC_FREE_BUFFER, BC_INCREFS, BC_REGISTER_LOOPER, BC_RELEASE, BC_REPLY, BC_TRANSACTION,
   BINDER_CURRENT_PROTOCOL_VERSION, BINDER_ENABLE_ONEWAY_SPAM_DETECTION, BINDER_SET_CONTEXT_MGR, BINDER_SET_MAX_THREADS, BINDER_THREAD_EXIT,
   BINDER_TYPE_BINDER, BINDER_TYPE_HANDLE, BINDER_TYPE_WEAK_BINDER, BINDER_TYPE_WEAK_HANDLE, BINDER_VERSION, BINDER_WRITE_READ, BR_DEAD_REPLY,
   BR_FAILED_REPLY, BR_NOOP, BR_ONEWAY_SPAM_SUSPECT, BR_REPLY, BR_TRANSACTION, BR_TRANSACTION_COMPLETE, BTD_SIZE, BWR_SIZE, FLAT_BINDER_OBJECT_SIZE,
-  TF_CLEAR_BUF, TF_ONE_WAY, cmdPayloadSize, decodeBwr, decodeFlatBinderObject, decodeTransactionData, encodeBwr, encodeFlatBinderObject,
-  encodeTransactionData, type TransactionData,
+  TF_CLEAR_BUF, TF_ONE_WAY, cmdPayloadSize, getU64, decodeFlatBinderObject, encodeFlatBinderObject, readTransactionData,
+  setU64, type TransactionData,
 } from './uapi.ts';
 import { traceBuffer, traceCommand, traceIoctl, traceReturn, traceTransaction, traceTransactionReceived } from './binder_trace.ts';
 // Every design registers itself on import.
@@ -125,6 +125,20 @@ export class BinderThread {
   looper = 0;
   transaction_stack: BinderTransaction | null = null;
   dead = false;
+  /**
+   * The return stream binder_thread_read builds before copy_to_user, and the struct
+   * binder_write_read binder_ioctl writes back: kept per thread and reused (a thread is in at
+   * most one ioctl at a time, so nothing else touches them while a copy waits on a fault).
+   */
+  readBuf: Uint8Array = new Uint8Array(0);
+  readView: DataView = new DataView(this.readBuf.buffer);
+  /** readBuf's first n bytes, by n, as copied out (views kept until readBuf is replaced). */
+  readPrefixes: Uint8Array[] = [];
+  readonly bwrBuf = new Uint8Array(BWR_SIZE);
+  readonly bwrView = new DataView(this.bwrBuf.buffer);
+  /** write_consumed / read_consumed while binder_ioctl runs (reused as bwrBuf is). */
+  readonly writeConsumed = { value: 0 };
+  readonly readConsumed = { value: 0 };
 
   constructor(
     readonly proc: BinderProc,
@@ -224,12 +238,17 @@ export class BinderDevice {
     readonly k: Kernel,
     opts: BinderDeviceOptions = {},
   ) {
+    if (typeof opts !== 'object' || opts === null) throw new TypeError('binder device options must be an object');
+    for (const key of Object.keys(opts)) if (!['design', 'perProcess', 'path'].includes(key)) throw new RangeError(`unknown binder device option "${key}" (known: design, perProcess, path)`);
+    const path = opts.path ?? '/dev/binder';
+    if (typeof path !== 'string' || !path.startsWith('/dev/')) throw new RangeError(`binder device path must be a string under /dev/, got ${JSON.stringify(path)}`);
+    if (k.devices.has(path)) throw new RangeError(`a device is already registered at ${path}`);
     this.defaultDesign = opts.design ?? { design: 'eager', identity: 'mapped' };
     // Validate every design now (a bad name fails here, not at the first open).
     createPageMapping(this.defaultDesign);
     this.perProcess = { ...opts.perProcess };
     for (const d of Object.values(this.perProcess)) createPageMapping(d);
-    this.path = opts.path ?? '/dev/binder';
+    this.path = path;
     this.inode = new Inode(k, 'chr', [10, 58]);
     k.devices.set(this.path, { open: (t) => this.open(t) });
   }
@@ -322,15 +341,16 @@ function* binder_thread_write(proc: BinderProc, thread: BinderThread, buf: numbe
     switch (cmd) {
       case BC_TRANSACTION:
       case BC_REPLY: {
-        const tr = decodeTransactionData(bytes, p + 4);
+        const tr = readTransactionData(v, p + 4);
         p += 4 + BTD_SIZE;
         consumed.value += 4 + BTD_SIZE;
-        st.bc[cmd === BC_REPLY ? 'BC_REPLY' : 'BC_TRANSACTION'] = (st.bc[cmd === BC_REPLY ? 'BC_REPLY' : 'BC_TRANSACTION'] ?? 0) + 1;
+        if (cmd === BC_REPLY) st.bc.BC_REPLY = (st.bc.BC_REPLY ?? 0) + 1;
+        else st.bc.BC_TRANSACTION = (st.bc.BC_TRANSACTION ?? 0) + 1;
         yield* binder_transaction(proc, thread, tr, cmd === BC_REPLY);
         break;
       }
       case BC_FREE_BUFFER: {
-        const ptr = Number(v.getBigUint64(p + 4, true));
+        const ptr = getU64(v, p + 4);
         p += 12;
         consumed.value += 12;
         st.bc.BC_FREE_BUFFER = (st.bc.BC_FREE_BUFFER ?? 0) + 1;
@@ -418,7 +438,7 @@ function translateObjects(proc: BinderProc, target: BinderProc, buffer: BinderBu
   const ov = new DataView(offs.buffer, offs.byteOffset, offs.length);
   let lastEnd = 0;
   for (let i = 0; i + 8 <= offsetsSize; i += 8) {
-    const off = Number(ov.getBigUint64(i, true));
+    const off = getU64(ov, i);
     if (off < lastEnd || off + FLAT_BINDER_OBJECT_SIZE > dataSize || off % 4) return false;
     lastEnd = off + FLAT_BINDER_OBJECT_SIZE;
     const raw = alloc.copy_from_buffer(buffer, off, FLAT_BINDER_OBJECT_SIZE);
@@ -520,7 +540,7 @@ function* binder_transaction_to(proc: BinderProc, thread: BinderThread, tr: Tran
   const st = dev.stats;
   const oneway = !reply && (tr.flags & TF_ONE_WAY) !== 0;
   const t = new BinderTransaction(reply || oneway ? null : thread, target_proc, reply, tr.code, tr.flags, proc.pid, 0, target_node);
-  traceTransaction(k, { debug_id: t.debug_id, target_node: target_node?.debug_id ?? 0, to_proc: target_proc.pid, to_thread: target_thread?.pid ?? 0, reply, code: tr.code, flags: tr.flags });
+  if (k.trace.enabled) traceTransaction(k, { debug_id: t.debug_id, target_node: target_node?.debug_id ?? 0, to_proc: target_proc.pid, to_thread: target_thread?.pid ?? 0, reply, code: tr.code, flags: tr.flags });
   const buf = yield* target_proc.alloc.new_buf(tr.data_size, tr.offsets_size, 0, oneway);
   if (typeof buf === 'number') {
     if (reply && target_thread) returnError(target_thread, buf === -ESRCH ? BR_DEAD_REPLY : BR_FAILED_REPLY);
@@ -532,7 +552,8 @@ function* binder_transaction_to(proc: BinderProc, thread: BinderThread, tr: Tran
   t.buffer = buf;
   traceBuffer(k, 'binder_transaction_alloc_buf', buf.debug_id, tr.data_size, tr.offsets_size, 0);
   const alloc = target_proc.alloc;
-  let ok = (yield* alloc.copy_user_to_buffer(buf, 0, tr.buffer, tr.data_size)) === 0;
+  // An empty payload copies nothing and cannot fail (copy_user_to_buffer returns 0 at once).
+  let ok = tr.data_size === 0 || (yield* alloc.copy_user_to_buffer(buf, 0, tr.buffer, tr.data_size)) === 0;
   if (ok && tr.offsets_size) ok = (yield* alloc.copy_user_to_buffer(buf, Math.ceil(tr.data_size / 8) * 8, tr.offsets, tr.offsets_size)) === 0;
   if (ok && tr.offsets_size) ok = translateObjects(proc, target_proc, buf, tr.data_size, tr.offsets_size);
   if (!ok) {
@@ -589,18 +610,33 @@ function availableForProcWork(thread: BinderThread): boolean {
   return thread.transaction_stack === null && thread.todo.length === 0 && (thread.looper & (BINDER_LOOPER_STATE_ENTERED | BINDER_LOOPER_STATE_REGISTERED)) !== 0;
 }
 
+/** Room for `n` bytes of returns in the thread's read buffer (grown, never shrunk). */
+function readBufFor(thread: BinderThread, n: number): Uint8Array {
+  if (thread.readBuf.length < n) {
+    thread.readBuf = new Uint8Array(n);
+    thread.readView = new DataView(thread.readBuf.buffer);
+    thread.readPrefixes = [];
+  }
+  return thread.readBuf;
+}
+
+/** Read buffers up to this size are the thread's own, reused; larger ones are allocated per read. */
+const READ_BUF_REUSE = 64 * 1024;
+
 function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number, size: number, consumed: { value: number }, nonblock: boolean): KGen<number> {
   const k = proc.device.k;
   const st = proc.device.stats;
-  const out = new Uint8Array(Math.max(0, size - consumed.value));
-  const ov = new DataView(out.buffer);
+  // The space left in the read buffer. Nothing beyond what is written is copied out, so the
+  // returns are built in a reused buffer (any larger size allocates as it always did).
+  const room = Math.max(0, size - consumed.value);
+  const out = room <= READ_BUF_REUSE ? readBufFor(thread, room) : new Uint8Array(room);
+  const ov = out === thread.readBuf ? thread.readView : new DataView(out.buffer);
   let p = 0;
-  const put32 = (x: number): void => {
-    ov.setUint32(p, x >>> 0, true);
+  if (consumed.value === 0 && room >= 4) {
+    ov.setUint32(p, BR_NOOP, true);
     p += 4;
-    traceReturn(k, x);
-  };
-  if (consumed.value === 0 && out.length >= 4) put32(BR_NOOP);
+    traceReturn(k, BR_NOOP);
+  }
   // Wait for work.
   for (;;) {
     const forProc = availableForProcWork(thread);
@@ -615,48 +651,64 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
     if (forProc) yield* proc.wait.sleep(k, 'binder_wait_for_work (proc)');
     else yield* thread.wait.sleep(k, 'binder_wait_for_work (thread)');
   }
-  while (out.length - p >= 4) {
+  while (room - p >= 4) {
     let w = thread.todo.shift();
     if (!w && availableForProcWork(thread)) w = proc.todo.shift();
     if (!w) break;
     if (w.type === 'transaction_complete') {
-      const cmd = w.spam ? BR_ONEWAY_SPAM_SUSPECT : BR_TRANSACTION_COMPLETE;
-      st.br[w.spam ? 'BR_ONEWAY_SPAM_SUSPECT' : 'BR_TRANSACTION_COMPLETE'] = (st.br[w.spam ? 'BR_ONEWAY_SPAM_SUSPECT' : 'BR_TRANSACTION_COMPLETE'] ?? 0) + 1;
-      put32(cmd);
+      let cmd: number;
+      if (w.spam) {
+        cmd = BR_ONEWAY_SPAM_SUSPECT;
+        st.br.BR_ONEWAY_SPAM_SUSPECT = (st.br.BR_ONEWAY_SPAM_SUSPECT ?? 0) + 1;
+      } else {
+        cmd = BR_TRANSACTION_COMPLETE;
+        st.br.BR_TRANSACTION_COMPLETE = (st.br.BR_TRANSACTION_COMPLETE ?? 0) + 1;
+      }
+      ov.setUint32(p, cmd, true);
+      p += 4;
+      traceReturn(k, cmd);
       continue;
     }
     if (w.type === 'return_error') {
-      st.br[w.cmd === BR_DEAD_REPLY ? 'BR_DEAD_REPLY' : 'BR_FAILED_REPLY'] = (st.br[w.cmd === BR_DEAD_REPLY ? 'BR_DEAD_REPLY' : 'BR_FAILED_REPLY'] ?? 0) + 1;
-      put32(w.cmd);
+      if (w.cmd === BR_DEAD_REPLY) st.br.BR_DEAD_REPLY = (st.br.BR_DEAD_REPLY ?? 0) + 1;
+      else st.br.BR_FAILED_REPLY = (st.br.BR_FAILED_REPLY ?? 0) + 1;
+      ov.setUint32(p, w.cmd >>> 0, true);
+      p += 4;
+      traceReturn(k, w.cmd);
       continue;
     }
     // A transaction or a reply: it needs 4 + 64 bytes.
-    if (out.length - p < 4 + BTD_SIZE) {
+    if (room - p < 4 + BTD_SIZE) {
       (w === proc.todo[0] ? proc.todo : thread.todo).unshift(w);
       break;
     }
     const t = w.t;
     const b = t.buffer!;
-    yield* proc.alloc.mapping.beforeDeliver(proc.alloc, b);
-    const cmd = t.reply ? BR_REPLY : BR_TRANSACTION;
-    st.br[t.reply ? 'BR_REPLY' : 'BR_TRANSACTION'] = (st.br[t.reply ? 'BR_REPLY' : 'BR_TRANSACTION'] ?? 0) + 1;
-    put32(cmd);
-    encodeTransactionData(
-      {
-        target: t.target_node?.ptr ?? 0,
-        cookie: t.target_node?.cookie ?? 0,
-        code: t.code,
-        flags: t.flags,
-        sender_pid: t.from ? t.sender_pid : 0,
-        sender_euid: t.sender_euid,
-        data_size: b.data_size,
-        offsets_size: b.offsets_size,
-        buffer: b.user_data,
-        offsets: b.user_data + Math.ceil(b.data_size / 8) * 8,
-      },
-      out,
-      p,
-    );
+    const mapping = proc.alloc.mapping;
+    if (mapping.beforeDeliver !== nothingBeforeDeliver) yield* mapping.beforeDeliver(proc.alloc, b);
+    let cmd: number;
+    if (t.reply) {
+      cmd = BR_REPLY;
+      st.br.BR_REPLY = (st.br.BR_REPLY ?? 0) + 1;
+    } else {
+      cmd = BR_TRANSACTION;
+      st.br.BR_TRANSACTION = (st.br.BR_TRANSACTION ?? 0) + 1;
+    }
+    ov.setUint32(p, cmd, true);
+    p += 4;
+    traceReturn(k, cmd);
+    // struct binder_transaction_data, field by field (see encodeTransactionData).
+    const node = t.target_node;
+    setU64(ov, p, node ? node.ptr : 0);
+    setU64(ov, p + 8, node ? node.cookie : 0);
+    ov.setUint32(p + 16, t.code >>> 0, true);
+    ov.setUint32(p + 20, t.flags >>> 0, true);
+    ov.setInt32(p + 24, t.from ? t.sender_pid | 0 : 0, true);
+    ov.setUint32(p + 28, t.sender_euid >>> 0, true);
+    setU64(ov, p + 32, b.data_size);
+    setU64(ov, p + 40, b.offsets_size);
+    setU64(ov, p + 48, b.user_data);
+    setU64(ov, p + 56, b.user_data + Math.ceil(b.data_size / 8) * 8);
     p += BTD_SIZE;
     traceTransactionReceived(k, t.debug_id);
     b.allow_user_free = true;
@@ -672,7 +724,7 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
     break; // one transaction per read
   }
   if (p > 0) {
-    const r = yield* copy_to_user(k, buf + consumed.value, out.subarray(0, p));
+    const r = yield* copy_to_user(k, buf + consumed.value, out === thread.readBuf ? (thread.readPrefixes[p] ??= out.subarray(0, p)) : out.subarray(0, p));
     if (r) return -EFAULT;
   }
   consumed.value += p;
@@ -695,18 +747,30 @@ function* binder_ioctl(file: File, cmd: number, arg: unknown): KGen<number> {
       if (typeof arg !== 'number') return -EFAULT;
       const raw = yield* copy_from_user(k, arg, BWR_SIZE);
       if (typeof raw === 'number') return -EFAULT;
-      const bwr = decodeBwr(raw);
-      const wc = { value: bwr.write_consumed };
-      const rc = { value: bwr.read_consumed };
+      // struct binder_write_read, field by field (as decodeBwr / encodeBwr), in the thread's buffer.
+      const bv = thread.bwrView;
+      thread.bwrBuf.set(raw);
+      const write_size = getU64(bv, 0);
+      const write_buffer = getU64(bv, 16);
+      const read_size = getU64(bv, 24);
+      const read_buffer = getU64(bv, 40);
+      const wc = thread.writeConsumed;
+      const rc = thread.readConsumed;
+      wc.value = getU64(bv, 8);
+      rc.value = getU64(bv, 32);
       let ret = 0;
-      if (bwr.write_size > 0) ret = yield* binder_thread_write(proc, thread, bwr.write_buffer, bwr.write_size, wc);
-      if (ret === 0 && bwr.read_size > 0) {
-        ret = yield* binder_thread_read(proc, thread, bwr.read_buffer, bwr.read_size, rc, (file.f_flags & 0o4000) !== 0);
+      if (write_size > 0) ret = yield* binder_thread_write(proc, thread, write_buffer, write_size, wc);
+      if (ret === 0 && read_size > 0) {
+        ret = yield* binder_thread_read(proc, thread, read_buffer, read_size, rc, (file.f_flags & 0o4000) !== 0);
         if (proc.todo.length > 0 && proc.wait.length > 0) proc.wait.wakeOne(k);
       }
-      bwr.write_consumed = wc.value;
-      bwr.read_consumed = rc.value;
-      const w = yield* copy_to_user(k, arg, encodeBwr(bwr));
+      setU64(bv, 0, write_size);
+      setU64(bv, 8, wc.value);
+      setU64(bv, 16, write_buffer);
+      setU64(bv, 24, read_size);
+      setU64(bv, 32, rc.value);
+      setU64(bv, 40, read_buffer);
+      const w = yield* copy_to_user(k, arg, thread.bwrBuf);
       if (w) return -EFAULT;
       return ret;
     }

@@ -363,7 +363,8 @@ export class BinderAlloc implements PageRefHolder {
       this.mutex.unlock();
     }
     if (typeof buffer === 'number') return this.failed(buffer);
-    const r = yield* this.install_buffer_pages(buffer, size);
+    // Most buffers reuse pages installed earlier: the installer only runs when one is missing.
+    const r = this.hasAllPages(buffer, size) ? 0 : yield* this.install_buffer_pages(buffer, size);
     if (r) {
       yield* this.free_buf(buffer);
       return this.failed(r);
@@ -449,6 +450,15 @@ export class BinderAlloc implements PageRefHolder {
       }
       if (index + 1 > this.pages_high) this.pages_high = index + 1;
     }
+  }
+
+  /** Would install_buffer_pages find a frame for every page of the buffer's first `size` bytes? */
+  private hasAllPages(buffer: BinderBuffer, size: number): boolean {
+    const final = pageAlign(buffer.user_data + size);
+    for (let a = pageMask(buffer.user_data); a < final; a += PAGE_SIZE) {
+      if (!(this.pages[(a - this.vm_start) / PAGE_SIZE]! >= 0)) return false;
+    }
+    return true;
   }
 
   /** binder_install_buffer_pages: give every page of the buffer a frame (the design may map it). */
@@ -593,17 +603,6 @@ export class BinderAlloc implements PageRefHolder {
     return size >= bytes && offset <= size - bytes && offset % 4 === 0 && !buffer.free && (!buffer.allow_user_free || !buffer.transaction);
   }
 
-  private *chunks(buffer: BinderBuffer, offset: number, len: number): Generator<[pa: number, n: number, done: number]> {
-    let done = 0;
-    while (done < len) {
-      const a = buffer.user_data + offset + done;
-      const n = Math.min(len - done, PAGE_SIZE - (a % PAGE_SIZE));
-      const pfn = this.pages[(pageMask(a) - this.vm_start) / PAGE_SIZE]!;
-      yield [pfn < 0 ? -1 : pfn * PAGE_SIZE + (a % PAGE_SIZE), n, done];
-      done += n;
-    }
-  }
-
   /**
    * binder_alloc_copy_user_to_buffer: copy `bytes` from the current task's memory at `from`
    * into the buffer through its pages. Returns the number of bytes NOT copied (0 on success).
@@ -616,14 +615,25 @@ export class BinderAlloc implements PageRefHolder {
     return this.copy_to_buffer(buffer, offset, data) ? 0 : bytes;
   }
 
+  /** The physical address behind user address `a` of the mapping (through `pages`), -1 if no frame. */
+  private bufferPa(a: number): number {
+    const pfn = this.pages[(pageMask(a) - this.vm_start) / PAGE_SIZE]!;
+    return pfn < 0 ? -1 : pfn * PAGE_SIZE + (a % PAGE_SIZE);
+  }
+
   /** binder_alloc_copy_to_buffer: kernel bytes in. False if the range is not accessible. */
   copy_to_buffer(buffer: BinderBuffer, offset: number, data: Uint8Array): boolean {
     if (!this.check_buffer(buffer, offset, data.length)) return false;
     const phys = this.k.machine.phys;
-    for (const [pa, n, done] of this.chunks(buffer, offset, data.length)) {
+    const len = data.length;
+    for (let done = 0; done < len; ) {
+      const a = buffer.user_data + offset + done;
+      const n = Math.min(len - done, PAGE_SIZE - (a % PAGE_SIZE));
+      const pa = this.bufferPa(a);
       if (pa < 0) return false;
       kasanCheck(this.k, pa, n, true, 'binder_alloc_copy_to_buffer');
-      phys.u8.set(data.subarray(done, done + n), pa);
+      phys.u8.set(n === len ? data : data.subarray(done, done + n), pa);
+      done += n;
     }
     return true;
   }
@@ -633,10 +643,14 @@ export class BinderAlloc implements PageRefHolder {
     if (!this.check_buffer(buffer, offset, len)) return null;
     const out = new Uint8Array(len);
     const phys = this.k.machine.phys;
-    for (const [pa, n, done] of this.chunks(buffer, offset, len)) {
+    for (let done = 0; done < len; ) {
+      const a = buffer.user_data + offset + done;
+      const n = Math.min(len - done, PAGE_SIZE - (a % PAGE_SIZE));
+      const pa = this.bufferPa(a);
       if (pa < 0) return null;
       kasanCheck(this.k, pa, n, false, 'binder_alloc_copy_from_buffer');
       out.set(phys.u8.subarray(pa, pa + n), done);
+      done += n;
     }
     return out;
   }

@@ -17,8 +17,8 @@ import type { KGen } from '../../../kernel/sched/core.ts';
 import type { VmArea } from '../../../kernel/mm/mm_types.ts';
 import { VM_DONTCOPY, VM_MAYWRITE, VM_MIXEDMAP } from '../../../kernel/mm/mm_types.ts';
 import type { File } from '../../../kernel/fs/file.ts';
-import { BINDER_VM_OPS, registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
-import type { BinderAlloc, BinderBuffer } from './binder_alloc.ts';
+import { BINDER_VM_OPS, nothingBeforeDeliver, registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
+import type { BinderAlloc } from './binder_alloc.ts';
 import { dropMmHandle, freePageC, freePageRust, installC, installRust } from './eager_common.ts';
 
 /** binder_mmap's flags for the eager designs: VM_DONTCOPY | VM_MIXEDMAP set, VM_MAYWRITE cleared. */
@@ -48,9 +48,7 @@ class EagerMapping implements PageMapping {
     return installC(alloc.k, alloc, index, addr, this.identity, this.bugs, 'vma-lock');
   }
 
-  *beforeDeliver(_alloc: BinderAlloc, _buffer: BinderBuffer): KGen<number> {
-    return 0;
-  }
+  beforeDeliver = nothingBeforeDeliver;
 
   freePage(alloc: BinderAlloc, index: number): KGen<LruStatus> {
     if (this.identity === 'vm_ops') return freePageRust(alloc.k, alloc, index, this.bugs);

@@ -16,8 +16,8 @@
 import type { KGen } from '../../../kernel/sched/core.ts';
 import type { VmArea } from '../../../kernel/mm/mm_types.ts';
 import type { File } from '../../../kernel/fs/file.ts';
-import { registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
-import type { BinderAlloc, BinderBuffer } from './binder_alloc.ts';
+import { nothingBeforeDeliver, registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
+import type { BinderAlloc } from './binder_alloc.ts';
 import { dropMmHandle, freePageC, freePageRust, installC } from './eager_common.ts';
 import { setupEagerVma } from './eager.ts';
 
@@ -40,9 +40,7 @@ class EagerWritelockMapping implements PageMapping {
     return installC(alloc.k, alloc, index, addr, this.identity, this.bugs, 'mmap-write');
   }
 
-  *beforeDeliver(_alloc: BinderAlloc, _buffer: BinderBuffer): KGen<number> {
-    return 0;
-  }
+  beforeDeliver = nothingBeforeDeliver;
 
   freePage(alloc: BinderAlloc, index: number): KGen<LruStatus> {
     if (this.identity === 'vm_ops') return freePageRust(alloc.k, alloc, index, this.bugs);

@@ -35,8 +35,8 @@ import { VM_DONTCOPY, VM_FAULT_SIGBUS, VM_MAYWRITE, VM_MIXEDMAP, type VmArea, ty
 import { File, type AddressSpace } from '../../../kernel/fs/file.ts';
 import { alloc_anon_inode } from '../../../kernel/fs/anon_inodes.ts';
 import { unmap_mapping_range_tree, vmf_insert_page } from '../../../kernel/mm/memory.ts';
-import { faultingVmOps, registerDesign, type DesignName, type DesignOptions, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
-import type { BinderAlloc, BinderBuffer } from './binder_alloc.ts';
+import { faultingVmOps, nothingBeforeDeliver, registerDesign, type DesignName, type DesignOptions, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
+import type { BinderAlloc } from './binder_alloc.ts';
 import { zapPteWithoutFlush } from './eager_common.ts';
 import { traceLruPage } from './binder_trace.ts';
 
@@ -99,9 +99,7 @@ export class FaultMapping implements PageMapping {
     return 0;
   }
 
-  *beforeDeliver(_alloc: BinderAlloc, _buffer: BinderBuffer): KGen<number> {
-    return 0;
-  }
+  beforeDeliver = nothingBeforeDeliver;
 
   /** Map `pfn` for this fault (returns VM_FAULT_*). */
   protected insert(k: Kernel, vmf: VmFault, pfn: number): number {

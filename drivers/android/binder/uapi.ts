@@ -117,22 +117,41 @@ export interface BinderWriteRead {
   read_buffer: number;
 }
 
+// The codecs below read and write 64-bit fields as two 32-bit halves: a value read is
+// hi * 2^32 + lo, which rounds exactly as Number() of the 64-bit integer would; a safe integer
+// written is split exactly (negative ones in two's complement, as BigInt.asUintN(64, x)). Any
+// other number takes the BigInt route, which throws for non-integers as the ABI's u64 does.
+
+const TWO32 = 4294967296;
+
+/** The u64 at byte `o` of `v`, as a Number. */
+export function getU64(v: DataView, o: number): number {
+  return v.getUint32(o + 4, true) * TWO32 + v.getUint32(o, true);
+}
+
+/** Store `x` as the u64 at byte `o` of `v`. */
+export function setU64(v: DataView, o: number, x: number): void {
+  if (Number.isSafeInteger(x)) {
+    const hi = Math.floor(x / TWO32);
+    v.setUint32(o, (x - hi * TWO32) >>> 0, true);
+    v.setUint32(o + 4, hi >>> 0, true);
+  } else v.setBigUint64(o, BigInt(x), true);
+}
+
 export function decodeBwr(b: Uint8Array): BinderWriteRead {
   const v = new DataView(b.buffer, b.byteOffset, BWR_SIZE);
-  const u = (o: number): number => Number(v.getBigUint64(o, true));
-  return { write_size: u(0), write_consumed: u(8), write_buffer: u(16), read_size: u(24), read_consumed: u(32), read_buffer: u(40) };
+  return { write_size: getU64(v, 0), write_consumed: getU64(v, 8), write_buffer: getU64(v, 16), read_size: getU64(v, 24), read_consumed: getU64(v, 32), read_buffer: getU64(v, 40) };
 }
 
 export function encodeBwr(w: BinderWriteRead): Uint8Array {
   const b = new Uint8Array(BWR_SIZE);
   const v = new DataView(b.buffer);
-  const s = (o: number, x: number): void => v.setBigUint64(o, BigInt(x), true);
-  s(0, w.write_size);
-  s(8, w.write_consumed);
-  s(16, w.write_buffer);
-  s(24, w.read_size);
-  s(32, w.read_consumed);
-  s(40, w.read_buffer);
+  setU64(v, 0, w.write_size);
+  setU64(v, 8, w.write_consumed);
+  setU64(v, 16, w.write_buffer);
+  setU64(v, 24, w.read_size);
+  setU64(v, 32, w.read_consumed);
+  setU64(v, 40, w.read_buffer);
   return b;
 }
 
@@ -153,36 +172,38 @@ export interface TransactionData {
 }
 
 export function decodeTransactionData(b: Uint8Array, at = 0): TransactionData {
-  const v = new DataView(b.buffer, b.byteOffset + at, BTD_SIZE);
-  const u64 = (o: number): number => Number(v.getBigUint64(o, true));
+  return readTransactionData(new DataView(b.buffer, b.byteOffset + at, BTD_SIZE), 0);
+}
+
+/** decodeTransactionData from a view already made, at byte `at` of it (the caller checked the bounds). */
+export function readTransactionData(v: DataView, at: number): TransactionData {
   return {
-    target: u64(0),
-    cookie: u64(8),
-    code: v.getUint32(16, true),
-    flags: v.getUint32(20, true),
-    sender_pid: v.getInt32(24, true),
-    sender_euid: v.getUint32(28, true),
-    data_size: u64(32),
-    offsets_size: u64(40),
-    buffer: u64(48),
-    offsets: u64(56),
+    target: getU64(v, at),
+    cookie: getU64(v, at + 8),
+    code: v.getUint32(at + 16, true),
+    flags: v.getUint32(at + 20, true),
+    sender_pid: v.getInt32(at + 24, true),
+    sender_euid: v.getUint32(at + 28, true),
+    data_size: getU64(v, at + 32),
+    offsets_size: getU64(v, at + 40),
+    buffer: getU64(v, at + 48),
+    offsets: getU64(v, at + 56),
   };
 }
 
 export function encodeTransactionData(t: TransactionData, into?: Uint8Array, at = 0): Uint8Array {
   const b = into ?? new Uint8Array(BTD_SIZE);
   const v = new DataView(b.buffer, b.byteOffset + at, BTD_SIZE);
-  const s = (o: number, x: number): void => v.setBigUint64(o, BigInt(x), true);
-  s(0, t.target);
-  s(8, t.cookie);
+  setU64(v, 0, t.target);
+  setU64(v, 8, t.cookie);
   v.setUint32(16, t.code >>> 0, true);
   v.setUint32(20, t.flags >>> 0, true);
   v.setInt32(24, t.sender_pid | 0, true);
   v.setUint32(28, t.sender_euid >>> 0, true);
-  s(32, t.data_size);
-  s(40, t.offsets_size);
-  s(48, t.buffer);
-  s(56, t.offsets);
+  setU64(v, 32, t.data_size);
+  setU64(v, 40, t.offsets_size);
+  setU64(v, 48, t.buffer);
+  setU64(v, 56, t.offsets);
   return b;
 }
 
@@ -197,7 +218,7 @@ export interface FlatBinderObject {
 
 export function decodeFlatBinderObject(b: Uint8Array, at = 0): FlatBinderObject {
   const v = new DataView(b.buffer, b.byteOffset + at, FLAT_BINDER_OBJECT_SIZE);
-  return { type: v.getUint32(0, true), flags: v.getUint32(4, true), binder: Number(v.getBigUint64(8, true)), cookie: Number(v.getBigUint64(16, true)) };
+  return { type: v.getUint32(0, true), flags: v.getUint32(4, true), binder: getU64(v, 8), cookie: getU64(v, 16) };
 }
 
 export function encodeFlatBinderObject(o: FlatBinderObject, into?: Uint8Array, at = 0): Uint8Array {
@@ -205,7 +226,7 @@ export function encodeFlatBinderObject(o: FlatBinderObject, into?: Uint8Array, a
   const v = new DataView(b.buffer, b.byteOffset + at, FLAT_BINDER_OBJECT_SIZE);
   v.setUint32(0, o.type >>> 0, true);
   v.setUint32(4, o.flags >>> 0, true);
-  v.setBigUint64(8, BigInt(o.binder), true);
-  v.setBigUint64(16, BigInt(o.cookie), true);
+  setU64(v, 8, o.binder);
+  setU64(v, 16, o.cookie);
   return b;
 }
