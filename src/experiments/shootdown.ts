@@ -39,6 +39,7 @@
  */
 
 import { MAX_CPUS } from '../../hw/config.ts';
+import { C_ENTRIES_FLUSHED, C_WALKS } from '../../hw/layout.ts';
 import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
 import { FULL_POLICY, LINUX_POLICY, PAGES_POLICY } from '../../kernel/arch/x86/tlb.ts';
 import { LatrPolicy } from '../../kernel/arch/x86/tlb_latr.ts';
@@ -196,10 +197,11 @@ export function runPoint(point: ShootdownPoint, config: ShootdownConfig = DEFAUL
   const samples: number[] = [];
   const acc = { flushCycles: 0, flushes: 0, ipis: 0, invlpgs: 0, fullFlushes: 0, entries: 0, refills: 0, stale: 0, deferred: 0 };
 
-  const walksOf = (c: number): number => k.machine.cpu(c).counters().walks!;
+  // The raw counters: counters() builds a whole record, and workers ask after every pass.
+  const walksOf = (c: number): number => k.machine.cpu(c).c[C_WALKS]!;
   const snapEntries = (): number => {
     let s = 0;
-    for (let c = 0; c < cpus; c++) s += k.machine.cpu(c).counters().entriesFlushed!;
+    for (let c = 0; c < cpus; c++) s += k.machine.cpu(c).c[C_ENTRIES_FLUSHED]!;
     return s;
   };
 
