@@ -14,48 +14,21 @@
  */
 
 import type { KGen } from '../../../kernel/sched/core.ts';
-import type { VmArea } from '../../../kernel/mm/mm_types.ts';
-import { VM_DONTCOPY, VM_MAYWRITE, VM_MIXEDMAP } from '../../../kernel/mm/mm_types.ts';
-import type { File } from '../../../kernel/fs/file.ts';
-import { BINDER_VM_OPS, nothingBeforeDeliver, registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
+import { registerDesign, type LruStatus } from './page_mapping.ts';
 import type { BinderAlloc } from './binder_alloc.ts';
-import { dropMmHandle, freePageC, freePageRust, installC, installRust } from './eager_common.ts';
+import { EagerMappingBase, freePageC, freePageRust, installC, installRust } from './eager_common.ts';
 
-/** binder_mmap's flags for the eager designs: VM_DONTCOPY | VM_MIXEDMAP set, VM_MAYWRITE cleared. */
-export function setupEagerVma(alloc: BinderAlloc, vma: VmArea): number {
-  vma.vm_flags = ((vma.vm_flags | VM_DONTCOPY | VM_MIXEDMAP) & ~VM_MAYWRITE) >>> 0;
-  vma.vm_ops = BINDER_VM_OPS;
-  vma.vm_private_data = alloc;
-  return 0;
-}
-
-class EagerMapping implements PageMapping {
+class EagerMapping extends EagerMappingBase {
   readonly design = 'eager' as const;
-  readonly identity: IdentityVariant;
-  private readonly bugs: PlantedBugs;
-
-  constructor(opts: DesignOptions) {
-    this.identity = opts.identity ?? 'mapped';
-    this.bugs = opts.bugs ?? {};
-  }
-
-  setupVma(alloc: BinderAlloc, vma: VmArea, _file: File): number {
-    return setupEagerVma(alloc, vma);
-  }
 
   installSinglePage(alloc: BinderAlloc, index: number, addr: number): KGen<number> {
     if (this.identity === 'vm_ops') return installRust(alloc.k, alloc, index, addr, this.bugs);
     return installC(alloc.k, alloc, index, addr, this.identity, this.bugs, 'vma-lock');
   }
 
-  beforeDeliver = nothingBeforeDeliver;
-
   freePage(alloc: BinderAlloc, index: number): KGen<LruStatus> {
     if (this.identity === 'vm_ops') return freePageRust(alloc.k, alloc, index, this.bugs);
     return freePageC(alloc.k, alloc, index, this.identity, this.bugs, 'vma-lock');
-  }
-  release(alloc: BinderAlloc): void {
-    dropMmHandle(alloc);
   }
 }
 

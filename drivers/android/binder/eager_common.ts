@@ -1,8 +1,9 @@
 /**
- * drivers/android/binder/eager_common.ts — what the eager designs share: finding the receiver's
- * binder VMA by address and checking that it is binder's (the identity variant), inserting a page
- * into it, adopting a page another thread inserted first (EBUSY), and the reclaim callback that
- * zaps a page from the VMA it finds.
+ * drivers/android/binder/eager_common.ts — what the eager designs share: binder_mmap's VMA flags
+ * and the PageMapping boilerplate (EagerMappingBase), finding the receiver's binder VMA by address
+ * and checking that it is binder's (the identity variant), inserting a page into it, adopting a
+ * page another thread inserted first (EBUSY), and the reclaim callback that zaps a page from the
+ * VMA it finds.
  *
  * Two code paths, as in Linux:
  *  - C (drivers/android/binder_alloc.c, v6.14+): mmget_not_zero, lock_vma_under_rcu or
@@ -19,7 +20,8 @@
 
 import type { Kernel } from '../../../kernel/kernel.ts';
 import type { KGen } from '../../../kernel/sched/core.ts';
-import type { MmStruct, VmArea } from '../../../kernel/mm/mm_types.ts';
+import { VM_DONTCOPY, VM_MAYWRITE, VM_MIXEDMAP, type MmStruct, type VmArea } from '../../../kernel/mm/mm_types.ts';
+import type { File } from '../../../kernel/fs/file.ts';
 import { mmget_not_zero, mmput_async } from '../../../kernel/fork.ts';
 import { vm_insert_page, zap_page_range_single, vm_normal_page } from '../../../kernel/mm/memory.ts';
 import { folio_remove_rmap_pte, isAnon, mm_counter_file } from '../../../kernel/mm/rmap.ts';
@@ -30,9 +32,47 @@ import { EBUSY, ESRCH } from '../../../kernel/errno.ts';
 import { Mm } from '../../../kernel/rust/mm.ts';
 import type { VmaMixedMap, VmaRef } from '../../../kernel/rust/mm/virt.ts';
 import { Page } from '../../../kernel/rust/page.ts';
-import { BINDER_VM_OPS, type IdentityVariant, type LruStatus, type PlantedBugs } from './page_mapping.ts';
+import { BINDER_VM_OPS, nothingBeforeDeliver, type DesignName, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
 import type { BinderAlloc } from './binder_alloc.ts';
 import { traceLruPage } from './binder_trace.ts';
+
+/** binder_mmap's flags for the eager designs: VM_DONTCOPY | VM_MIXEDMAP set, VM_MAYWRITE cleared. */
+export function setupEagerVma(alloc: BinderAlloc, vma: VmArea): number {
+  vma.vm_flags = ((vma.vm_flags | VM_DONTCOPY | VM_MIXEDMAP) & ~VM_MAYWRITE) >>> 0;
+  vma.vm_ops = BINDER_VM_OPS;
+  vma.vm_private_data = alloc;
+  return 0;
+}
+
+/**
+ * What the designs that insert pages with vm_insert_page (eager, eager-writelock) share: the
+ * options, binder_mmap's flags, nothing to do before delivery, and dropping the mm handle at
+ * release. Each design says how it installs and reclaims a page.
+ */
+export abstract class EagerMappingBase implements PageMapping {
+  abstract readonly design: DesignName;
+  readonly identity: IdentityVariant;
+  protected readonly bugs: PlantedBugs;
+
+  constructor(opts: DesignOptions) {
+    this.identity = opts.identity ?? 'mapped';
+    this.bugs = opts.bugs ?? {};
+  }
+
+  setupVma(alloc: BinderAlloc, vma: VmArea, _file: File): number {
+    return setupEagerVma(alloc, vma);
+  }
+
+  abstract installSinglePage(alloc: BinderAlloc, index: number, addr: number): KGen<number>;
+
+  beforeDeliver = nothingBeforeDeliver;
+
+  abstract freePage(alloc: BinderAlloc, index: number): KGen<LruStatus>;
+
+  release(alloc: BinderAlloc): void {
+    dropMmHandle(alloc);
+  }
+}
 
 export interface EagerCounters {
   /** Installs that found no usable VMA (ESRCH). */

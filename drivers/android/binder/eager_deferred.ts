@@ -18,8 +18,7 @@ import type { File } from '../../../kernel/fs/file.ts';
 import { EBUSY } from '../../../kernel/errno.ts';
 import { registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
 import { PAGE_SIZE, type BinderAlloc, type BinderBuffer } from './binder_alloc.ts';
-import { freePageC, insertC } from './eager_common.ts';
-import { setupEagerVma } from './eager.ts';
+import { freePageC, insertC, setupEagerVma } from './eager_common.ts';
 import { traceLruPage } from './binder_trace.ts';
 
 export interface DeferredCounters {

@@ -14,40 +14,21 @@
  */
 
 import type { KGen } from '../../../kernel/sched/core.ts';
-import type { VmArea } from '../../../kernel/mm/mm_types.ts';
-import type { File } from '../../../kernel/fs/file.ts';
-import { nothingBeforeDeliver, registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
+import { registerDesign, type LruStatus } from './page_mapping.ts';
 import type { BinderAlloc } from './binder_alloc.ts';
-import { dropMmHandle, freePageC, freePageRust, installC } from './eager_common.ts';
-import { setupEagerVma } from './eager.ts';
+import { EagerMappingBase, freePageC, freePageRust, installC } from './eager_common.ts';
 
-class EagerWritelockMapping implements PageMapping {
+class EagerWritelockMapping extends EagerMappingBase {
   readonly design = 'eager-writelock' as const;
-  readonly identity: IdentityVariant;
-  private readonly bugs: PlantedBugs;
-
-  constructor(opts: DesignOptions) {
-    this.identity = opts.identity ?? 'mapped';
-    this.bugs = opts.bugs ?? {};
-  }
-
-  setupVma(alloc: BinderAlloc, vma: VmArea, _file: File): number {
-    return setupEagerVma(alloc, vma);
-  }
 
   installSinglePage(alloc: BinderAlloc, index: number, addr: number): KGen<number> {
     // The typed Rust API has no mmap write lock; the vm_ops check is applied on the C path here.
     return installC(alloc.k, alloc, index, addr, this.identity, this.bugs, 'mmap-write');
   }
 
-  beforeDeliver = nothingBeforeDeliver;
-
   freePage(alloc: BinderAlloc, index: number): KGen<LruStatus> {
     if (this.identity === 'vm_ops') return freePageRust(alloc.k, alloc, index, this.bugs);
     return freePageC(alloc.k, alloc, index, this.identity, this.bugs, 'mmap-trylock');
-  }
-  release(alloc: BinderAlloc): void {
-    dropMmHandle(alloc);
   }
 }
 
