@@ -36,6 +36,7 @@ import { do_madvise } from './mm/madvise.ts';
 import { dup_mm, mmget } from './fork.ts';
 import { do_exit, groupOf, ThreadGroup, FdTable } from './exit.ts';
 import { kasanState, type KasanState } from './mm/kasan.ts';
+import type { MmStruct } from './mm/mm_types.ts';
 import { O_NONBLOCK, create_pipe_files, get_pipe_info, isPipeWriter } from './fs/pipe.ts';
 import { new_userfaultfd } from './fs/userfaultfd.ts';
 
@@ -383,8 +384,17 @@ export class User {
   // System calls
   // ==============================================================================================
 
-  /** Enter the kernel, run `body`, leave it; a negative small result becomes SyscallError. */
-  *syscall<T>(name: string, body: () => KGen<T>): KGen<T> {
+  /**
+   * Enter the kernel, run `body`, leave it; a negative small result becomes SyscallError.
+   *
+   * `body` is normally a generator object that has not started yet, made by one of the `sys_*`
+   * methods below: a generator runs nothing until it is first resumed, so all of it runs inside
+   * the kernel, after the entry accounting, exactly as a body called from here would. (A fresh
+   * generator function per call would cost far more than the syscall itself: each one is a new
+   * function with its own prototype.) A function returning the body is accepted too, and called
+   * here, after the entry — for bodies that do work before they return their generator.
+   */
+  *syscall<T>(name: string, body: KGen<T> | (() => KGen<T>)): KGen<T> {
     const k = this.k;
     const t = this.task;
     t.inKernel++;
@@ -392,7 +402,7 @@ export class User {
     k.charge(k.costs.syscall);
     let r: T;
     try {
-      r = yield* body();
+      r = yield* typeof body === 'function' ? body() : body;
     } finally {
       t.inKernel--;
       if (t.inKernel === 0) k.machine.cpu(t.cpu).setCpl(3);
@@ -413,91 +423,90 @@ export class User {
     return groupOf(this.task)!.files;
   }
 
-  *getpid(): KGen<number> {
-    return yield* this.syscall('getpid', function* (this: User) {
-      return this.task.tgid;
-    }.bind(this));
+  // Each system call below is a user-facing method that enters the kernel with syscall() and,
+  // mostly, a private `sys_*` generator method holding the kernel side. A method with nothing to
+  // do before entering hands back syscall()'s own generator (one generator layer fewer, as the
+  // sized loads do); one that reads something first (the mm, say) is a generator itself, so the
+  // read still happens when the caller starts it, before the kernel is entered.
+
+  getpid(): KGen<number> {
+    return this.syscall('getpid', this.sys_getpid());
+  }
+
+  private *sys_getpid(): KGen<number> {
+    return this.task.tgid;
   }
 
   /** mmap(addr, len, prot, flags, fd, offset). Returns the address. */
   *mmap(addr: number, len: number, prot: number, flags: number, fd = -1, offset = 0): KGen<number> {
-    const k = this.k;
     const mm = this.mm;
-    const self = this;
-    return yield* this.syscall('mmap', function* () {
-      if (!Number.isSafeInteger(offset) || offset < 0) return -EINVAL;
-      if (offset % 4096) return -EINVAL;
-      let file = null;
-      if (!(flags & 0x20 /* MAP_ANONYMOUS */)) {
-        file = self.files.get(fd);
-        if (!file) return -EBADF;
-      }
-      yield* k.locks.mmap_write_lock(mm, 'vm_mmap_pgoff');
-      try {
-        return yield* do_mmap(k, mm, file, addr, len, prot, flags, offset / 4096);
-      } finally {
-        k.locks.mmap_write_unlock(mm);
-      }
-    });
+    return yield* this.syscall('mmap', this.sys_mmap(mm, addr, len, prot, flags, fd, offset));
+  }
+
+  private *sys_mmap(mm: MmStruct, addr: number, len: number, prot: number, flags: number, fd: number, offset: number): KGen<number> {
+    const k = this.k;
+    if (!Number.isSafeInteger(offset) || offset < 0) return -EINVAL;
+    if (offset % 4096) return -EINVAL;
+    let file = null;
+    if (!(flags & 0x20 /* MAP_ANONYMOUS */)) {
+      file = this.files.get(fd);
+      if (!file) return -EBADF;
+    }
+    yield* k.locks.mmap_write_lock(mm, 'vm_mmap_pgoff');
+    try {
+      return yield* do_mmap(k, mm, file, addr, len, prot, flags, offset / 4096);
+    } finally {
+      k.locks.mmap_write_unlock(mm);
+    }
   }
 
   *munmap(addr: number, len: number): KGen<number> {
-    const k = this.k;
     const mm = this.mm;
-    return yield* this.syscall('munmap', function* () {
-      yield* k.locks.mmap_write_lock(mm, '__vm_munmap');
-      // munmap downgrades to a read lock while zapping; release whichever it holds at the end.
-      const r = yield* do_vmi_munmap(k, mm, addr, len, true);
-      if (mm.mmap_lock.heldBy(k.current, 'write')) k.locks.mmap_write_unlock(mm);
-      else k.locks.mmap_read_unlock(mm);
-      return r;
-    });
+    return yield* this.syscall('munmap', sys_munmap(this.k, mm, addr, len));
   }
 
   *mprotect(addr: number, len: number, prot: number): KGen<number> {
-    const k = this.k;
     const mm = this.mm;
-    return yield* this.syscall('mprotect', () => do_mprotect_pkey(k, mm, addr, len, prot));
+    return yield* this.syscall('mprotect', do_mprotect_pkey(this.k, mm, addr, len, prot));
   }
 
   *mremap(addr: number, oldLen: number, newLen: number, flags: number, newAddr = 0): KGen<number> {
-    const k = this.k;
     const mm = this.mm;
-    return yield* this.syscall('mremap', () => do_mremap(k, mm, addr, oldLen, newLen, flags, newAddr));
+    return yield* this.syscall('mremap', do_mremap(this.k, mm, addr, oldLen, newLen, flags, newAddr));
   }
 
   *madvise(addr: number, len: number, advice: number): KGen<number> {
-    const k = this.k;
     const mm = this.mm;
-    return yield* this.syscall('madvise', () => do_madvise(k, mm, addr, len, advice));
+    return yield* this.syscall('madvise', do_madvise(this.k, mm, addr, len, advice));
   }
 
   /** fork: the child runs `child` in a copy of this process; returns the child's pid. */
-  *fork(child: Program, comm?: string): KGen<number> {
+  fork(child: Program, comm?: string): KGen<number> {
+    return this.syscall('fork', this.sys_fork(child, comm));
+  }
+
+  private *sys_fork(child: Program, comm: string | undefined): KGen<number> {
     const k = this.k;
     const t = this.task;
-    const self = this;
-    return yield* this.syscall('fork', function* () {
-      const mm = yield* dup_mm(k, self.mm);
-      if (typeof mm === 'number') return mm;
-      const g = groupOf(t)!;
-      const c = k.startProcess(child, { comm: comm ?? t.comm, mm, files: g.files.dup(), parent: g.tgid, cpu: undefined, allowed: t.allowed });
-      return c.pid;
-    });
+    const mm = yield* dup_mm(k, this.mm);
+    if (typeof mm === 'number') return mm;
+    const g = groupOf(t)!;
+    const c = k.startProcess(child, { comm: comm ?? t.comm, mm, files: g.files.dup(), parent: g.tgid, cpu: undefined, allowed: t.allowed });
+    return c.pid;
   }
 
   /** A thread of this process running `body`; returns its tid. */
-  *clone(body: Program, opts: { comm?: string; cpu?: number } = {}): KGen<number> {
-    const k = this.k;
+  clone(body: Program, opts: { comm?: string; cpu?: number } = {}): KGen<number> {
+    return this.syscall('clone', this.sys_clone(body, opts));
+  }
+
+  private *sys_clone(body: Program, opts: { comm?: string; cpu?: number }): KGen<number> {
     const t = this.task;
-    const self = this;
-    return yield* this.syscall('clone', function* () {
-      const mm = self.mm;
-      mmget(mm);
-      const g = groupOf(t)!;
-      const th = k.startThread(g, body, { comm: opts.comm ?? t.comm, mm, cpu: opts.cpu });
-      return th.pid;
-    });
+    const mm = this.mm;
+    mmget(mm);
+    const g = groupOf(t)!;
+    const th = this.k.startThread(g, body, { comm: opts.comm ?? t.comm, mm, cpu: opts.cpu });
+    return th.pid;
   }
 
   /** exit: never returns. */
@@ -507,124 +516,119 @@ export class User {
 
   /** waitpid for a child process; returns its exit code. */
   *wait(pid: number): KGen<number> {
-    const k = this.k;
     const g = groupOf(this.task)!;
-    return yield* this.syscall('wait4', function* () {
-      if (!g.children.has(pid)) return -ECHILD;
-      yield* g.exited.waitEvent(k, () => g.zombies.has(pid), `wait4(${pid})`);
-      const code = g.zombies.get(pid)!;
-      g.zombies.delete(pid);
-      g.children.delete(pid);
-      return code;
-    });
+    return yield* this.syscall('wait4', sys_wait4(this.k, g, pid));
   }
 
   /** open a device or file by path; returns the fd. */
-  *open(path: string): KGen<number> {
-    const k = this.k;
-    const self = this;
-    return yield* this.syscall('open', function* () {
-      const dev = k.devices.get(path);
-      if (!dev) return -ENOENT;
-      const r = dev.open(self.task);
-      const f = typeof r === 'object' && r !== null && 'next' in r ? yield* r : r;
-      if (typeof f === 'number') return f;
-      return self.files.install(f);
-    });
+  open(path: string): KGen<number> {
+    return this.syscall('open', this.sys_open(path));
   }
 
-  *close(fd: number): KGen<number> {
-    const self = this;
-    return yield* this.syscall('close', function* () {
-      return self.files.close(fd);
-    });
+  private *sys_open(path: string): KGen<number> {
+    const dev = this.k.devices.get(path);
+    if (!dev) return -ENOENT;
+    const r = dev.open(this.task);
+    const f = typeof r === 'object' && r !== null && 'next' in r ? yield* r : r;
+    if (typeof f === 'number') return f;
+    return this.files.install(f);
+  }
+
+  close(fd: number): KGen<number> {
+    return this.syscall('close', this.sys_close(fd));
+  }
+
+  private *sys_close(fd: number): KGen<number> {
+    return this.files.close(fd);
   }
 
   /** ioctl(fd, cmd, arg): the driver's unlocked_ioctl. */
-  *ioctl(fd: number, cmd: number, arg?: unknown): KGen<number> {
-    const self = this;
-    return yield* this.syscall('ioctl', function* () {
-      const f = self.files.get(fd);
-      if (!f) return -EBADF;
-      if (!f.f_op.ioctl) return -25; // ENOTTY
-      const r = f.f_op.ioctl(f, cmd, arg);
-      return typeof r === 'number' ? r : yield* r;
-    });
+  ioctl(fd: number, cmd: number, arg?: unknown): KGen<number> {
+    return this.syscall('ioctl', this.sys_ioctl(fd, cmd, arg));
+  }
+
+  private *sys_ioctl(fd: number, cmd: number, arg: unknown): KGen<number> {
+    const f = this.files.get(fd);
+    if (!f) return -EBADF;
+    if (!f.f_op.ioctl) return -25; // ENOTTY
+    const r = f.f_op.ioctl(f, cmd, arg);
+    return typeof r === 'number' ? r : yield* r;
   }
 
   /** Read from a file descriptor (pipes). */
-  *readFd(fd: number, len: number): KGen<Uint8Array> {
-    const self = this;
-    const r = yield* this.syscall('read', function* () {
-      const f = self.files.get(fd);
-      if (!f) return -EBADF;
-      if (!f.f_op.read) return -EINVAL;
-      const x = f.f_op.read(f, len);
-      return x instanceof Uint8Array || typeof x === 'number' ? x : yield* x;
-    });
-    return r as Uint8Array;
+  readFd(fd: number, len: number): KGen<Uint8Array> {
+    return this.syscall('read', this.sys_read(fd, len)) as KGen<Uint8Array>;
+  }
+
+  private *sys_read(fd: number, len: number): KGen<Uint8Array | number> {
+    const f = this.files.get(fd);
+    if (!f) return -EBADF;
+    if (!f.f_op.read) return -EINVAL;
+    const x = f.f_op.read(f, len);
+    return x instanceof Uint8Array || typeof x === 'number' ? x : yield* x;
   }
 
   /** Write to a file descriptor (pipes). */
-  *writeFd(fd: number, data: Uint8Array): KGen<number> {
-    const self = this;
-    return yield* this.syscall('write', function* () {
-      const f = self.files.get(fd);
-      if (!f) return -EBADF;
-      if (!f.f_op.write) return -EINVAL;
-      const x = f.f_op.write(f, data);
-      return typeof x === 'number' ? x : yield* x;
-    });
+  writeFd(fd: number, data: Uint8Array): KGen<number> {
+    return this.syscall('write', this.sys_write(fd, data));
+  }
+
+  private *sys_write(fd: number, data: Uint8Array): KGen<number> {
+    const f = this.files.get(fd);
+    if (!f) return -EBADF;
+    if (!f.f_op.write) return -EINVAL;
+    const x = f.f_op.write(f, data);
+    return typeof x === 'number' ? x : yield* x;
   }
 
   /** pipe2: returns [read fd, write fd]. */
-  *pipe(flags = 0): KGen<[number, number]> {
-    const self = this;
-    const k = this.k;
-    const r = yield* this.syscall('pipe2', function* () {
-      if (flags & ~O_NONBLOCK) return -EINVAL;
-      const [rf, wf] = create_pipe_files(k, flags);
-      const rfd = self.files.install(rf);
-      if (rfd < 0) {
-        rf.put();
-        wf.put();
-        return rfd;
-      }
-      const wfd = self.files.install(wf);
-      if (wfd < 0) {
-        self.files.close(rfd);
-        wf.put();
-        return wfd;
-      }
-      return [rfd, wfd] as [number, number];
-    });
-    return r as [number, number];
+  pipe(flags = 0): KGen<[number, number]> {
+    return this.syscall('pipe2', this.sys_pipe2(flags)) as KGen<[number, number]>;
+  }
+
+  private *sys_pipe2(flags: number): KGen<[number, number] | number> {
+    if (flags & ~O_NONBLOCK) return -EINVAL;
+    const [rf, wf] = create_pipe_files(this.k, flags);
+    const rfd = this.files.install(rf);
+    if (rfd < 0) {
+      rf.put();
+      wf.put();
+      return rfd;
+    }
+    const wfd = this.files.install(wf);
+    if (wfd < 0) {
+      this.files.close(rfd);
+      wf.put();
+      return wfd;
+    }
+    return [rfd, wfd] as [number, number];
   }
 
   /** vmsplice(fd, iov, flags): queue user pages into a pipe without copying; returns bytes. */
-  *vmsplice(fd: number, iov: readonly { base: number; len: number }[], flags = 0): KGen<number> {
-    const self = this;
-    return yield* this.syscall('vmsplice', function* () {
-      const f = self.files.get(fd);
-      if (!f) return -EBADF;
-      const pipe = get_pipe_info(f);
-      if (!pipe || !isPipeWriter(f)) return -EBADF;
-      if (!Array.isArray(iov)) return -EFAULT;
-      return yield* pipe.vmsplice(iov, flags);
-    });
+  vmsplice(fd: number, iov: readonly { base: number; len: number }[], flags = 0): KGen<number> {
+    return this.syscall('vmsplice', this.sys_vmsplice(fd, iov, flags));
+  }
+
+  private *sys_vmsplice(fd: number, iov: readonly { base: number; len: number }[], flags: number): KGen<number> {
+    const f = this.files.get(fd);
+    if (!f) return -EBADF;
+    const pipe = get_pipe_info(f);
+    if (!pipe || !isPipeWriter(f)) return -EBADF;
+    if (!Array.isArray(iov)) return -EFAULT;
+    return yield* pipe.vmsplice(iov, flags);
   }
 
   /** userfaultfd(flags): returns the fd of a new context for this process's mm. */
-  *userfaultfd(flags = 0): KGen<number> {
-    const self = this;
-    const k = this.k;
-    return yield* this.syscall('userfaultfd', function* () {
-      const f = new_userfaultfd(k, self.task, flags);
-      if (typeof f === 'number') return f;
-      const fd = self.files.install(f);
-      if (fd < 0) f.put();
-      return fd;
-    });
+  userfaultfd(flags = 0): KGen<number> {
+    return this.syscall('userfaultfd', this.sys_userfaultfd(flags));
+  }
+
+  private *sys_userfaultfd(flags: number): KGen<number> {
+    const f = new_userfaultfd(this.k, this.task, flags);
+    if (typeof f === 'number') return f;
+    const fd = this.files.install(f);
+    if (fd < 0) f.put();
+    return fd;
   }
 
   /** sched_yield. */
@@ -643,19 +647,44 @@ export class User {
 
   /** Sleep `cycles` of virtual time (nanosleep). */
   *sleep(cycles: number): KGen {
-    const k = this.k;
-    yield* this.syscall('nanosleep', function* () {
-      yield* k.sleepFor(cycles);
-      return 0;
-    });
+    yield* this.syscall('nanosleep', sys_nanosleep(this.k, cycles));
   }
 
-  /** Give the kernel an arbitrary generator to run as a syscall (for drivers' extra entry points). */
+  /**
+   * Give the kernel an arbitrary generator to run as a syscall (for drivers' extra entry points).
+   * `body` is called inside the kernel, after the entry: it may be a plain function that does
+   * work before it returns its generator.
+   */
   *call<T>(name: string, body: (k: Kernel, t: Task) => KGen<T>): KGen<T> {
     const k = this.k;
     const t = this.task;
     return yield* this.syscall(name, () => body(k, t));
   }
+}
+
+// System call bodies that need nothing of the calling User but what they are given.
+
+function* sys_munmap(k: Kernel, mm: MmStruct, addr: number, len: number): KGen<number> {
+  yield* k.locks.mmap_write_lock(mm, '__vm_munmap');
+  // munmap downgrades to a read lock while zapping; release whichever it holds at the end.
+  const r = yield* do_vmi_munmap(k, mm, addr, len, true);
+  if (mm.mmap_lock.heldBy(k.current, 'write')) k.locks.mmap_write_unlock(mm);
+  else k.locks.mmap_read_unlock(mm);
+  return r;
+}
+
+function* sys_wait4(k: Kernel, g: ThreadGroup, pid: number): KGen<number> {
+  if (!g.children.has(pid)) return -ECHILD;
+  yield* g.exited.waitEvent(k, () => g.zombies.has(pid), `wait4(${pid})`);
+  const code = g.zombies.get(pid)!;
+  g.zombies.delete(pid);
+  g.children.delete(pid);
+  return code;
+}
+
+function* sys_nanosleep(k: Kernel, cycles: number): KGen<number> {
+  yield* k.sleepFor(cycles);
+  return 0;
 }
 
 export { ENOMEM, ThreadGroup, do_exit };

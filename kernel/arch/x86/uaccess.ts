@@ -14,7 +14,7 @@
  */
 
 import type { Kernel } from '../../kernel.ts';
-import type { KGen } from '../../sched/core.ts';
+import type { KGen, Task } from '../../sched/core.ts';
 import { K_READ, K_WRITE } from '../../../hw/walk.ts';
 import { VEC_PF } from '../../../hw/control-registers.ts';
 import { do_user_addr_fault } from './fault.ts';
@@ -26,13 +26,25 @@ export function access_ok(addr: number, len: number): boolean {
   return Number.isSafeInteger(addr) && Number.isSafeInteger(len) && addr >= 0 && len >= 0 && addr + len <= TASK_SIZE + PAGE_SIZE;
 }
 
-/** Translate one user address for a kernel access, faulting it in; the physical address or -EFAULT. */
-function* userPa(k: Kernel, va: number, kind: number): KGen<number> {
-  const t = k.current;
-  if (!t) return -EFAULT;
-  for (let tries = 0; tries < 8; tries++) {
+/**
+ * Translate one user address for a kernel access when the MMU allows it as it stands: the
+ * physical address, or -1 when the translation faulted (the CPU's fault registers say why; the
+ * kernel has not handled it yet). Plain code, so a copy whose pages are present costs no
+ * generator.
+ */
+function tryUserPa(k: Kernel, t: Task, va: number, kind: number): number {
+  const cpu = k.machine.cpu(t.cpu);
+  if (cpu.translate(Math.floor(va / 4294967296) | 0, va | 0, kind, false, false) === 0) return cpu.pa;
+  return -1;
+}
+
+/**
+ * The rest of a translation whose first attempt (tryUserPa) faulted: handle the fault, retry, up
+ * to eight attempts in all; the physical address or -EFAULT.
+ */
+function* userPaAfterFault(k: Kernel, t: Task, va: number, kind: number): KGen<number> {
+  for (let tries = 1; ; tries++) {
     const cpu = k.machine.cpu(t.cpu);
-    if (cpu.translate(Math.floor(va / 4294967296) | 0, va | 0, kind, false, false) === 0) return cpu.pa;
     if (cpu.faultVector !== VEC_PF) return -EFAULT;
     // A kernel-mode fault on a user address: no PF_U in the error code.
     const err = cpu.faultError & ~4;
@@ -40,20 +52,23 @@ function* userPa(k: Kernel, va: number, kind: number): KGen<number> {
     const sig = yield* do_user_addr_fault(k, t, va, err);
     k.machine.cpu(t.cpu).setAc(true);
     if (sig) return -EFAULT; // fixup_exception
+    if (tries === 8) return -EFAULT;
+    const pa = tryUserPa(k, t, va, kind);
+    if (pa >= 0) return pa;
   }
-  return -EFAULT;
 }
 
-/** Run `body` between STAC and CLAC on the current CPU. */
-function* withUserAccess<T>(k: Kernel, body: () => KGen<T>): KGen<T> {
+/** STAC on the current CPU before a user access; the current task. */
+function user_access_begin(k: Kernel): Task {
   const t = k.current;
   if (!t) throw new Error('user access outside task context');
   k.machine.cpu(t.cpu).setAc(true);
-  try {
-    return yield* body();
-  } finally {
-    k.machine.cpu(t.cpu).setAc(false);
-  }
+  return t;
+}
+
+/** CLAC on the CPU the task is on now. */
+function user_access_end(k: Kernel, t: Task): void {
+  k.machine.cpu(t.cpu).setAc(false);
 }
 
 /** copy_from_user: `len` bytes at `from`, or -EFAULT. */
@@ -61,18 +76,25 @@ export function* copy_from_user(k: Kernel, from: number, len: number): KGen<Uint
   if (!access_ok(from, len)) return -EFAULT;
   const out = new Uint8Array(len);
   const phys = k.machine.phys;
-  const r = yield* withUserAccess(k, function* () {
+  const t = user_access_begin(k);
+  let r = 0;
+  try {
     let done = 0;
     while (done < len) {
       const va = from + done;
       const n = Math.min(len - done, PAGE_SIZE - (va % PAGE_SIZE));
-      const pa = yield* userPa(k, va, K_READ);
-      if (pa < 0) return pa;
+      let pa = tryUserPa(k, t, va, K_READ);
+      if (pa < 0) pa = yield* userPaAfterFault(k, t, va, K_READ);
+      if (pa < 0) {
+        r = pa;
+        break;
+      }
       out.set(phys.u8.subarray(pa, pa + n), done);
       done += n;
     }
-    return 0;
-  });
+  } finally {
+    user_access_end(k, t);
+  }
   k.charge(len * k.costs.copyPerByte);
   return r < 0 ? r : out;
 }
@@ -81,18 +103,25 @@ export function* copy_from_user(k: Kernel, from: number, len: number): KGen<Uint
 export function* copy_to_user(k: Kernel, to: number, data: Uint8Array): KGen<number> {
   if (!access_ok(to, data.length)) return -EFAULT;
   const phys = k.machine.phys;
-  const r = yield* withUserAccess(k, function* () {
+  const t = user_access_begin(k);
+  let r = 0;
+  try {
     let done = 0;
     while (done < data.length) {
       const va = to + done;
       const n = Math.min(data.length - done, PAGE_SIZE - (va % PAGE_SIZE));
-      const pa = yield* userPa(k, va, K_WRITE);
-      if (pa < 0) return pa;
+      let pa = tryUserPa(k, t, va, K_WRITE);
+      if (pa < 0) pa = yield* userPaAfterFault(k, t, va, K_WRITE);
+      if (pa < 0) {
+        r = pa;
+        break;
+      }
       phys.u8.set(data.subarray(done, done + n), pa);
       done += n;
     }
-    return 0;
-  });
+  } finally {
+    user_access_end(k, t);
+  }
   k.charge(data.length * k.costs.copyPerByte);
   return r;
 }
