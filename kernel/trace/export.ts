@@ -92,7 +92,9 @@ export function ftraceLine(ev: TraceEvent, clockGhz: number): string {
 
 /** Each CPU's events in time order (stable: equal times keep the recorded order). */
 function perCpu(events: readonly TraceEvent[], cpus: number): TraceEvent[][] {
-  const n = Math.max(cpus, ...events.map((e) => e.cpu + 1));
+  // A loop, not Math.max(...events): a spread of a few hundred thousand events overflows the stack.
+  let n = cpus;
+  for (const e of events) if (e.cpu + 1 > n) n = e.cpu + 1;
   const lists: TraceEvent[][] = Array.from({ length: n }, () => []);
   for (const e of events) lists[e.cpu]!.push(e);
   for (const l of lists) stableSortBy(l, (e) => e.ts);

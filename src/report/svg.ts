@@ -141,8 +141,9 @@ function makeScale(values: number[], opts: AxisOptions, from: number, to: number
   const log = opts.scale === 'log';
   let vals = values.filter((v) => Number.isFinite(v) && (!log || v > 0));
   if (vals.length === 0) vals = log ? [1, 10] : [0, 1];
-  let lo = opts.min ?? Math.min(...vals);
-  let hi = opts.max ?? Math.max(...vals);
+  // reduce, not Math.min(...vals): a spread of a very long series overflows the stack.
+  let lo = opts.min ?? vals.reduce((a, b) => Math.min(a, b), Infinity);
+  let hi = opts.max ?? vals.reduce((a, b) => Math.max(a, b), -Infinity);
   if (!log && opts.zero !== false && opts.min === undefined) lo = Math.min(0, lo);
   if (!log && opts.zero !== false && opts.max === undefined) hi = Math.max(0, hi);
   if (log) {
