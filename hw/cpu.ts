@@ -20,26 +20,40 @@
  * protected and 32-bit modes are not modelled); CPL is 0 or 3 only.
  */
 
-import {
+import * as layoutConsts from './layout.ts';
+import type { CpuLayout } from './layout.ts';
+import type { MachineConfig } from './config.ts';
+import type { PhysicalMemory } from './phys.ts';
+import * as crConsts from './control-registers.ts';
+import { Flush, type Features, type RegState, type WriteDecision } from './control-registers.ts';
+import * as pteConsts from './pte.ts';
+import * as tlbConsts from './tlb.ts';
+import { TlbArray } from './tlb.ts';
+import * as walkConsts from './walk.ts';
+import type { HwCostModel } from './cost.ts';
+import { toVa, vaFromHalves, vaNumberFromHalves, type LinearAddress } from './address.ts';
+
+// Every constant and helper this file uses from its sibling modules, bound to module-local
+// constants. An imported binding is live, so optimized code reloads it from its module cell (with
+// a hole check) at every use; a module-local const is folded to its value, which matters on the
+// translation paths below.
+const {
   A_HEAD, A_TAIL, C_CLOCK, C_CR3_NOFLUSH, C_CR3_WRITES, C_D_REWALKS, C_ENTRIES_FLUSHED, C_FLUSH_ALL, C_FLUSH_PCID,
   C_GP_FAULTS, C_INVLPG, C_INVPCID, C_L1_HIT, C_L1_HIT_1G, C_L1_HIT_2M, C_L1_MISS, C_MACHINE_CHECKS, C_PAGE_FAULTS,
   C_PSC_HIT_PDE, C_PSC_HIT_PDPTE, C_PSC_HIT_PML4E, C_PSC_HIT_PML5E, C_RIGHTS_REWALKS, C_SS_FAULTS, C_STLB_HIT, C_STLB_MISS, C_WATCH_HITS,
-  C_UNTRANSLATED, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
-  R_ATTN, R_EFER_HI, R_EFER_LO, R_GEN, R_MODEGEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS, type CpuLayout,
-} from './layout.ts';
-import type { MachineConfig } from './config.ts';
-import type { PhysicalMemory } from './phys.ts';
-import {
-  CR0_PG, CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, Flush, RFLAGS_AC, VEC_GP, VEC_MC, VEC_PF,
-  VEC_SS, VEC_UD, decideCr0, decideCr3, decideCr4, decideEfer, type Features, type RegState, type WriteDecision,
-} from './control-registers.ts';
-import { LEVEL_PDE, LEVEL_PDPTE, LEVEL_PML4E, LEVEL_PML5E, LEVEL_PTE, addrHiMask, reservedMasks } from './pte.ts';
-import {
-  SIZE_1G, SIZE_2M, SIZE_4K, TlbArray, W1_GLOBAL, W1_PCID_MASK, W1_PCID_SHIFT, W1_VALID, W3_D, W3_PIECE_MASK, W3_PIECE_SHIFT, W3_PK_SHIFT, W3_RIGHTS_SHIFT, W3_U, vpnHi, vpnLo,
-} from './tlb.ts';
-import { K_FETCH, K_READ, K_WRITE, WALK_MC_RESULT, WOUT_GLOBAL, WOUT_SIZE_SHIFT, WOUT_W3_MASK, computePermissionTable, pkeyDenies, walk } from './walk.ts';
-import type { HwCostModel } from './cost.ts';
-import { toVa, vaFromHalves, vaNumberFromHalves, type LinearAddress } from './address.ts';
+  C_UNTRANSLATED, C_WALK_REFS, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_HELD, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
+  R_ATTN, R_EFER_HI, R_EFER_LO, R_GEN, R_MODEGEN, R_PKRU, R_RFLAGS, R_STAMP, WATCH_RECORD_WORDS, WATCH_RING_RECORDS,
+} = layoutConsts;
+const {
+  CR0_PG, CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE, RFLAGS_AC, VEC_GP, VEC_MC, VEC_PF,
+  VEC_SS, VEC_UD, decideCr0, decideCr3, decideCr4, decideEfer,
+} = crConsts;
+const { LEVEL_PDE, LEVEL_PDPTE, LEVEL_PML4E, LEVEL_PML5E, LEVEL_PTE, addrHiMask, reservedMasks } = pteConsts;
+const {
+  SIZE_1G, SIZE_2M, SIZE_4K, W1_GLOBAL, W1_PCID_MASK, W1_PCID_SHIFT, W1_VALID, W3_D, W3_PIECE_MASK, W3_PIECE_SHIFT, W3_PK_SHIFT, W3_RIGHTS_SHIFT, W3_U,
+  vpnHi, vpnLo,
+} = tlbConsts;
+const { K_FETCH, K_READ, K_WRITE, WALK_MC_RESULT, WOUT_GLOBAL, WOUT_SIZE_SHIFT, WOUT_W3_MASK, computePermissionTable, pkeyDenies, tlbEntryWords, walk } = walkConsts;
 
 export type AccessKind = 'read' | 'write' | 'fetch';
 
@@ -71,37 +85,50 @@ export interface WatchHit {
 export const KIND_CODES: Record<AccessKind, number> = { read: K_READ, write: K_WRITE, fetch: K_FETCH };
 const KIND_NAMES: AccessKind[] = ['read', 'write', 'fetch'];
 
+/**
+ * Physical address of byte `offset` of frame (w3 bits 7:0 : pfnLo), for frames at or above
+ * 2^20, where it no longer fits in 32 bits (doubles hold it exactly: it is below 2^52).
+ */
+function wideAddress(w3: number, pfnLo: number, offset: number): number {
+  return ((w3 & 0xff) * 0x100000000 + (pfnLo >>> 0)) * 4096 + offset;
+}
+
 /** Per-CPU statistics, named. */
 export type CpuCounters = Record<string, number>;
 
 export class Cpu {
+  // The fields assigned in the constructor are `declare`d: a plain field declaration would first
+  // define them as undefined, and V8 would then no longer know the kind of object a field holds
+  // (every typed-array access on the translation path would recheck it).
   /** Block view: registers, mailbox, TLB arrays (Int32 words). */
-  readonly r: Int32Array;
+  declare readonly r: Int32Array;
   /** Counters and virtual clock. */
-  readonly c: Float64Array;
-  readonly m: Int32Array;
-  readonly watch: Uint8Array;
+  declare readonly c: Float64Array;
+  declare readonly m: Int32Array;
+  declare readonly watch: Uint8Array;
   /** An all-zero map of the same size, used by the fast walker when watching is off. */
-  readonly noWatch: Uint8Array;
-  readonly memSize: number;
-  readonly features: Features;
-  readonly cost: HwCostModel;
-  readonly clockGhz: number;
+  declare readonly noWatch: Uint8Array;
+  declare readonly memSize: number;
+  /** Installed memory in 32-bit words (memSize / 4: a small integer even for 4 GiB). */
+  declare readonly memWords: number;
+  declare readonly features: Features;
+  declare readonly cost: HwCostModel;
+  declare readonly clockGhz: number;
 
-  readonly d4k: TlbArray;
-  readonly d2m: TlbArray;
-  readonly d1g: TlbArray;
-  readonly i4k: TlbArray;
-  readonly i2m: TlbArray;
-  readonly i1g: TlbArray;
-  readonly stlb: TlbArray;
-  readonly stlb1g: TlbArray;
-  readonly pscPml5e: TlbArray;
-  readonly pscPml4e: TlbArray;
-  readonly pscPdpte: TlbArray;
-  readonly pscPde: TlbArray;
-  readonly tlbArrays: TlbArray[];
-  readonly pscArrays: TlbArray[];
+  declare readonly d4k: TlbArray;
+  declare readonly d2m: TlbArray;
+  declare readonly d1g: TlbArray;
+  declare readonly i4k: TlbArray;
+  declare readonly i2m: TlbArray;
+  declare readonly i1g: TlbArray;
+  declare readonly stlb: TlbArray;
+  declare readonly stlb1g: TlbArray;
+  declare readonly pscPml5e: TlbArray;
+  declare readonly pscPml4e: TlbArray;
+  declare readonly pscPdpte: TlbArray;
+  declare readonly pscPde: TlbArray;
+  declare readonly tlbArrays: TlbArray[];
+  declare readonly pscArrays: TlbArray[];
 
   // ---- derived state, recomputed when R_GEN changes --------------------------------------------
   gen = -1;
@@ -113,32 +140,32 @@ export class Cpu {
   pcidTag = 0;
   costHit = 0;
   /**
-   * hotOk[kind * 16 + (w3 >> 8 & 15)]: may translate()'s shortcut serve an access of `kind` (read,
-   * write) by the current CPL through an entry whose word 3 carries these U, W, XD, D bits? Zero
-   * whenever protection keys could apply, so those cases take the full path.
+   * Bit (kind * 16 + (w3 >> 8 & 15)): may translate()'s shortcut serve an access of `kind` (read,
+   * write) by the current CPL through an entry whose word 3 carries these U, W, XD, D bits? Clear
+   * whenever protection keys could apply, so those cases take the full path. One 32-bit word, so
+   * the check is a shift of a field instead of a table load.
    */
-  hotOk = new Uint8Array(48);
+  hotBits = 0;
   /**
    * LRU clock of this CPU's TLB arrays, advanced by every L1 hit and every slow-path use or fill;
    * `slowTicks` counts the latter, so ticks − slowTicks are L1 hits not yet in the counters.
    */
   tick = 0;
   slowTicks = 0;
+  /** Memory references of fast walks not yet in C_WALK_REFS (see hw/walk.ts fastLeaf). */
+  fastWalkRefs = 0;
   private syncedTick = 0;
   private syncedSlow = 0;
+  // The L1 4 KiB data array's geometry, copied out of its TlbArray for translate()'s shortcut.
+  // Each is stored once, by the constructor, so V8 treats them as constant fields and folds them
+  // into code that holds a particular CPU (a loop over one CPU's accesses).
   /** The arrays use exact LRU (hits must stamp their entry). */
-  lru = true;
-  d4kSetWords = 0;
+  declare readonly lru: boolean;
+  declare readonly d4kSetWords: number;
   /** Stamp word of entry word e is (e >> 2) + d4kStampDelta. */
-  d4kStampDelta = 0;
-  d4kBase = 0;
-  d4kMask = 0;
-  d4kWays = 0;
-  d4kStamps = 0;
-  i4kBase = 0;
-  i4kMask = 0;
-  i4kWays = 0;
-  i4kStamps = 0;
+  declare readonly d4kStampDelta: number;
+  declare readonly d4kBase: number;
+  declare readonly d4kMask: number;
   pg = false;
   la57 = false;
   levels = 4;
@@ -155,16 +182,33 @@ export class Cpu {
   pkru = 0;
   cr3Lo = 0;
   cr3Hi = 0;
-  addrHi: number;
-  pscOn: boolean;
+  declare addrHi: number;
+  declare pscOn: boolean;
   readonly rsvdLo = new Int32Array(12);
   readonly rsvdHi = new Int32Array(12);
+  /**
+   * The fast walkers' copies of the reserved-bit masks (hw/walk.ts walkFast4): per level, for a
+   * non-leaf entry (Nl, whose high mask also holds the address bits above 31: a next table there
+   * is beyond installed memory) and for a leaf.
+   */
+  fw4NlLo = 0;
+  fw4NlHi = 0;
+  fw3NlLo = 0;
+  fw3NlHi = 0;
+  fw3LeafLo = 0;
+  fw3LeafHi = 0;
+  fw2NlLo = 0;
+  fw2NlHi = 0;
+  fw2LeafLo = 0;
+  fw2LeafHi = 0;
+  fw1Lo = 0;
+  fw1Hi = 0;
   /** The permission table in force (one of permAc), see hw/walk.ts computePermissionTable. */
   perm = new Uint8Array(72);
   /** Permission tables for RFLAGS.AC = 0 and 1, recomputed when CR0/CR4/EFER change. */
   private readonly permAc = [new Uint8Array(72), new Uint8Array(72)];
-  /** hotOk tables for [CPL 0, CPL 3] × [AC 0, AC 1]. */
-  private readonly hotTables = [new Uint8Array(48), new Uint8Array(48), new Uint8Array(48), new Uint8Array(48)];
+  /** hotBits words for [CPL 0, CPL 3] × [AC 0, AC 1]. */
+  private readonly hotTables = [0, 0, 0, 0];
   /** Last R_MODEGEN handled (CPL, RFLAGS.AC and PKRU changes: cheap to apply). */
   modegen = -1;
 
@@ -175,6 +219,13 @@ export class Cpu {
   wStartLevel = 4;
   wStartRw = 0;
   wStartXd = 0;
+  /** The leaf of the last successful walk, its level, and the rights combined over the levels. */
+  wLeafLo = 0;
+  wLeafHi = 0;
+  wLevel = 1;
+  wRw = 0;
+  wXd = 0;
+  /** TLB words of the last walk's translation (filled by hw/walk.ts tlbEntryWords). */
   wPfnLo = 0;
   /** TLB word 3 of the last walk, with its size and global flag above WOUT_W3_MASK. */
   wW3 = 0;
@@ -212,6 +263,7 @@ export class Cpu {
     this.watch = mem.watch;
     this.noWatch = new Uint8Array(mem.watch.length);
     this.memSize = mem.size;
+    this.memWords = mem.size / 4;
     this.features = { maxPhyAddr: cfg.maxPhyAddr, la57: cfg.la57, pku: cfg.pku, pcid: cfg.pcid };
     this.cost = cfg.cost.hw;
     this.clockGhz = cfg.cost.clockGhz;
@@ -252,14 +304,8 @@ export class Cpu {
     this.syncedTick = this.tick;
     this.d4kBase = this.d4k.base;
     this.d4kMask = this.d4k.setMask;
-    this.d4kWays = this.d4k.ways;
-    this.d4kStamps = this.d4k.stamps;
     this.d4kSetWords = this.d4k.ways * ENTRY_WORDS;
     this.d4kStampDelta = this.d4k.stamps - (this.d4k.base >> 2);
-    this.i4kBase = this.i4k.base;
-    this.i4kMask = this.i4k.setMask;
-    this.i4kWays = this.i4k.ways;
-    this.i4kStamps = this.i4k.stamps;
     this.refresh();
   }
 
@@ -306,20 +352,35 @@ export class Cpu {
         this.rsvdHi[level * 2 + (leaf ? 1 : 0)] = hi;
       }
     }
+    const rl = this.rsvdLo;
+    const rh = this.rsvdHi;
+    this.fw4NlLo = rl[8]!;
+    this.fw4NlHi = rh[8]! | this.addrHi;
+    this.fw3NlLo = rl[6]!;
+    this.fw3NlHi = rh[6]! | this.addrHi;
+    this.fw3LeafLo = rl[7]!;
+    this.fw3LeafHi = rh[7]!;
+    this.fw2NlLo = rl[4]!;
+    this.fw2NlHi = rh[4]! | this.addrHi;
+    this.fw2LeafLo = rl[5]!;
+    this.fw2LeafHi = rh[5]!;
+    this.fw1Lo = rl[3]!;
+    this.fw1Hi = rh[3]!;
     for (let ac = 0; ac < 2; ac++) computePermissionTable(this.permAc[ac]!, this.wp, this.smep, this.smap, ac === 1, this.nxe);
     for (let t = 0; t < 4; t++) {
       const cpl3 = t >= 2;
       const perm = this.permAc[t & 1]!;
-      const hot = this.hotTables[t]!;
-      for (let kind = 0; kind < 3; kind++) {
+      let hot = 0;
+      for (const kind of [K_READ, K_WRITE]) {
         for (let b = 0; b < 16; b++) {
           const rights = b & 7;
           const dirty = (b & 8) !== 0;
           const ai = (cpl3 ? 3 : 0) + kind;
-          const ok = this.pg && kind !== K_FETCH && perm[ai * 8 + rights] === 0 && (kind !== K_WRITE || dirty) && !(this.pke && (rights & 1) !== 0);
-          hot[kind * 16 + b] = ok ? 1 : 0;
+          const ok = this.pg && perm[ai * 8 + rights] === 0 && (kind !== K_WRITE || dirty) && !(this.pke && (rights & 1) !== 0);
+          if (ok) hot |= 1 << (kind * 16 + b);
         }
       }
+      this.hotTables[t] = hot;
     }
     this.canonShift = this.la57 ? 24 : 15;
     this.pcidTag = (this.pcid << W1_PCID_SHIFT) | W1_VALID;
@@ -336,7 +397,7 @@ export class Cpu {
     this.cpl3 = r[R_CPL] === 3;
     this.pkru = r[R_PKRU]! >>> 0;
     this.perm = this.permAc[this.ac ? 1 : 0]!;
-    this.hotOk = this.hotTables[(this.cpl3 ? 2 : 0) + (this.ac ? 1 : 0)]!;
+    this.hotBits = this.hotTables[(this.cpl3 ? 2 : 0) + (this.ac ? 1 : 0)]!;
   }
 
   private get gbPages(): boolean {
@@ -733,27 +794,35 @@ export class Cpu {
    */
   translate(vaHi: number, vaLo: number, kind: number, implicit: boolean, stack: boolean): number {
     // The common case — an L1 hit on a non-global 4 KiB data entry whose cached rights already
-    // allow the access — is decided here in few enough bytecodes (V8 inlines functions under 460)
-    // that this method is inlined into its callers; everything else, and every doubtful case,
-    // goes to translateFull, which decides the same cases the same way.
+    // allow the access — is decided here in few enough bytecodes that V8 inlines this method
+    // into its callers; everything else, and every doubtful case, goes to translateFull, which
+    // decides the same cases the same way. V8 inlines functions of fewer than 460 bytes of
+    // bytecode and this one is just under (452; check with node --print-bytecode after any
+    // change). Arithmetic on entry indices is kept in int32 (`| 0`, Math.imul) so the optimized
+    // code needs no overflow checks.
     // Canonical: top ∈ {0, -1} ⇔ (top + 1) >>> 1 === 0.
     const r = this.r;
     if (r[R_ATTN] === this.attn && kind !== K_FETCH && !implicit && ((vaHi >> this.canonShift) + 1) >>> 1 === 0) {
       const vLo = (vaLo >>> 12) | (vaHi << 20);
       const tag = ((vaHi >>> 12) & 0x1fff) | this.pcidTag;
-      let e = this.d4kBase + (vLo & this.d4kMask) * this.d4kSetWords;
-      for (const end = e + this.d4kSetWords; e < end; e += ENTRY_WORDS) {
+      let e = (this.d4kBase + Math.imul(vLo & this.d4kMask, this.d4kSetWords)) | 0;
+      for (const end = (e + this.d4kSetWords) | 0; e < end; e = (e + ENTRY_WORDS) | 0) {
         if (r[e] !== vLo || r[e + 1] !== tag) continue;
         const w3 = r[e + 3]!;
-        // hotOk: rights allow it, D is set for a write, and no protection key applies.
-        if (this.hotOk[kind * 16 + ((w3 >>> W3_RIGHTS_SHIFT) & 15)] === 0) break;
+        // hotBits: rights allow it, D is set for a write, and no protection key applies.
+        if (((this.hotBits >>> ((kind << 4) | ((w3 >>> W3_RIGHTS_SHIFT) & 15))) & 1) === 0) break;
         // Counted lazily: a hit only advances `tick`; sync() turns ticks into hits and cycles.
         const t = (this.tick + 1) | 0;
         this.tick = t;
-        if (this.lru) r[(e >> 2) + this.d4kStampDelta] = t;
-        const pa = ((w3 & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096 + (vaLo & 0xfff);
+        if (this.lru === true) r[((e >> 2) + this.d4kStampDelta) | 0] = t;
+        // Frame numbers below 2^20 (the first 4 GiB, all that can be installed) give the
+        // physical address in uint32 arithmetic; the general form is exact in doubles.
+        const pfn = r[e + 2]!;
+        const pa = ((pfn >>> 20) | (w3 & 0xff)) === 0 ? ((pfn << 12) | (vaLo & 0xfff)) >>> 0 : wideAddress(w3, pfn, vaLo & 0xfff);
         this.pa = pa;
-        if (this.watch[pa >>> 12] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
+        // The low word of the frame number indexes the watch map; a frame beyond it is beyond
+        // installed memory (undefined here, and watchCheck ignores it).
+        if (this.watch[pfn] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
         return 0;
       }
     }
@@ -764,42 +833,26 @@ export class Cpu {
   translateFull(vaHi: number, vaLo: number, kind: number, implicit: boolean, stack: boolean): number {
     const r = this.r;
     if (r[R_ATTN] !== this.attn) this.attention();
-    if (!this.pg) return this.translateUnpaged(vaHi, vaLo, kind);
+    if (this.pg !== true) return this.translateUnpaged(vaHi, vaLo, kind);
     const top = vaHi >> this.canonShift;
     if (top !== 0 && top !== -1) return this.nonCanonical(stack);
-    const user = this.cpl3 && !implicit;
+    const user = this.cpl3 === true && !implicit;
     const ai = user ? 3 + kind : implicit ? 6 + kind : kind;
-    // ---- L1 TLB, 4 KiB array: inlined, this is the hot path ----------------------------------
-    let base: number;
-    let mask: number;
-    let ways: number;
-    if (kind === K_FETCH) {
-      base = this.i4kBase;
-      mask = this.i4kMask;
-      ways = this.i4kWays;
-    } else {
-      base = this.d4kBase;
-      mask = this.d4kMask;
-      ways = this.d4kWays;
-    }
-    const vLo = (vaLo >>> 12) | (vaHi << 20);
-    const vHi = (vaHi >>> 12) & 0x1fff;
-    const tagNG = vHi | this.pcidTag;
-    let e = base + (vLo & mask) * ways * ENTRY_WORDS;
-    for (let w = 0; w < ways; w++, e += ENTRY_WORDS) {
-      if (r[e] !== vLo) continue;
-      const w1 = r[e + 1]!;
-      if (w1 !== tagNG && (w1 & ~W1_PCID_MASK) !== (vHi | W1_VALID | W1_GLOBAL)) continue;
+    // ---- L1 TLB, 4 KiB array of this side (global entries and every access kind) -------------
+    const t = kind === K_FETCH ? this.i4k : this.d4k;
+    const e = t.lookup((vaLo >>> 12) | (vaHi << 20), (vaHi >>> 12) & 0x1fff, this.pcid, SIZE_4K);
+    if (e >= 0) {
       const w3 = r[e + 3]!;
-      if (this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] !== 0 || (kind === K_WRITE && (w3 & W3_D) === 0) || ((w3 & W3_U) !== 0 && this.pke && this.pkeyBlocks(w3, kind, user))) {
+      if (this.perm[(ai << 3) | ((w3 >>> W3_RIGHTS_SHIFT) & 7)] !== 0 || (kind === K_WRITE && (w3 & W3_D) === 0) || ((w3 & W3_U) !== 0 && this.pke === true && this.pkeyBlocks(w3, kind, user))) {
         return this.rewalk(vaHi, vaLo, kind, ai, user, w3, true);
       }
-      const t = (this.tick + 1) | 0; // counted by sync(), as in translate()
-      this.tick = t;
-      if (this.lru) r[(kind === K_FETCH ? this.i4kStamps : this.d4kStamps) + ((e - base) >> 2)] = t;
-      const pa = ((w3 & 0xff) * 0x100000000 + (r[e + 2]! >>> 0)) * 4096 + (vaLo & 0xfff);
+      const tk = (this.tick + 1) | 0; // counted by sync(), as in translate()
+      this.tick = tk;
+      if (this.lru === true) r[t.stamps + ((e - t.base) >> 2)] = tk;
+      const pfn = r[e + 2]!;
+      const pa = ((pfn >>> 20) | (w3 & 0xff)) === 0 ? ((pfn << 12) | (vaLo & 0xfff)) >>> 0 : wideAddress(w3, pfn, vaLo & 0xfff);
       this.pa = pa;
-      if (this.watch[pa >>> 12] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
+      if (this.watch[pfn] !== 0) this.watchCheck(pa, vaHi, vaLo, kind);
       return 0;
     }
     return this.translateSlow(vaHi, vaLo, kind, ai, user);
@@ -841,7 +894,7 @@ export class Cpu {
   private usable(w3: number, kind: number, ai: number, user: boolean): boolean {
     if (this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] !== 0) return false;
     if (kind === K_WRITE && (w3 & W3_D) === 0) return false;
-    if (this.pke && (w3 & W3_U) !== 0 && pkeyDenies(this.pkru, (w3 >>> W3_PK_SHIFT) & 0xf, kind, user, this.wp)) return false;
+    if (this.pke === true && (w3 & W3_U) !== 0 && pkeyDenies(this.pkru, (w3 >>> W3_PK_SHIFT) & 0xf, kind, user, this.wp)) return false;
     return true;
   }
 
@@ -863,12 +916,22 @@ export class Cpu {
   private translateSlow(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
     const c = this.c;
     const fetch = kind === K_FETCH;
-    if (this.probe(fetch ? this.i2m : this.d2m, SIZE_2M, 21, C_L1_HIT_2M, vaHi, vaLo, kind, ai, user) || this.probe(fetch ? this.i1g : this.d1g, SIZE_1G, 30, C_L1_HIT_1G, vaHi, vaLo, kind, ai, user)) {
+    // An array (or page size) whose R_HELD bit is clear holds nothing: its probe is skipped
+    // without a call. Probes only fill (set bits) on their way out, so one read of R_HELD serves.
+    const held = this.r[R_HELD]!;
+    const l2m = fetch ? this.i2m : this.d2m;
+    const l1g = fetch ? this.i1g : this.d1g;
+    if (((held & l2m.heldAll) !== 0 && this.probe(l2m, SIZE_2M, 21, C_L1_HIT_2M, vaHi, vaLo, kind, ai, user)) || ((held & l1g.heldAll) !== 0 && this.probe(l1g, SIZE_1G, 30, C_L1_HIT_1G, vaHi, vaLo, kind, ai, user))) {
       return this.probeResult;
     }
     c[C_L1_MISS]!++;
     // ---- second-level TLB ---------------------------------------------------------------------
-    if (this.probe(this.stlb, SIZE_4K, 12, -1, vaHi, vaLo, kind, ai, user) || this.probe(this.stlb, SIZE_2M, 21, -1, vaHi, vaLo, kind, ai, user) || this.probe(this.stlb1g, SIZE_1G, 30, -1, vaHi, vaLo, kind, ai, user)) {
+    const st = this.stlb;
+    if (
+      ((held & st.heldSmall) !== 0 && this.probe(st, SIZE_4K, 12, -1, vaHi, vaLo, kind, ai, user)) ||
+      ((held & st.heldLarge) !== 0 && this.probe(st, SIZE_2M, 21, -1, vaHi, vaLo, kind, ai, user)) ||
+      ((held & this.stlb1g.heldAll) !== 0 && this.probe(this.stlb1g, SIZE_1G, 30, -1, vaHi, vaLo, kind, ai, user))
+    ) {
       return this.probeResult;
     }
     c[C_STLB_MISS]!++;
@@ -931,9 +994,11 @@ export class Cpu {
 
   /**
    * Fold the L1 hits counted only as `tick` advances into the shared counters: each is one L1
-   * hit and `costHit` cycles. Every reader of the clock or the counters calls this first.
+   * hit and `costHit` cycles; and the fast walks' pending memory references. Every reader of the
+   * clock or the counters calls this first.
    */
   sync(): void {
+    this.syncWalkRefs();
     const hits = ((this.tick - this.syncedTick) - (this.slowTicks - this.syncedSlow)) | 0;
     if (hits !== 0) {
       this.c[C_L1_HIT]! += hits;
@@ -971,6 +1036,7 @@ export class Cpu {
       return -1;
     }
     // Fill: second-level TLB, then the L1 array of this side.
+    tlbEntryWords(this);
     const out = this.wW3;
     const size = (out >>> WOUT_SIZE_SHIFT) & 3;
     const g = (out & WOUT_GLOBAL) !== 0;
@@ -979,17 +1045,26 @@ export class Cpu {
     const st = size === SIZE_1G ? this.stlb1g : this.stlb;
     if (st.count !== 0) st.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), this.pcid, size, g, this.wPfnLo, w3, this.nextStamp());
     this.fillL1(vaHi, vaLo, kind === K_FETCH, size, g, this.wPfnLo, w3, this.pcid);
-    if (this.pscOn && this.wN > 1) this.fillPsc(vaHi, vaLo);
+    if (this.pscOn === true && this.wN > 1) this.fillPsc(vaHi, vaLo);
     return this.finish(pa, vaHi, vaLo, kind);
   }
 
-  /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS. */
+  /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS (or fastWalkRefs). */
   private walkRefsCharged = 0;
   private chargeWalk(): void {
     // Charged incrementally from the counter so restarts and PSC hits are priced correctly.
-    const refs = this.c[7]! - this.walkRefsCharged; // C_WALK_REFS
-    this.walkRefsCharged = this.c[7]!;
+    this.syncWalkRefs();
+    const refs = this.c[C_WALK_REFS]! - this.walkRefsCharged;
+    this.walkRefsCharged = this.c[C_WALK_REFS]!;
     this.c[C_CLOCK]! += refs * this.cost.walkMemRef;
+  }
+
+  /** Add the fast walkers' pending memory references to C_WALK_REFS. */
+  private syncWalkRefs(): void {
+    if (this.fastWalkRefs !== 0) {
+      this.c[C_WALK_REFS]! += this.fastWalkRefs;
+      this.fastWalkRefs = 0;
+    }
   }
 
   /**
@@ -1000,8 +1075,7 @@ export class Cpu {
     let s = size;
     let pfnLo = w2;
     let pfnHiW3 = w3;
-    const arrays = fetch ? [this.i4k, this.i2m, this.i1g] : [this.d4k, this.d2m, this.d1g];
-    while (s > SIZE_4K && arrays[s]!.count === 0) {
+    while (s > SIZE_4K && this.l1Array(fetch, s).count === 0) {
       // Splinter: keep only the piece containing va.
       const pieceShift = s === SIZE_1G ? 21 : 12;
       const pieceIndex = s === SIZE_1G ? (vaLo >>> 21) & 0x1ff : (vaLo >>> 12) & 0x1ff;
@@ -1012,10 +1086,17 @@ export class Cpu {
     }
     // Mark a piece with the size of the whole page, so invalidations find every piece.
     if (s < size) pfnHiW3 = (pfnHiW3 & ~W3_PIECE_MASK) | (size << W3_PIECE_SHIFT);
-    const t = arrays[s]!;
+    const t = this.l1Array(fetch, s);
     if (t.count === 0) return;
     const shift = s === SIZE_4K ? 12 : s === SIZE_2M ? 21 : 30;
     t.insert(vpnLo(vaHi, vaLo, shift), vpnHi(vaHi, shift), pcid, s, g, pfnLo, pfnHiW3, this.nextStamp());
+  }
+
+  /** The first-level array of one side for one size code. */
+  private l1Array(fetch: boolean, size: number): TlbArray {
+    if (size === SIZE_4K) return fetch ? this.i4k : this.d4k;
+    if (size === SIZE_2M) return fetch ? this.i2m : this.d2m;
+    return fetch ? this.i1g : this.d1g;
   }
 
   /** Cache the non-leaf entries this walk read (SDM §4.10.3.1: only P=1, no reserved bits, A=1). */
@@ -1045,35 +1126,36 @@ export class Cpu {
    * walk starts below the cached entry with its accumulated rights; otherwise at the root.
    */
   pscLookup(vaHi: number, vaLo: number): boolean {
-    const pcid = this.pcid;
-    const probes: [TlbArray, number, number][] = [
-      [this.pscPde, LEVEL_PTE, C_PSC_HIT_PDE],
-      [this.pscPdpte, LEVEL_PDE, C_PSC_HIT_PDPTE],
-      [this.pscPml4e, LEVEL_PDPTE, C_PSC_HIT_PML4E],
-      [this.pscPml5e, LEVEL_PML4E, C_PSC_HIT_PML5E],
-    ];
-    for (const [t, next, ctr] of probes) {
-      if (t.count === 0) continue;
-      if (next === LEVEL_PML4E && !this.la57) continue;
-      const e = t.lookup(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), pcid, 0);
-      if (e < 0) continue;
-      const r = this.r;
-      const w2 = r[e + 2]!;
-      const w3 = r[e + 3]!;
-      this.pLevel = next;
-      this.pTLo = w2 << 12;
-      this.pTHi = ((w2 >>> 20) | ((w3 & 0xff) << 12)) & this.addrHi;
-      this.pRw = (w3 & W3_U ? 4 : 0) | (w3 & (1 << 9) ? 2 : 0);
-      this.pXd = w3 & (1 << 10) ? 0x80000000 | 0 : 0;
-      t.touch(e, this.nextStamp());
-      this.c[ctr]!++;
-      this.c[C_CLOCK]! += this.cost.pscHit;
+    if (
+      this.pscProbe(this.pscPde, LEVEL_PTE, C_PSC_HIT_PDE, vaHi, vaLo) ||
+      this.pscProbe(this.pscPdpte, LEVEL_PDE, C_PSC_HIT_PDPTE, vaHi, vaLo) ||
+      this.pscProbe(this.pscPml4e, LEVEL_PDPTE, C_PSC_HIT_PML4E, vaHi, vaLo) ||
+      (this.la57 === true && this.pscProbe(this.pscPml5e, LEVEL_PML4E, C_PSC_HIT_PML5E, vaHi, vaLo))
+    ) {
       return true;
     }
     this.pLevel = this.levels;
     this.pTLo = this.cr3Lo;
     this.pTHi = this.cr3Hi;
     return false;
+  }
+
+  /** One paging-structure cache of pscLookup(): on a hit, set the p* outputs (the walk starts at `next`). */
+  private pscProbe(t: TlbArray, next: number, counter: number, vaHi: number, vaLo: number): boolean {
+    const e = t.lookup(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), this.pcid, 0);
+    if (e < 0) return false;
+    const r = this.r;
+    const w2 = r[e + 2]!;
+    const w3 = r[e + 3]!;
+    this.pLevel = next;
+    this.pTLo = w2 << 12;
+    this.pTHi = ((w2 >>> 20) | ((w3 & 0xff) << 12)) & this.addrHi;
+    this.pRw = (w3 & W3_U ? 4 : 0) | (w3 & (1 << 9) ? 2 : 0);
+    this.pXd = w3 & (1 << 10) ? 0x80000000 | 0 : 0;
+    t.touch(e, this.nextStamp());
+    this.c[counter]!++;
+    this.c[C_CLOCK]! += this.cost.pscHit;
+    return true;
   }
 
   private finish(pa: number, vaHi: number, vaLo: number, kind: number): number {

@@ -348,7 +348,11 @@ export class StreamAgent implements Agent {
   ) {}
 
   step(cpu: Cpu, until: number): AgentStatus {
-    const { his, los, kinds, length } = this.stream;
+    const stream = this.stream;
+    const his = stream.his;
+    const los = stream.los;
+    const kinds = stream.kinds;
+    const length = stream.length;
     const costHit = cpu.costHit > 0 ? cpu.costHit : 1;
     let i = this.pos;
     while (i < length) {
@@ -356,16 +360,17 @@ export class StreamAgent implements Agent {
       if (now >= until) break;
       // Accesses cost at least costHit, so this many cannot overshoot `until` by more than the
       // extra cost of the slower ones among them.
-      const end = Math.min(length, i + Math.max(1, Math.min(1024, Math.floor((until - now) / costHit))));
-      for (; i < end; i++) {
-        if (cpu.translate(his[i]!, los[i]!, kinds[i]!, false, false) !== 0) {
-          const action = this.fault(cpu, i);
-          if (action === 'retry') i--;
-          else if (action === 'stop') {
-            this.pos = length;
-            return 'done';
-          }
+      const end = Math.min(length, i + Math.max(1, Math.min(1024, Math.floor((until - now) / costHit)))) | 0;
+      while (i < end) {
+        i = runAccesses(cpu, his, los, kinds, i, end);
+        if (i >= end) break;
+        // Access i faulted: retry it (after the handler mapped it), skip it, or stop.
+        const action = this.fault(cpu, i);
+        if (action === 'stop') {
+          this.pos = length;
+          return 'done';
         }
+        if (action === 'skip') i++;
       }
     }
     this.pos = i;
@@ -381,6 +386,17 @@ export class StreamAgent implements Agent {
     if (a !== 'retry' && a !== 'skip' && a !== 'stop') throw new EngineError(`fault handler returned ${String(a)}; expected retry, skip or stop`);
     return a;
   }
+}
+
+/**
+ * Run accesses from..end-1 of a stream on `cpu` until one faults. Returns the index of the
+ * faulting access, or `end`. A separate function so the loop has no fault handling in it: the
+ * optimized loop is then only the inlined translation shortcut.
+ */
+function runAccesses(cpu: Cpu, his: Int32Array, los: Int32Array, kinds: Uint8Array, from: number, end: number): number {
+  let i = from | 0;
+  while (i < end && cpu.translate(his[i]!, los[i]!, kinds[i]!, false, false) === 0) i = (i + 1) | 0;
+  return i;
 }
 
 /**

@@ -17,7 +17,7 @@
 import type { ArrayGeometry, MachineConfig } from './config.ts';
 
 export const MAGIC = 0x4c554d4d; // "MMUL" little-endian
-export const LAYOUT_VERSION = 1;
+export const LAYOUT_VERSION = 2;
 export const HEADER_BYTES = 65536;
 /** Header words (Int32 indices). */
 export const H_MAGIC = 0;
@@ -57,6 +57,13 @@ export const R_IDLE = 16;
 export const R_ATTN = 17;
 /** Bumped on CPL, RFLAGS.AC and PKRU changes (cheap to apply, unlike R_GEN). */
 export const R_MODEGEN = 18;
+/**
+ * Occupancy summary of the TLB and paging-structure-cache arrays: one bit per array (and per
+ * page size for the mixed second-level TLB) that is set by every fill and cleared only when an
+ * invalidation leaves the array without an entry of that size. A clear bit means "holds nothing",
+ * so a lookup may skip the array (see hw/tlb.ts).
+ */
+export const R_HELD = 19;
 
 // ---- Local APIC mailbox (Int32 indices relative to the CPU block) -----------------------------
 /** Messages ever posted to this CPU (senders reserve slots with Atomics.add). */

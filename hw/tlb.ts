@@ -41,26 +41,50 @@
  * in the CPU block (deterministic). Stale entries are never dropped behind software's back:
  * only replacement and the invalidations of §4.10.4 remove entries, so experiments see exactly
  * what a missing or late flush leaves behind.
+ *
+ * Two pieces of bookkeeping make the searches cheaper without changing any result. The CPU
+ * block's R_HELD word has a bit per array (two for the mixed STLB: 4 KiB and 2 MiB entries) that
+ * every fill sets and only an invalidation that leaves the array without such an entry clears;
+ * lookups and invalidations skip an array whose bit is clear. And a lookup that misses remembers
+ * its key, so the fill that usually follows need not search the set again for an entry with the
+ * same tag (unless something changed the array in between).
  */
 
 import type { ArrayPlacement } from './layout.ts';
-import { ENTRY_WORDS as LAYOUT_ENTRY_WORDS, R_RNG } from './layout.ts';
+import * as layoutConsts from './layout.ts';
 import type { Replacement } from './config.ts';
 
 /**
- * A module-local copy of the entry size: the sweeps below read it once per entry, and under the
- * test runner's module loader every imported binding is a getter call (INVLPG went from ~6 µs to
- * well under 1 µs with local constants).
+ * Module-local copies of the layout constants: the sweeps below read them once per entry, and an
+ * imported binding is reloaded from its module cell at every use (under the test runner's module
+ * loader it is even a getter call: INVLPG went from ~6 µs to well under 1 µs with local constants).
  */
-const ENTRY_WORDS = LAYOUT_ENTRY_WORDS;
+const { ENTRY_WORDS, R_HELD, R_RNG } = layoutConsts;
 
-export const W1_VPNHI_MASK = 0x1fff;
-export const W1_PCID_SHIFT = 13;
-export const W1_PCID_MASK = 0xfff << W1_PCID_SHIFT;
-export const W1_VALID = 1 << 25;
-export const W1_GLOBAL = 1 << 26;
-export const W1_SIZE_SHIFT = 27;
-export const W1_SIZE_MASK = 3 << W1_SIZE_SHIFT;
+// The fields of words 1 and 3. This file's code uses the private names; the exported W1_/W3_/SIZE_
+// names are for other modules (inside its own module an exported binding still lives in a module
+// cell, reloaded with a hole check at every use in optimized code; a private const folds).
+const VPNHI_MASK = 0x1fff;
+const PCID_SHIFT = 13;
+const PCID_MASK = 0xfff << PCID_SHIFT;
+const VALID = 1 << 25;
+const GLOBAL = 1 << 26;
+const SIZE_SHIFT = 27;
+const SIZE_MASK = 3 << SIZE_SHIFT;
+const PIECE_SHIFT = 20;
+const PIECE_MASK = 3 << PIECE_SHIFT;
+const S4K = 0;
+const S2M = 1;
+const S1G = 2;
+const SHIFTS = [12, 21, 30] as const;
+
+export const W1_VPNHI_MASK = VPNHI_MASK;
+export const W1_PCID_SHIFT = PCID_SHIFT;
+export const W1_PCID_MASK = PCID_MASK;
+export const W1_VALID = VALID;
+export const W1_GLOBAL = GLOBAL;
+export const W1_SIZE_SHIFT = SIZE_SHIFT;
+export const W1_SIZE_MASK = SIZE_MASK;
 
 export const W3_PFNHI_MASK = 0xff;
 export const W3_U = 1 << 8;
@@ -70,54 +94,101 @@ export const W3_D = 1 << 11;
 export const W3_PK_SHIFT = 12;
 export const W3_MT_SHIFT = 16;
 /** Size code of the larger page a splintered first-level entry is a piece of (0: a whole translation). */
-export const W3_PIECE_SHIFT = 20;
-export const W3_PIECE_MASK = 3 << W3_PIECE_SHIFT;
+export const W3_PIECE_SHIFT = PIECE_SHIFT;
+export const W3_PIECE_MASK = PIECE_MASK;
 /** The three rights bits, shifted down, form a 3-bit index: U=1, W=2, XD=4. */
 export const W3_RIGHTS_SHIFT = 8;
 
-export const SIZE_4K = 0;
-export const SIZE_2M = 1;
-export const SIZE_1G = 2;
-export const SIZE_SHIFTS = [12, 21, 30] as const;
+export const SIZE_4K = S4K;
+export const SIZE_2M = S2M;
+export const SIZE_1G = S1G;
+export const SIZE_SHIFTS = SHIFTS;
 
 /** Identifies an array for reports. */
 export type ArrayName = 'l1d4k' | 'l1d2m' | 'l1d1g' | 'l1i4k' | 'l1i2m' | 'l1i1g' | 'stlb' | 'stlb1g' | 'pml5e' | 'pml4e' | 'pdpte' | 'pde';
+
+/** Each array's bit in R_HELD (the second-level TLB also has the next bit, for 2 MiB entries). */
+const HELD_BITS: Record<ArrayName, number> = {
+  l1d4k: 1 << 0, l1d2m: 1 << 1, l1d1g: 1 << 2, l1i4k: 1 << 3, l1i2m: 1 << 4, l1i1g: 1 << 5,
+  stlb: 1 << 6, stlb1g: 1 << 8, pml5e: 1 << 9, pml4e: 1 << 10, pdpte: 1 << 11, pde: 1 << 12,
+};
 
 /**
  * One set-associative array. `shift` is the page shift used for the tag (for the mixed STLB it is
  * the shift of the probe in progress, passed explicitly).
  */
 export class TlbArray {
-  readonly sets: number;
-  readonly ways: number;
-  readonly setMask: number;
+  // Fields are `declare`d and set once by the constructor, so V8 keeps their representation and
+  // treats them as constants (see hw/cpu.ts).
+  declare readonly name: ArrayName;
+  declare readonly r: Int32Array;
+  declare readonly replacement: Replacement;
+  /** Size code stored in entries (for the STLB: the default for fixed-size use). */
+  declare readonly sizeCode: number;
+  /** Page shift of tags; for paging-structure caches, the shift of the covered region. */
+  declare readonly shift: number;
+  /** True for paging-structure caches (no global entries, no D/PK). */
+  declare readonly psc: boolean;
+  declare readonly sets: number;
+  declare readonly ways: number;
+  declare readonly setMask: number;
+  /** Words per set (ways × ENTRY_WORDS). */
+  declare readonly setWords: number;
   /** First word of entry 0 inside the CPU block. */
-  readonly base: number;
-  readonly stamps: number;
-  readonly count: number;
+  declare readonly base: number;
+  declare readonly stamps: number;
+  declare readonly count: number;
+  declare readonly lru: boolean;
+  /**
+   * This array's bits in the CPU block's R_HELD word, indexed by size code: set by insert(),
+   * cleared by a sweep that leaves no entry of that size. While a bit is clear the array holds
+   * no entry of that size and lookup() answers without searching. Every entry is created by
+   * insert() and the word lives in the shared buffer, so the summary holds for every view.
+   */
+  declare readonly heldBits: readonly number[];
+  /** The OR of heldBits. */
+  declare readonly heldAll: number;
+  /** heldBits[0] and heldBits[1] (= heldBits[2]) as plain fields, for the hot paths. */
+  declare readonly heldSmall: number;
+  declare readonly heldLarge: number;
   /** This array may hold pieces of larger pages (set by the CPU when the larger array is absent). */
   holdsPieces = false;
+  /**
+   * The key of the last lookup() that missed, and whether its set held an entry for the same page
+   * and size under another PCID (a "clash", which insert() may have to replace). `mods` counts
+   * changes to this array's entries (through this view), so insert() can tell that nothing
+   * changed since that lookup and skip its search for a same-tag slot. Per view, which is enough:
+   * a lookup and the fill that follows it run on one thread within one access.
+   */
+  private mods = 0;
+  private missMods = -1;
+  private missLo = 0;
+  private missHi = 0;
+  private missSize = -1;
+  private missClash = false;
   /** The size codes holdsSize() accepts (filled on first use: they depend only on the geometry). */
-  private heldSizes: number[] | null = null;
+  private sizeCodes: number[] | null = null;
 
-  constructor(
-    readonly name: ArrayName,
-    readonly r: Int32Array,
-    p: ArrayPlacement,
-    readonly replacement: Replacement,
-    /** Size code stored in entries (for the STLB: the default for fixed-size use). */
-    readonly sizeCode: number,
-    /** Page shift of tags; for paging-structure caches, the shift of the covered region. */
-    readonly shift: number,
-    /** True for paging-structure caches (no global entries, no D/PK). */
-    readonly psc = false,
-  ) {
+  constructor(name: ArrayName, r: Int32Array, p: ArrayPlacement, replacement: Replacement, sizeCode: number, shift: number, psc = false) {
+    this.name = name;
+    this.r = r;
+    this.replacement = replacement;
+    this.sizeCode = sizeCode;
+    this.shift = shift;
+    this.psc = psc;
     this.sets = p.sets;
     this.ways = p.ways;
     this.setMask = p.sets - 1;
+    this.setWords = p.ways * ENTRY_WORDS;
     this.base = p.entries;
     this.stamps = p.stamps;
     this.count = p.sets * p.ways;
+    this.lru = replacement === 'lru';
+    const bit = HELD_BITS[name];
+    this.heldBits = name === 'stlb' ? [bit, bit << 1, bit << 1] : [bit, bit, bit];
+    this.heldSmall = this.heldBits[0]!;
+    this.heldLarge = this.heldBits[1]!;
+    this.heldAll = this.heldSmall | this.heldLarge;
   }
 
   get present(): boolean {
@@ -131,22 +202,33 @@ export class TlbArray {
   lookup(vpnLo: number, vpnHi: number, pcid: number, size: number): number {
     if (this.count === 0) return -1;
     const r = this.r;
-    const ways = this.ways;
-    const tagNG = vpnHi | (pcid << W1_PCID_SHIFT) | W1_VALID | (size << W1_SIZE_SHIFT);
-    const tagG = vpnHi | W1_VALID | W1_GLOBAL | (size << W1_SIZE_SHIFT);
-    let e = this.base + (vpnLo & this.setMask) * ways * ENTRY_WORDS;
-    for (let w = 0; w < ways; w++, e += ENTRY_WORDS) {
-      if (r[e] === vpnLo) {
+    let clash = false;
+    if ((r[R_HELD]! & (size === 0 ? this.heldSmall : this.heldLarge)) !== 0) {
+      const tagBase = vpnHi | VALID | (size << SIZE_SHIFT);
+      let e = (this.base + Math.imul(vpnLo & this.setMask, this.setWords)) | 0;
+      const end = (e + this.setWords) | 0;
+      for (;;) {
+        // The inner loop only compares word 0, so it stays small; the rest of the tag is checked
+        // for the ways whose word 0 matches.
+        while (e < end && r[e] !== vpnLo) e = (e + ENTRY_WORDS) | 0;
+        if (e >= end) break;
         const w1 = r[e + 1]!;
-        if (w1 === tagNG || (w1 & ~W1_PCID_MASK) === tagG) return e;
+        if (w1 === (tagBase | (pcid << PCID_SHIFT)) || (w1 & ~PCID_MASK) === (tagBase | GLOBAL)) return e;
+        if ((w1 & ~(PCID_MASK | GLOBAL)) === tagBase) clash = true;
+        e = (e + ENTRY_WORDS) | 0;
       }
     }
+    this.missMods = this.mods;
+    this.missLo = vpnLo;
+    this.missHi = vpnHi;
+    this.missSize = size;
+    this.missClash = clash;
     return -1;
   }
 
   /** Record a use of entry `e` for LRU. */
   touch(e: number, stampClock: number): void {
-    if (this.replacement === 'lru') this.r[this.stamps + (e - this.base) / ENTRY_WORDS] = stampClock;
+    if (this.lru === true) this.r[this.stamps + ((e - this.base) >> 2)] = stampClock;
   }
 
   /**
@@ -157,30 +239,66 @@ export class TlbArray {
    */
   insert(vpnLo: number, vpnHi: number, pcid: number, size: number, global: boolean, w2: number, w3: number, stamp: number): number {
     const r = this.r;
-    const ways = this.ways;
     const set = vpnLo & this.setMask;
-    const first = this.base + set * ways * ENTRY_WORDS;
-    const tagBase = vpnHi | W1_VALID | (size << W1_SIZE_SHIFT);
+    const first = (this.base + Math.imul(set, this.setWords)) | 0;
+    const end = (first + this.setWords) | 0;
+    const tagBase = vpnHi | VALID | (size << SIZE_SHIFT);
+    const lru = this.lru;
+    // Right after a lookup of this key that missed without a clash (and with no change since),
+    // no entry has the same tag: only an invalid way or the policy's victim remain to be found.
+    const fresh = this.missMods === this.mods && this.missClash === false && this.missLo === vpnLo && this.missHi === vpnHi && this.missSize === size;
+    this.missMods = -1;
+    this.mods = (this.mods + 1) & 0x3fffffff;
     let victim = -1;
-    let e = first;
-    for (let w = 0; w < ways; w++, e += ENTRY_WORDS) {
-      const w1 = r[e + 1]!;
-      if (!(w1 & W1_VALID)) {
-        if (victim < 0) victim = e;
-        continue;
+    // With LRU the oldest way is found in the same pass; it is used only if every way is valid
+    // and none has the same tag. Ages are compared as unsigned 32-bit numbers (wrap-safe), in
+    // int32 arithmetic: x ^ 0x80000000 maps unsigned order onto signed order. Ties go to the
+    // lowest way, as in chooseVictim.
+    let oldest = -1;
+    let oldestKey = 0;
+    let si = (this.stamps + ((first - this.base) >> 2)) | 0;
+    if (fresh === true && lru === true) {
+      // The common fill: only the first invalid way or the oldest way is wanted.
+      for (let e = first; e < end; e = (e + ENTRY_WORDS) | 0, si = (si + 1) | 0) {
+        if ((r[(e + 1) | 0]! & VALID) === 0) {
+          victim = e;
+          break;
+        }
+        const key = ((stamp - r[si]!) ^ 0x80000000) | 0;
+        if (key > oldestKey || oldest < 0) {
+          oldestKey = key;
+          oldest = e;
+        }
       }
-      // Same page, same size, and the same PCID (or either side global): this is the slot.
-      if (r[e] === vpnLo && (w1 & ~(W1_PCID_MASK | W1_GLOBAL)) === tagBase && (global || w1 & W1_GLOBAL || ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT) === pcid)) {
-        victim = e;
-        break;
+    } else {
+      for (let e = first; e < end; e = (e + ENTRY_WORDS) | 0, si = (si + 1) | 0) {
+        const w1 = r[(e + 1) | 0]!;
+        if ((w1 & VALID) === 0) {
+          if (victim < 0) victim = e;
+          if (fresh === true) break; // no same-tag entry to look for
+          continue;
+        }
+        // Same page, same size, and the same PCID (or either side global): this is the slot.
+        if (fresh === false && r[e] === vpnLo && (w1 & ~(PCID_MASK | GLOBAL)) === tagBase && (global === true || (w1 & GLOBAL) !== 0 || ((w1 & PCID_MASK) >>> PCID_SHIFT) === pcid)) {
+          victim = e;
+          break;
+        }
+        if (lru === true) {
+          const key = ((stamp - r[si]!) ^ 0x80000000) | 0;
+          if (key > oldestKey || oldest < 0) {
+            oldestKey = key;
+            oldest = e;
+          }
+        }
       }
     }
-    if (victim < 0) victim = this.chooseVictim(first, set, stamp);
+    if (victim < 0) victim = lru === true ? oldest : this.chooseVictim(first, set, stamp);
     r[victim] = vpnLo;
-    r[victim + 1] = tagBase | (pcid << W1_PCID_SHIFT) | (global ? W1_GLOBAL : 0);
-    r[victim + 2] = w2;
-    r[victim + 3] = w3;
-    if (this.replacement === 'lru') r[this.stamps + (victim - this.base) / ENTRY_WORDS] = stamp;
+    r[(victim + 1) | 0] = tagBase | (pcid << PCID_SHIFT) | (global === true ? GLOBAL : 0);
+    r[(victim + 2) | 0] = w2 | 0;
+    r[(victim + 3) | 0] = w3 | 0;
+    r[R_HELD] = r[R_HELD]! | (size === 0 ? this.heldSmall : this.heldLarge);
+    if (lru === true) r[(this.stamps + ((victim - this.base) >> 2)) | 0] = stamp | 0;
     return victim;
   }
 
@@ -221,6 +339,7 @@ export class TlbArray {
 
   /** Invalidate entry `e`. */
   kill(e: number): void {
+    this.mods = (this.mods + 1) & 0x3fffffff;
     this.r[e + 1] = 0;
   }
 
@@ -231,16 +350,27 @@ export class TlbArray {
   sweep(pred: (e: number, w1: number) => boolean): number {
     if (this.count === 0) return 0;
     const r = this.r;
+    if ((r[R_HELD]! & this.heldAll) === 0) return 0;
+    this.mods = (this.mods + 1) & 0x3fffffff;
     let n = 0;
+    let kept = 0;
     const end = this.base + this.count * ENTRY_WORDS;
     for (let e = this.base; e < end; e += ENTRY_WORDS) {
       const w1 = r[e + 1]!;
-      if (w1 & W1_VALID && pred(e, w1)) {
+      if (!(w1 & VALID)) continue;
+      if (pred(e, w1)) {
         r[e + 1] = 0;
         n++;
-      }
+      } else kept |= (w1 & SIZE_MASK) === 0 ? this.heldSmall : this.heldLarge;
     }
+    this.keepHeld(kept);
     return n;
+  }
+
+  /** After a sweep: clear this array's R_HELD bits for the sizes of which no entry is left. */
+  private keepHeld(kept: number): void {
+    const r = this.r;
+    r[R_HELD] = (r[R_HELD]! & ~this.heldAll) | kept;
   }
 
   /** Remove everything (all PCIDs, global entries). */
@@ -253,21 +383,26 @@ export class TlbArray {
     // sweep() with this predicate, written out: INVLPG runs it over every paging-structure cache.
     if (this.count === 0) return 0;
     const r = this.r;
+    if ((r[R_HELD]! & this.heldAll) === 0) return 0;
+    this.mods = (this.mods + 1) & 0x3fffffff;
     let n = 0;
+    let kept = 0;
     const end = this.base + this.count * ENTRY_WORDS;
     for (let e = this.base; e < end; e += ENTRY_WORDS) {
       const w1 = r[e + 1]!;
-      if (w1 & W1_VALID && ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT) === pcid && (includeGlobal || !(w1 & W1_GLOBAL))) {
+      if (!(w1 & VALID)) continue;
+      if (((w1 & PCID_MASK) >>> PCID_SHIFT) === pcid && (includeGlobal || !(w1 & GLOBAL))) {
         r[e + 1] = 0;
         n++;
-      }
+      } else kept |= (w1 & SIZE_MASK) === 0 ? this.heldSmall : this.heldLarge;
     }
+    this.keepHeld(kept);
     return n;
   }
 
   /** Remove all non-global entries of every PCID. */
   clearNonGlobal(): number {
-    return this.sweep((_e, w1) => !(w1 & W1_GLOBAL));
+    return this.sweep((_e, w1) => !(w1 & GLOBAL));
   }
 
   /**
@@ -277,22 +412,26 @@ export class TlbArray {
    */
   clearAddress(vaHi: number, vaLo: number, pcid: number, includeGlobal: boolean): number {
     if (this.count === 0) return 0;
+    const heldNow = this.r[R_HELD]!;
+    if ((heldNow & this.heldAll) === 0) return 0;
+    this.mods = (this.mods + 1) & 0x3fffffff;
     let n = 0;
     // holdsSize() for each size code, computed once (INVLPG calls this for every array).
-    let held = this.heldSizes;
-    if (held === null) held = this.heldSizes = [0, 1, 2].filter((z) => this.holdsSize(z));
-    for (let h = 0; h < held.length; h++) {
-      const size = held[h]!;
-      const shift = SIZE_SHIFTS[size]!;
+    let sizes = this.sizeCodes;
+    if (sizes === null) sizes = this.sizeCodes = [0, 1, 2].filter((z) => this.holdsSize(z));
+    for (let h = 0; h < sizes.length; h++) {
+      const size = sizes[h]!;
+      if ((heldNow & (size === 0 ? this.heldSmall : this.heldLarge)) === 0) continue;
+      const shift = SHIFTS[size]!;
       const lo = vpnLo(vaHi, vaLo, shift);
       const hi = vpnHi(vaHi, shift);
       const r = this.r;
       let e = this.base + (lo & this.setMask) * this.ways * ENTRY_WORDS;
       for (let w = 0; w < this.ways; w++, e += ENTRY_WORDS) {
         const w1 = r[e + 1]!;
-        if (!(w1 & W1_VALID) || r[e] !== lo || (w1 & W1_VPNHI_MASK) !== hi || ((w1 & W1_SIZE_MASK) >>> W1_SIZE_SHIFT) !== size) continue;
-        const g = (w1 & W1_GLOBAL) !== 0;
-        if ((g && includeGlobal) || (!g && ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT) === pcid)) {
+        if (!(w1 & VALID) || r[e] !== lo || (w1 & VPNHI_MASK) !== hi || ((w1 & SIZE_MASK) >>> SIZE_SHIFT) !== size) continue;
+        const g = (w1 & GLOBAL) !== 0;
+        if ((g && includeGlobal) || (!g && ((w1 & PCID_MASK) >>> PCID_SHIFT) === pcid)) {
           r[e + 1] = 0;
           n++;
         }
@@ -312,13 +451,13 @@ export class TlbArray {
     const end = this.base + this.count * ENTRY_WORDS;
     for (let e = this.base; e < end; e += ENTRY_WORDS) {
       const w1 = r[e + 1]!;
-      const piece = (r[e + 3]! & W3_PIECE_MASK) >>> W3_PIECE_SHIFT;
-      if (!(w1 & W1_VALID) || piece === 0) continue;
-      const shift = SIZE_SHIFTS[(w1 & W1_SIZE_MASK) >>> W1_SIZE_SHIFT]!;
-      const d = SIZE_SHIFTS[piece]! - shift; // 9 or 18: the piece's page number bits inside the large page
-      if ((w1 & W1_VPNHI_MASK) !== vpnHi(vaHi, shift) || r[e]! >>> d !== vpnLo(vaHi, vaLo, shift) >>> d) continue;
-      const g = (w1 & W1_GLOBAL) !== 0;
-      if ((g && includeGlobal) || (!g && ((w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT) === pcid)) {
+      const piece = (r[e + 3]! & PIECE_MASK) >>> PIECE_SHIFT;
+      if (!(w1 & VALID) || piece === 0) continue;
+      const shift = SHIFTS[(w1 & SIZE_MASK) >>> SIZE_SHIFT]!;
+      const d = SHIFTS[piece]! - shift; // 9 or 18: the piece's page number bits inside the large page
+      if ((w1 & VPNHI_MASK) !== vpnHi(vaHi, shift) || r[e]! >>> d !== vpnLo(vaHi, vaLo, shift) >>> d) continue;
+      const g = (w1 & GLOBAL) !== 0;
+      if ((g && includeGlobal) || (!g && ((w1 & PCID_MASK) >>> PCID_SHIFT) === pcid)) {
         r[e + 1] = 0;
         n++;
       }
@@ -329,7 +468,7 @@ export class TlbArray {
   /** Does this array ever hold translations of size code `size`? */
   holdsSize(size: number): boolean {
     if (this.psc) return size === 0;
-    if (this.name === 'stlb') return size === SIZE_4K || size === SIZE_2M;
+    if (this.name === 'stlb') return size === S4K || size === S2M;
     return this.sizeCode === size;
   }
 
@@ -339,14 +478,14 @@ export class TlbArray {
     const end = this.base + this.count * ENTRY_WORDS;
     for (let e = this.base; e < end; e += ENTRY_WORDS) {
       const w1 = r[e + 1]!;
-      if (w1 & W1_VALID) yield { e, w0: r[e]!, w1, w2: r[e + 2]!, w3: r[e + 3]! };
+      if (w1 & VALID) yield { e, w0: r[e]!, w1, w2: r[e + 2]!, w3: r[e + 3]! };
     }
   }
 
   validCount(): number {
     let n = 0;
     const end = this.base + this.count * ENTRY_WORDS;
-    for (let e = this.base; e < end; e += ENTRY_WORDS) if (this.r[e + 1]! & W1_VALID) n++;
+    for (let e = this.base; e < end; e += ENTRY_WORDS) if (this.r[e + 1]! & VALID) n++;
     return n;
   }
 }

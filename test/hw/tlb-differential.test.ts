@@ -21,7 +21,8 @@
  *    the current tables deny the access (a cached entry with too few rights is re-walked first),
  *    with the reference's error code;
  *  - no access sets D unless it is a successful write, none clears A or D, a fault changes nothing;
- *  - every entry the inspector finds in the TLBs is one the model allows.
+ *  - every entry the inspector finds in the TLBs is one the model allows;
+ *  - the arrays' occupancy summary (R_HELD, see hw/tlb.ts) has the bit of every entry present.
  */
 
 import { describe, expect, it } from 'vitest';
@@ -30,6 +31,8 @@ import { CR0_WP, CR3_NOFLUSH, CR4_PAE, CR4_PCIDE, CR4_PGE, LEVEL_PTE, Machine, P
 import type { Cpu } from '../../hw/cpu.ts';
 import { tlbEntries } from '../../hw/inspect.ts';
 import { referenceTranslate, type RefMemory } from '../../hw/walk-reference.ts';
+import { R_HELD } from '../../hw/layout.ts';
+import { W1_SIZE_MASK, W1_SIZE_SHIFT } from '../../hw/tlb.ts';
 
 const CANDIDATE_VAS = [0x400000n, 0x401000n, 0x402000n, 0x410000n, 0x600000n, 0x40000000n, 0x7f0000001000n, 0xffff800000002000n];
 const FRAMES = [0x200000, 0x201000, 0x202000, 0x203000];
@@ -160,6 +163,14 @@ function runScenario(s: Scenario): void {
   expect(cpu.writeCr3(cr3Of(0))).toEqual({ ok: true });
 
   const checkInspector = (where: string): void => {
+    // The occupancy summary (R_HELD) never calls an array empty while it holds an entry.
+    const held = cpu.r[R_HELD]!;
+    for (const t of [...cpu.tlbArrays, ...cpu.pscArrays]) {
+      for (const x of t.entries()) {
+        const size = (x.w1 & W1_SIZE_MASK) >>> W1_SIZE_SHIFT;
+        if ((held & t.heldBits[size]!) === 0) throw new Error(`${where}: R_HELD says ${t.name} holds no entry of size code ${size}, but it holds one`);
+      }
+    }
     for (const e of tlbEntries(cpu)) {
       const page = pages.indexOf(e.va);
       const t: Cached = { frame: Number(e.frame) * 4096, rw: e.writable, us: e.user, xd: e.executeDisable, d: e.dirty };

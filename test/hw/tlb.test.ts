@@ -14,7 +14,8 @@
  *    shared across PCIDs, per-CPU isolation;
  *  - LRU, FIFO and seeded random replacement in a tiny array, exactly as hw/tlb.ts documents;
  *  - large pages cached as smaller pieces (splintering) and their invalidation;
- *  - the stale-entry inspector's reasons.
+ *  - the stale-entry inspector's reasons;
+ *  - the arrays' occupancy summary (R_HELD).
  */
 
 import { describe, expect, it } from 'vitest';
@@ -24,7 +25,7 @@ import {
 } from '../../hw/index.ts';
 import type { Cpu } from '../../hw/cpu.ts';
 import { entriesPerPcid, staleEntries, tlbEntries, type CachedTranslation } from '../../hw/inspect.ts';
-import { R_RNG } from '../../hw/layout.ts';
+import { R_HELD, R_RNG } from '../../hw/layout.ts';
 import {
   GB1, KB4, MB2, MOVED, PAGES, PCID_A, PCID_B, V1G, V2M, V2M_G, V4K_0, V4K_1, V4K_G, V4K_GB, VK, World, expectOk, keyString, ok, probeOffset, pscKeyStrings, pscKeys,
   tlbKeyStrings, tlbKeys, type Key, type PageSpec, type PscKey,
@@ -771,5 +772,42 @@ describe('entry bookkeeping', () => {
     const e = tlbEntries(cpu).find((x) => x.array === 'l1d4k')!;
     expect(e).toEqual({ cpu: 0, array: 'l1d4k', va: V4K_0, pcid: 0, global: false, pageSize: 4096, frame: 0x1000n, user: false, writable: false, executeDisable: true, dirty: false, pkey: 9 });
     expect(w.m.phys.read64(w.a.entryAddress(V4K_0, LEVEL_PTE))).toBe(encodeEntry(LEVEL_PTE, { address: 0x01000000, P: true, A: true, XD: true, PK: 9 }));
+  });
+});
+
+describe('occupancy summary (R_HELD, hw/tlb.ts)', () => {
+  it('marks the arrays a fill uses, keeps the marks through INVLPG, and clears them when a flush empties the arrays', () => {
+    const w = new World();
+    const cpu = w.cpu();
+    ok(cpu.writeCr3(BigInt(w.a.root)));
+    cpu.flushEverything();
+    expect(cpu.r[R_HELD]).toBe(0);
+    expectOk(cpu.access(V4K_0, 'read'));
+    const held = cpu.r[R_HELD]!;
+    for (const t of [cpu.d4k, cpu.stlb]) expect(held & t.heldBits[0]!).not.toBe(0);
+    for (const t of [cpu.d2m, cpu.d1g, cpu.stlb1g]) expect(held & t.heldAll).toBe(0);
+    expect(held & cpu.stlb.heldBits[1]!).toBe(0); // no 2 MiB translation in the second-level TLB
+    // INVLPG removes the page's TLB entries but leaves their marks (a mark only has to be set
+    // while an entry is); it empties the paging-structure caches, which lose theirs.
+    cpu.invlpg(V4K_0);
+    expect(tlbEntries(cpu).filter((e) => e.va === V4K_0)).toEqual([]);
+    const tlbMarks = cpu.d4k.heldAll | cpu.stlb.heldAll;
+    expect(cpu.r[R_HELD]! & tlbMarks).toBe(held & tlbMarks);
+    for (const t of cpu.pscArrays) expect(cpu.r[R_HELD]! & t.heldAll).toBe(0);
+    // The page translates again from the tables, and a full flush leaves nothing marked.
+    expectOk(cpu.access(V4K_0, 'read'));
+    cpu.flushEverything();
+    expect(cpu.r[R_HELD]).toBe(0);
+    expect(tlbEntries(cpu)).toEqual([]);
+  });
+
+  it('a 2 MiB translation in the second-level TLB has its own mark', () => {
+    const w = new World();
+    const cpu = w.cpu();
+    ok(cpu.writeCr3(BigInt(w.a.root)));
+    cpu.flushEverything();
+    expectOk(cpu.access(V2M, 'read'));
+    expect(cpu.r[R_HELD]! & cpu.stlb.heldBits[1]!).not.toBe(0);
+    expect(cpu.r[R_HELD]! & cpu.d2m.heldAll).not.toBe(0);
   });
 });
