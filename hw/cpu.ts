@@ -152,8 +152,6 @@ export class Cpu {
    */
   tick = 0;
   slowTicks = 0;
-  /** Memory references of fast walks not yet in C_WALK_REFS (see hw/walk.ts fastLeaf). */
-  fastWalkRefs = 0;
   private syncedTick = 0;
   private syncedSlow = 0;
   // The L1 4 KiB data array's geometry, copied out of its TlbArray for translate()'s shortcut.
@@ -994,11 +992,9 @@ export class Cpu {
 
   /**
    * Fold the L1 hits counted only as `tick` advances into the shared counters: each is one L1
-   * hit and `costHit` cycles; and the fast walks' pending memory references. Every reader of the
-   * clock or the counters calls this first.
+   * hit and `costHit` cycles. Every reader of the clock or the counters calls this first.
    */
   sync(): void {
-    this.syncWalkRefs();
     const hits = ((this.tick - this.syncedTick) - (this.slowTicks - this.syncedSlow)) | 0;
     if (hits !== 0) {
       this.c[C_L1_HIT]! += hits;
@@ -1049,22 +1045,13 @@ export class Cpu {
     return this.finish(pa, vaHi, vaLo, kind);
   }
 
-  /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS (or fastWalkRefs). */
+  /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS. */
   private walkRefsCharged = 0;
   private chargeWalk(): void {
     // Charged incrementally from the counter so restarts and PSC hits are priced correctly.
-    this.syncWalkRefs();
     const refs = this.c[C_WALK_REFS]! - this.walkRefsCharged;
     this.walkRefsCharged = this.c[C_WALK_REFS]!;
     this.c[C_CLOCK]! += refs * this.cost.walkMemRef;
-  }
-
-  /** Add the fast walkers' pending memory references to C_WALK_REFS. */
-  private syncWalkRefs(): void {
-    if (this.fastWalkRefs !== 0) {
-      this.c[C_WALK_REFS]! += this.fastWalkRefs;
-      this.fastWalkRefs = 0;
-    }
   }
 
   /**
