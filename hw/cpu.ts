@@ -731,7 +731,9 @@ export class Cpu {
 
   /** This CPU's virtual clock, in cycles. */
   get cycles(): number {
-    this.sync();
+    // With no L1 hit since the last sync() there is nothing to fold in (sync() would only
+    // rewrite the same values): the engine reads every CPU's clock at every step.
+    if (this.tick !== this.syncedTick) this.sync();
     return this.c[C_CLOCK]!;
   }
 
@@ -761,6 +763,7 @@ export class Cpu {
     this.sync();
     const clock = this.c[C_CLOCK]!;
     this.c.fill(0);
+    this.walkRefsCharged[0] = 0;
     if (keepClock) this.c[C_CLOCK] = clock;
   }
 
@@ -987,6 +990,8 @@ export class Cpu {
     this.syncedTick = this.tick;
     this.slowTicks = 0;
     this.syncedSlow = 0;
+    // The other thread charged its own walks' references.
+    this.walkRefsCharged[0] = this.c[C_WALK_REFS]!;
     this.refresh();
   }
 
@@ -1045,12 +1050,19 @@ export class Cpu {
     return this.finish(pa, vaHi, vaLo, kind);
   }
 
+  /**
+   * The value of C_WALK_REFS up to which walks have been charged. Kept in a Float64Array rather
+   * than a field: the counter is a double, and a field that starts as a small integer and later
+   * holds a double changes the Cpu's hidden class, which deoptimizes every hot function that
+   * has seen the old one.
+   */
+  private readonly walkRefsCharged = new Float64Array(1);
   /** Charge the walk's memory references: walk.ts counted them in C_WALK_REFS. */
-  private walkRefsCharged = 0;
   private chargeWalk(): void {
     // Charged incrementally from the counter so restarts and PSC hits are priced correctly.
-    const refs = this.c[C_WALK_REFS]! - this.walkRefsCharged;
-    this.walkRefsCharged = this.c[C_WALK_REFS]!;
+    const now = this.c[C_WALK_REFS]!;
+    const refs = now - this.walkRefsCharged[0]!;
+    this.walkRefsCharged[0] = now;
     this.c[C_CLOCK]! += refs * this.cost.walkMemRef;
   }
 

@@ -198,10 +198,12 @@ export class DeterministicEngine implements EngineContext {
       // A waiting agent that is ready again was readied by an action of an earlier turn, taken at
       // that turn's time or later: it resumes then, not at the clock it stopped with (which the
       // lookahead below ignored while it waited).
-      if (runnable && slot.status === 'wait' && cpu.cycles < this.now) cpu.cycles = this.now;
-      if (runnable) t = cpu.cycles;
-      else if (apic.pending(cpu) > 0) {
-        t = Math.max(cpu.cycles, apic.nextVisible(cpu));
+      const clock = cpu.cycles;
+      if (runnable) {
+        t = clock;
+        if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
+      } else if (apic.pending(cpu) > 0) {
+        t = Math.max(clock, apic.nextVisible(cpu));
         kind = 'ipi';
       }
       times[i] = t;
@@ -258,10 +260,12 @@ export class DeterministicEngine implements EngineContext {
     // send time plus the IPI latency. Running no further than that keeps every interrupt on time.
     // CPUs that are done, or waiting and not ready, cannot send until another CPU's action
     // readies them — and their clock then moves to that action's time — so they do not count.
+    // times[j] is a live CPU's clock: only the chosen CPU's own actions (above, and its step)
+    // move a clock between the scan and here.
     const latency = cpu.cost.ipiLatency;
     for (let j = 0; j < cpus.length; j++) {
       if (j === i || live[j] === 0) continue;
-      const horizon = cpus[j]!.cycles + latency;
+      const horizon = times[j]! + latency;
       if (horizon < until) until = horizon;
     }
     if (until <= cpu.cycles) until = cpu.cycles + 1;

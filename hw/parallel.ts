@@ -68,6 +68,9 @@ export class ParallelEngine {
     const nWorkers = Math.max(1, Math.min(this.options.workers ?? Math.min(2, cpus.length), cpus.length));
     const groups: number[][] = Array.from({ length: nWorkers }, () => []);
     cpus.forEach((c, i) => groups[i % nWorkers]!.push(c));
+    // L1 hits on this thread are counted lazily (see Cpu.sync): fold them into the buffer, with
+    // the LRU clock, before the workers attach their own views of the CPUs.
+    for (const c of this.machine.cpus) c.sync();
     const coord = new Int32Array(new SharedArrayBuffer(P_WORDS * 4));
     const workerFile = new URL('./parallel-worker-entry.mjs', import.meta.url);
     const t0 = performance.now();

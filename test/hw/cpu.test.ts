@@ -224,6 +224,28 @@ describe('counters and clocks', () => {
     expect(cpu.counters().cycles).toBe(0);
   });
 
+  it('a walk after resetCounters() charges its own memory references, no more and no less', () => {
+    const { cpu } = mapped();
+    // Walks before the reset, so the walk-reference counter is well above zero when it is reset.
+    for (let i = 0; i < 4; i++) {
+      cpu.flushEverything();
+      cpu.access(0x400000, 'read');
+    }
+    const walkCost = () => {
+      cpu.flushEverything();
+      const before = cpu.counters();
+      cpu.access(0x400000, 'read');
+      const after = cpu.counters();
+      return { cycles: after.cycles! - before.cycles!, refs: after.walkMemRefs! - before.walkMemRefs! };
+    };
+    const ref = walkCost();
+    expect(ref.refs).toBeGreaterThan(0);
+    cpu.resetCounters();
+    const afterReset = walkCost();
+    expect(afterReset.refs).toBe(ref.refs);
+    expect(afterReset.cycles).toBe(ref.cycles);
+  });
+
   it('every access costs cycles; micros follows the clock rate', () => {
     const m = new Machine({ memoryBytes: 1 << 20, clockGhz: 2, cost: { access: 5, tlbL1Hit: 1 } });
     const cpu = m.cpu(0);

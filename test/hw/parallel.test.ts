@@ -23,6 +23,37 @@ import { AD, SD, SDH } from './agents.ts';
 const AGENTS = new URL('./agents.ts', import.meta.url).href;
 
 describe('parallel engine (worker threads)', () => {
+  it('keeps the counts and clocks of work done on this thread before and after the run', async () => {
+    const m = new Machine({ memoryBytes: 8 << 20, cpus: 2 });
+    const b = new PageTableBuilder(m, 0x100000, 0x200000);
+    for (let i = 0; i < 8; i++) b.map(0x400000 + i * 4096, 0x300000 + i * 4096, { A: true, D: true });
+    const cpu = m.cpu(0);
+    cpu.writeCr3(BigInt(b.root));
+    /** Cycles charged for one walk of 0x400000 (the entry dropped first). */
+    const walkCycles = () => {
+      cpu.invlpg(0x400000);
+      const before = cpu.counters();
+      expect(cpu.access(0x400000, 'read').ok).toBe(true);
+      const after = cpu.counters();
+      expect(after.walks! - before.walks!).toBe(1);
+      return after.cycles! - before.cycles!;
+    };
+    walkCycles(); // the first walk fills the paging-structure caches
+    const oneWalk = walkCycles();
+    // L1 hits on this thread, on a CPU no worker drives: counted lazily until something reads
+    // the counters, and not lost by the run.
+    const other = m.cpu(1);
+    other.writeCr3(BigInt(b.root));
+    for (let i = 0; i < 100; i++) expect(other.access(0x400000 + i * 8, 'read').ok).toBe(true);
+    const e = new ParallelEngine(m, { workers: 1, timeoutMs: 60_000 });
+    // The worker drives CPU 0 too: its walks are charged there, not again on this thread.
+    e.assign(0, { module: AGENTS, export: 'hotStream', args: { base: '0x400000', pages: 8, count: 1000, seed: 1, cr3: String(b.root) } });
+    await e.run();
+    expect(other.counters()).toMatchObject({ l1Hits: 99, walks: 1 });
+    expect(cpu.counters().walks).toBeGreaterThan(2);
+    expect(walkCycles()).toBe(oneWalk);
+  });
+
   it('(a) concurrent A/D updates on the same PTEs never lose a bit, theirs or another writer’s', async () => {
     const m = new Machine({ memoryBytes: 8 << 20, cpus: 3 });
     const b = new PageTableBuilder(m, 0x100000, 0x200000);
