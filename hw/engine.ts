@@ -275,15 +275,18 @@ export class DeterministicEngine implements EngineContext {
   }
 
   /**
-   * Has every CPU that could run reached `cycles`? A waiting agent that is ready again counts
-   * too, at the time it would resume (the engine's current time, see step()).
+   * Has every CPU that could do something reached `cycles`? A waiting agent that is ready again
+   * counts too, at the time it would resume (the engine's current time, see step()); so does a
+   * CPU with nothing to run but an IPI to take, at the time the IPI becomes visible.
    */
   private reached(cycles: number): boolean {
     const cpus = this.machine.cpus;
+    const apic = this.machine.apic;
     return this.slots.every((s, i) => {
       const cpu = cpus[i]!;
       if (s.status === 'run') return cpu.cycles >= cycles;
       if (s.status === 'wait' && (s.agent!.ready ? s.agent!.ready(cpu, this) : true)) return Math.max(cpu.cycles, this.now) >= cycles;
+      if (apic.pending(cpu) > 0) return Math.max(cpu.cycles, apic.nextVisible(cpu)) >= cycles;
       return true;
     });
   }

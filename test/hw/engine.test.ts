@@ -259,6 +259,28 @@ describe('limits', () => {
     }
     expect(e.status(0)).toBe('run');
   });
+
+  it('untilCycles does not stop while a waiting CPU still has an IPI to take before the time', () => {
+    const m = bare(2);
+    for (const c of m.cpus) expect(c.writeCr0(c.readCr0() & ~(1n << 31n))).toEqual({ ok: true });
+    for (const c of m.cpus) c.cycles = 0;
+    const latency = m.config.cost.hw.ipiLatency;
+    let takenAt = -1;
+    m.apic.on(0x45, (cpu) => {
+      takenAt = cpu.cycles;
+    });
+    const e = new DeterministicEngine(m, { quantum: 1000 });
+    // CPU 1 waits for something that never comes; CPU 0 sends it an IPI and ends.
+    e.attach(1, { step: () => 'wait', ready: () => false, quiescent: () => true });
+    e.attach(0, new ScriptAgent(function* (cpu) {
+      m.apic.send(cpu, 1, 0x45);
+    }));
+    const until = 10 * latency;
+    e.run({ untilCycles: until });
+    expect(m.apic.pending(m.cpu(1))).toBe(0);
+    expect(takenAt).toBeGreaterThanOrEqual(latency);
+    expect(takenAt).toBeLessThan(until);
+  });
 });
 
 describe('errors', () => {
