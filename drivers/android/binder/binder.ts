@@ -48,7 +48,7 @@ import {
   BC_ACQUIRE, BC_DECREFS, BC_ENTER_LOOPER, BC_EXIT_LOOPER, BC_FREE_BUFFER, BC_INCREFS, BC_REGISTER_LOOPER, BC_RELEASE, BC_REPLY, BC_TRANSACTION,
   BINDER_CURRENT_PROTOCOL_VERSION, BINDER_ENABLE_ONEWAY_SPAM_DETECTION, BINDER_SET_CONTEXT_MGR, BINDER_SET_MAX_THREADS, BINDER_THREAD_EXIT,
   BINDER_TYPE_BINDER, BINDER_TYPE_HANDLE, BINDER_TYPE_WEAK_BINDER, BINDER_TYPE_WEAK_HANDLE, BINDER_VERSION, BINDER_WRITE_READ, BR_DEAD_REPLY,
-  BR_FAILED_REPLY, BR_NOOP, BR_ONEWAY_SPAM_SUSPECT, BR_REPLY, BR_TRANSACTION, BR_TRANSACTION_COMPLETE, BTD_SIZE, BWR_SIZE, FLAT_BINDER_OBJECT_SIZE,
+  BR_FAILED_REPLY, BR_NAMES, BR_NOOP, BR_ONEWAY_SPAM_SUSPECT, BR_REPLY, BR_TRANSACTION, BR_TRANSACTION_COMPLETE, BTD_SIZE, BWR_SIZE, FLAT_BINDER_OBJECT_SIZE,
   TF_CLEAR_BUF, TF_ONE_WAY, cmdPayloadSize, getU64, decodeFlatBinderObject, encodeFlatBinderObject, readTransactionData,
   setU64, type TransactionData,
 } from './uapi.ts';
@@ -623,6 +623,15 @@ function readBufFor(thread: BinderThread, n: number): Uint8Array {
 /** Read buffers up to this size are the thread's own, reused; larger ones are allocated per read. */
 const READ_BUF_REUSE = 64 * 1024;
 
+/** Put one BR_* return command at `p` of the read buffer: counted, traced; the next position. */
+function putReturn(k: Kernel, st: BinderStats, ov: DataView, p: number, cmd: number): number {
+  const name = BR_NAMES[cmd] ?? `0x${(cmd >>> 0).toString(16)}`;
+  st.br[name] = (st.br[name] ?? 0) + 1;
+  ov.setUint32(p, cmd >>> 0, true);
+  traceReturn(k, cmd);
+  return p + 4;
+}
+
 function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number, size: number, consumed: { value: number }, nonblock: boolean): KGen<number> {
   const k = proc.device.k;
   const st = proc.device.stats;
@@ -656,25 +665,11 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
     if (!w && availableForProcWork(thread)) w = proc.todo.shift();
     if (!w) break;
     if (w.type === 'transaction_complete') {
-      let cmd: number;
-      if (w.spam) {
-        cmd = BR_ONEWAY_SPAM_SUSPECT;
-        st.br.BR_ONEWAY_SPAM_SUSPECT = (st.br.BR_ONEWAY_SPAM_SUSPECT ?? 0) + 1;
-      } else {
-        cmd = BR_TRANSACTION_COMPLETE;
-        st.br.BR_TRANSACTION_COMPLETE = (st.br.BR_TRANSACTION_COMPLETE ?? 0) + 1;
-      }
-      ov.setUint32(p, cmd, true);
-      p += 4;
-      traceReturn(k, cmd);
+      p = putReturn(k, st, ov, p, w.spam ? BR_ONEWAY_SPAM_SUSPECT : BR_TRANSACTION_COMPLETE);
       continue;
     }
     if (w.type === 'return_error') {
-      if (w.cmd === BR_DEAD_REPLY) st.br.BR_DEAD_REPLY = (st.br.BR_DEAD_REPLY ?? 0) + 1;
-      else st.br.BR_FAILED_REPLY = (st.br.BR_FAILED_REPLY ?? 0) + 1;
-      ov.setUint32(p, w.cmd >>> 0, true);
-      p += 4;
-      traceReturn(k, w.cmd);
+      p = putReturn(k, st, ov, p, w.cmd);
       continue;
     }
     // A transaction or a reply: it needs 4 + 64 bytes.
@@ -686,17 +681,7 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
     const b = t.buffer!;
     const mapping = proc.alloc.mapping;
     if (mapping.beforeDeliver !== nothingBeforeDeliver) yield* mapping.beforeDeliver(proc.alloc, b);
-    let cmd: number;
-    if (t.reply) {
-      cmd = BR_REPLY;
-      st.br.BR_REPLY = (st.br.BR_REPLY ?? 0) + 1;
-    } else {
-      cmd = BR_TRANSACTION;
-      st.br.BR_TRANSACTION = (st.br.BR_TRANSACTION ?? 0) + 1;
-    }
-    ov.setUint32(p, cmd, true);
-    p += 4;
-    traceReturn(k, cmd);
+    p = putReturn(k, st, ov, p, t.reply ? BR_REPLY : BR_TRANSACTION);
     // struct binder_transaction_data, field by field (see encodeTransactionData).
     const node = t.target_node;
     setU64(ov, p, node ? node.ptr : 0);
@@ -712,7 +697,7 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
     p += BTD_SIZE;
     traceTransactionReceived(k, t.debug_id);
     b.allow_user_free = true;
-    if (cmd === BR_TRANSACTION && !(t.flags & TF_ONE_WAY)) {
+    if (!t.reply && !(t.flags & TF_ONE_WAY)) {
       t.to_parent = thread.transaction_stack;
       t.to_thread = thread;
       thread.transaction_stack = t;
