@@ -3,7 +3,8 @@
  * 4-level page tables by hand, performs accesses and prints what the MMU did: the translation
  * or the fault (vector, decoded error code, CR2), the TLB level that answered, and the A/D bits
  * of the entries afterwards. It then changes a PTE without invalidating, shows the stale
- * translation still being used, and shows INVLPG removing it.
+ * translation still being used, and shows INVLPG removing it. --json prints the same steps
+ * (docs/schemas/demo.schema.json).
  */
 
 import { Machine, PageTableBuilder, PF_ID, PF_P, PF_PK, PF_RSVD, PF_U, PF_W, decodeEntry, LEVEL_PTE, hex64 } from '../hw/index.ts';
@@ -74,7 +75,7 @@ export function runDemo(opts: DemoOptions): { rows: Row[]; text: string } {
   step('PTE cleared, no INVLPG: the stale TLB entry still answers', 3, 'read', DATA, pteData);
   cpu.invlpg(DATA);
   step('after INVLPG the page faults', 3, 'read', DATA, pteData);
-  const text = opts.json ? JSON.stringify({ rows, counters: cpu.counters() }, null, 2) : renderRows(rows, cpu.counters());
+  const text = opts.json ? JSON.stringify({ schema: 'mmulab.demo/1', rows, counters: cpu.counters() }, null, 2) : renderRows(rows, cpu.counters());
   return { rows, text };
 }
 

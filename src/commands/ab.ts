@@ -3,13 +3,17 @@
  * on the same workloads across seeds (src/experiments/ab.ts), printed as a table, as JSON
  * (docs/schemas/ab.schema.json) or as a self-contained HTML report. Sweeps run on local
  * worker threads (--jobs) and split across machines (--shard i/n); `mmulab merge`
- * (src/commands/merge.ts) joins the shards' JSON into one result.
+ * (src/commands/merge.ts) joins the shards' JSON into one result. The JSON records the effective
+ * cost model (options.costs), which merge compares across shards. The security scenarios of
+ * `mmulab attack` run against each design on a machine of --cpus CPUs (at least ATTACK_MIN_CPUS,
+ * recorded as attackCpus) with the same cost model.
  */
 
 import { writeFileSync } from 'node:fs';
 import { InvalidArgumentError, type Command } from 'commander';
-import { abCases, attackTargetOf, defaultConfigs, parseConfig, summarise, SUMMARY_METRICS, WORKLOAD_HELP, WORKLOADS, type AbCaseResult, type AbConfig, type AbMetrics, type AbResult, type AbVerdict, type WorkloadName } from '../experiments/ab.ts';
-import { SCENARIOS, type ScenarioOptions, type ScenarioResult } from '../experiments/attack.ts';
+import { abCases, attackCpusFor, attackMachineText, attackTargetOf, defaultConfigs, parseConfig, summarise, SUMMARY_METRICS, WORKLOAD_HELP, WORKLOADS, type AbCaseResult, type AbConfig, type AbMetrics, type AbResult, type AbVerdict, type WorkloadName } from '../experiments/ab.ts';
+import { ATTACK_MIN_CPUS, SCENARIOS, type ScenarioOptions, type ScenarioResult } from '../experiments/attack.ts';
+import { effectiveCostModel } from '../experiments/cost_model.ts';
 import { addCommonOptions, checkWritable, EXIT_FINDING, kernelOptions, listOption, loadCosts, parseIntOption, parseShard, progressBar, shardSlice, UsageError, type CommonOptions, type Io, type Shard } from './common.ts';
 import { defaultJobs, runJobs } from '../jobs/pool.ts';
 import type { AbJobArgs } from '../jobs/registry.ts';
@@ -51,7 +55,7 @@ export function register(program: Command, io: Io): void {
     .description('compare binder page-mapping designs on the same workloads across seeds (the default command)');
   addCommonOptions(cmd, {
     cpus: 4,
-    cpusHelp: `CPUs of each case's emulated machine, 1 to 64`,
+    cpusHelp: `CPUs of each case's emulated machine, 1 to 64; the security scenarios run on as many (at least ${ATTACK_MIN_CPUS})`,
     engineHelp: 'deterministic only: each case is one reproducible run of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel); --jobs runs cases in parallel',
   })
     .option('--design <names>', `designs to compare, the first is the baseline (${defaultConfigs().map((c) => c.label).join(', ')}; eager designs take :none, :mapped or :vm_ops)`, configOption)
@@ -86,11 +90,13 @@ Examples:
       delete kernel.seed;
       delete kernel.cpus;
       const cases = shardSlice(abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel }), o.shard);
-      // The security scenarios once per design (with the first seed); in a sharded run, shard 1
-      // carries them.
+      // The security scenarios once per design (with the first seed), on a machine of --cpus CPUs
+      // (at least ATTACK_MIN_CPUS) with the run's cost model; in a sharded run, shard 1 carries them.
+      const attackCpus = attackCpusFor(o.cpus);
+      const attackCosts = costs ? { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } : undefined;
       const attacks: { config: string; args: ScenarioOptions }[] = [];
       if (o.attack && (!o.shard || o.shard.index === 1)) {
-        for (const c of configs) for (const scenario of SCENARIOS) attacks.push({ config: c.label, args: { ...attackTargetOf(c), scenario, seed: o.seed } });
+        for (const c of configs) for (const scenario of SCENARIOS) attacks.push({ config: c.label, args: { ...attackTargetOf(c), scenario, seed: o.seed, cpus: attackCpus, ...(attackCosts ? { kernel: attackCosts } : {}) } });
       }
       const bar = await progressBar(io, cases.length + attacks.length, 'ab');
       let metrics: AbMetrics[];
@@ -106,8 +112,12 @@ Examples:
         bar.stop();
       }
       const results: AbCaseResult[] = cases.map((c, i) => ({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: metrics[i]! }));
-      const result: AbFile = summarise({ configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations }, results);
-      if (attacks.length) result.attack = verdicts.map((v, i) => ({ config: attacks[i]!.config, scenario: v.scenario, title: v.title, verdict: v.verdict, summary: v.summary }));
+      const options: AbFile['options'] = { configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations, ...(o.costModel ? { costModel: o.costModel } : {}), costs: effectiveCostModel(kernel) };
+      const result: AbFile = summarise(options, results);
+      if (attacks.length) {
+        result.attackCpus = attackCpus;
+        result.attack = verdicts.map((v, i) => ({ config: attacks[i]!.config, scenario: v.scenario, title: v.title, verdict: v.verdict, summary: v.summary }));
+      }
       if (o.shard) result.shard = o.shard;
       emitAb(io, result, o);
     });
@@ -160,7 +170,7 @@ function fmt(x: number, digits: number): string {
 export function abTable(r: AbResult): string {
   const lines: string[] = [];
   const o = r.options;
-  lines.push(`mmulab ab: ${o.configs.length} designs × ${o.workloads.length} workloads × ${o.seeds.length} seeds (${o.seeds[0]}…${o.seeds[o.seeds.length - 1]}), ${o.cpus} CPUs, ${o.iterations} transactions per worker; means over seeds, virtual time`);
+  lines.push(`mmulab ab: ${o.configs.length} designs × ${o.workloads.length} workloads × ${o.seeds.length} seeds (${o.seeds[0]}…${o.seeds[o.seeds.length - 1]}), ${o.cpus} CPUs, ${o.iterations} transactions per worker${o.costModel ? `, cost model ${o.costModel}` : ''}; means over seeds, virtual time`);
   for (const w of o.workloads) {
     const rows = r.summary.filter((s) => s.workload === w);
     if (!rows.length) continue;
@@ -187,19 +197,19 @@ export function abTable(r: AbResult): string {
     const reports = rows.flatMap((row) => row.reports.map((t) => `  ${row.config}: ${t}`));
     if (reports.length) lines.push('checker reports:', ...reports);
   }
-  if (r.attack?.length) lines.push('', ...verdictTable(r.attack));
+  if (r.attack?.length) lines.push('', ...verdictTable(r.attack, attackMachineText(r)));
   return lines.join('\n') + '\n';
 }
 
 /** Security verdicts: a row per design, a column per scenario. */
-function verdictTable(vs: AbVerdict[]): string[] {
+function verdictTable(vs: AbVerdict[], machine: string): string[] {
   const configs = [...new Set(vs.map((v) => v.config))];
   const scenarios = [...new Set(vs.map((v) => v.scenario))];
   const short = { vulnerable: 'VULNERABLE', immune: 'immune', 'not-applicable': 'n/a' } as const;
   const head = ['design', ...scenarios];
   const body = configs.map((c) => [c, ...scenarios.map((s) => short[vs.find((v) => v.config === c && v.scenario === s)!.verdict])]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const out = ['== security scenarios (mmulab attack): a verdict per design, computed by the emulator'];
+  const out = [`== security scenarios (mmulab attack): a verdict per design, computed by the emulator ${machine}`];
   out.push(head.map((h, i) => h.padEnd(widths[i]!)).join('  '));
   for (const b of body) out.push(b.map((x, i) => x.padEnd(widths[i]!)).join('  '));
   for (const s of scenarios) out.push(`  ${s}: ${vs.find((v) => v.scenario === s)!.title}`);

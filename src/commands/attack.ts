@@ -13,6 +13,7 @@ import {
   ATTACK_MIN_CPUS, SCENARIOS, SCENARIO_TITLES, attackTargets, expandScenario, parseTarget, runAttackMatrix, targetLabel, targetMatches, type AttackMatrix, type AttackTarget,
   type ScenarioId, type ScenarioResult,
 } from '../experiments/attack.ts';
+import { effectiveCostModel } from '../experiments/cost_model.ts';
 import { addCommonOptions, EXIT_FINDING, listOption, loadCosts, progressBar, UsageError, type CommonOptions, type Io } from './common.ts';
 
 const SCENARIO_NAMES = ['1', ...SCENARIOS] as const;
@@ -165,6 +166,7 @@ Examples:
           seed: m.seed,
           cpus: m.cpus,
           ...(o.costModel ? { costModel: o.costModel } : {}),
+          costs: effectiveCostModel(kernel),
           planted: m.planted,
           targets: m.targets,
           scenarios: m.scenarios,

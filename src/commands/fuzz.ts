@@ -8,6 +8,8 @@
  * --cost-model its kernel's costs (both become part of the replay line); --engine must be
  * deterministic, since a failure has to replay exactly.
  *
+ * --json prints a run's summary, or the replayed case and its result (docs/schemas/fuzz.schema.json).
+ *
  * Exit codes: 0 nothing found (or a replayed case passed), 1 a failure, 2 bad usage.
  */
 
@@ -19,6 +21,9 @@ import { fuzz, fuzzParallel, formatCounterexample, replay, type FuzzSummary } fr
 import { defaultJobs } from '../jobs/pool.ts';
 import { DEFAULT_SHAPE, isPlant, parseReplay, replayCommand, type CaseShape, type ReplayToken } from '../fuzz/replay.ts';
 import { fmtScenario } from '../fuzz/ops.ts';
+
+/** The "schema" of fuzz --json (docs/schemas/fuzz.schema.json): a run's summary, or a replayed case. */
+const FUZZ_SCHEMA = 'mmulab.fuzz/1';
 
 interface FuzzCliOptions {
   time?: number;
@@ -96,7 +101,7 @@ Examples:
         if (o.time !== undefined || o.ops !== undefined || o.seed !== undefined) throw new UsageError('--replay runs one case: it takes no --time, --ops or --seed');
         const { scenario, result } = replay(o.replay, shape);
         const cmd = replayCommand(o.replay, shape);
-        if (o.json) io.out(JSON.stringify({ replay: cmd, scenario, result }, null, 2) + '\n');
+        if (o.json) io.out(JSON.stringify({ schema: FUZZ_SCHEMA, replay: cmd, scenario, result }, null, 2) + '\n');
         else {
           io.out(`${fmtScenario(scenario)}\n\n`);
           if (result.failure) io.out(`FAILURE (${result.failure.kind})${result.failure.op !== null ? ` at op ${result.failure.op}` : ''}: ${result.failure.message}\n\nreplay: ${cmd}\n`);
@@ -141,7 +146,7 @@ Examples:
 function report(io: Io, seed: number, summary: FuzzSummary, json: boolean): void {
   const c = summary.counterexample;
   if (json) {
-    io.out(JSON.stringify({ seed, ...summary, opsPerSecond: Math.round(summary.ops / (summary.ms / 1000)), counterexample: c ? { ...c, token: `${c.token.seed}:${c.token.path}` } : null }, null, 2) + '\n');
+    io.out(JSON.stringify({ schema: FUZZ_SCHEMA, seed, ...summary, opsPerSecond: Math.round(summary.ops / Math.max(summary.ms / 1000, 1e-9)), counterexample: c ? { ...c, token: `${c.token.seed}:${c.token.path}` } : null }, null, 2) + '\n');
   } else {
     io.out(formatSummary(seed, summary) + '\n');
     if (c) io.out('\n' + formatCounterexample(c) + '\n');

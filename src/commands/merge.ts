@@ -8,7 +8,8 @@
  * Which command wrote a file is read from its "schema" field (mmulab.ab/1, mmulab.shootdown/1);
  * a command that can be sharded registers a ShardKind below. A file without a "shard" field is a
  * whole run, that is shard 1/1. Before merging, every file is checked: the same command, the same
- * run (options, grid), the same split n, each shard i/n once, all n of them, and each holding
+ * effective cost model (every cost, whatever the --cost-model file was called), the same run
+ * (options, grid), the same split n, each shard i/n once, all n of them, and each holding
  * exactly its share of the run's units (cases, points). Any problem is one line and exit code 2;
  * nothing is merged from an incomplete, overlapping or mixed set.
  */
@@ -31,8 +32,10 @@ interface ShardKind {
   csv: boolean;
   /** What is wrong with a document of this schema, or null when it has what merging needs. */
   problem(d: Record<string, unknown>): string | null;
-  /** What every shard of one run has in common. */
+  /** What every shard of one run has in common (the cost model's file name aside: see costs). */
   identity(d: never): Record<string, unknown>;
+  /** The effective cost model the shard ran with, and where the document holds it. */
+  costs(d: never): { field: string; value: unknown };
   /** The keys of every unit of the whole run, in the order the command runs and shards them. */
   plan(d: never): string[];
   /** The keys of the units the document holds. */
@@ -52,6 +55,16 @@ function missing(d: Record<string, unknown>, fields: Record<string, (v: unknown)
   return null;
 }
 
+/**
+ * A run's options without the name of its --cost-model file: shards that ran with the same costs
+ * from files of other names (on other machines, from other directories) are one run; the costs
+ * themselves are compared.
+ */
+function withoutFileName<T extends { costModel?: string }>(o: T): Omit<T, 'costModel'> {
+  const { costModel: _file, ...rest } = o;
+  return rest;
+}
+
 const abCaseKey = (c: { workload: string; config: string; seed: number }): string => `${c.workload} ${c.config} seed ${c.seed}`;
 
 const AB: ShardKind = {
@@ -63,12 +76,17 @@ const AB: ShardKind = {
     const top = missing(d, { options: isObject, cases: isArray });
     if (top) return top;
     const o = d.options as Record<string, unknown>;
-    const opt = missing(o, { configs: isArray, workloads: isArray, seeds: isArray, cpus: Number.isInteger, iterations: Number.isInteger }, 'options.');
+    const opt = missing(o, { configs: isArray, workloads: isArray, seeds: isArray, cpus: Number.isInteger, iterations: Number.isInteger, costs: isObject }, 'options.');
     if (opt) return opt;
+    if (d.attack !== undefined) {
+      const att = missing(d, { attack: isArray, attackCpus: Number.isInteger });
+      if (att) return att;
+    }
     const bad = (d.cases as unknown[]).findIndex((c) => !isObject(c) || typeof c.config !== 'string' || typeof c.workload !== 'string' || !Number.isInteger(c.seed) || !isObject(c.metrics));
     return bad >= 0 ? `cases[${bad}] is not a case (config, workload, seed, metrics)` : null;
   },
-  identity: (d: AbFile) => ({ options: d.options }),
+  identity: (d: AbFile) => ({ options: withoutFileName(d.options) }),
+  costs: (d: AbFile) => ({ field: 'options.costs', value: d.options.costs }),
   plan(d: AbFile) {
     const o = d.options;
     const keys: string[] = [];
@@ -81,8 +99,11 @@ const AB: ShardKind = {
     for (const d of docs) for (const c of d.cases) byKey.set(abCaseKey(c), c);
     const merged: AbFile = summariseAb(docs[0]!.options, plan.map((k) => byKey.get(k)!));
     // The security scenarios run once per design, with the first shard.
-    const attack = docs.find((d) => d.attack)?.attack;
-    if (attack) merged.attack = attack;
+    const withAttack = docs.find((d) => d.attack);
+    if (withAttack) {
+      merged.attackCpus = withAttack.attackCpus!;
+      merged.attack = withAttack.attack!;
+    }
     return merged;
   },
   emit: (io, merged: AbFile, o) => emitAb(io, merged, { json: o.json, html: o.html }),
@@ -96,12 +117,15 @@ const SHOOTDOWN: ShardKind = {
   problem(d) {
     const top = missing(d, { config: isObject, grid: isObject, points: isArray });
     if (top) return top;
+    const c = missing(d.config as Record<string, unknown>, { costs: isObject }, 'config.');
+    if (c) return c;
     const g = missing(d.grid as Record<string, unknown>, Object.fromEntries(['ops', 'cpus', 'pages', 'policies', 'lazy', 'pcid', 'batch'].map((f) => [f, isArray])), 'grid.');
     if (g) return g;
     const bad = (d.points as unknown[]).findIndex((p) => !isObject(p) || typeof p.op !== 'string' || typeof p.policy !== 'string' || !Number.isInteger(p.cpus) || !Number.isInteger(p.pages));
     return bad >= 0 ? `points[${bad}] is not a point (op, cpus, pages, policy, …)` : null;
   },
-  identity: (d: ShootdownReport) => ({ config: d.config, grid: d.grid }),
+  identity: (d: ShootdownReport) => ({ config: withoutFileName(d.config), grid: d.grid }),
+  costs: (d: ShootdownReport) => ({ field: 'config.costs', value: d.config.costs }),
   plan: (d: ShootdownReport) => sweepPoints(d.grid).map(pointLabel),
   held: (d: ShootdownReport) => d.points.map(pointLabel),
   merge(docs: ShootdownReport[], plan) {
@@ -118,7 +142,13 @@ const SHOOTDOWN: ShardKind = {
 export const SHARD_KINDS: readonly ShardKind[] = [AB, SHOOTDOWN];
 
 /** Results of commands that are never sharded: named, so that merge can say what a file is. */
-const UNSHARDED: Record<string, string> = { 'mmulab.run/1': 'run', 'mmulab.attack/1': 'attack', 'mmulab.inspect/1': 'an inspection command (maps, smaps, pagemap, ptdump)' };
+const UNSHARDED: Record<string, string> = {
+  'mmulab.run/1': 'run',
+  'mmulab.attack/1': 'attack',
+  'mmulab.inspect/1': 'an inspection command (maps, smaps, pagemap, ptdump)',
+  'mmulab.fuzz/1': 'fuzz',
+  'mmulab.demo/1': 'demo',
+};
 
 interface MergeCliOptions {
   json: boolean;
@@ -137,6 +167,20 @@ export function firstDifference(a: unknown, b: unknown, path = ''): string | nul
   }
   return path || '(the whole document)';
 }
+
+/** The first leaf where a and b differ, with both values, or null when equal. */
+function differingLeaf(a: unknown, b: unknown, path: string): { path: string; a: unknown; b: unknown } | null {
+  if (JSON.stringify(a) === JSON.stringify(b)) return null;
+  if (isObject(a) && isObject(b)) {
+    for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+      const d = differingLeaf(a[k], b[k], `${path}.${k}`);
+      if (d) return d;
+    }
+  }
+  return { path, a, b };
+}
+
+const shown = (v: unknown): string => (v === undefined ? 'missing' : JSON.stringify(v));
 
 interface ShardFile {
   name: string;
@@ -199,6 +243,11 @@ export function mergeShardFiles(inputs: readonly { name: string; doc: unknown }[
   if (!kind || !files.length) throw new UsageError('nothing to merge');
   const k = kind;
   const first = files[0]!;
+  const costs = k.costs(first.doc as never);
+  for (const f of files.slice(1)) {
+    const d = differingLeaf(costs.value, k.costs(f.doc as never).value, costs.field);
+    if (d) throw new UsageError(`${f.name}: ${d.path} is ${shown(d.b)}, but ${shown(d.a)} in ${first.name}: the shards ran with different cost models`);
+  }
   const identity = k.identity(first.doc as never);
   for (const f of files.slice(1)) {
     const diff = firstDifference(identity, k.identity(f.doc as never));
@@ -255,8 +304,10 @@ export function register(program: Command, io: Io): void {
       'after',
       `
 The command that wrote the files is read from their "schema" field (${SHARD_KINDS.map((k) => k.schema).join(', ')}).
-The set must be one run's shards 1/n to n/n, each once, each complete; a mixed, overlapping or
-incomplete set is refused with exit code 2. A file without a "shard" field counts as 1/1.
+The set must be one run's shards 1/n to n/n, each once, each complete, all run with the same
+costs (the effective cost model each records; the --cost-model file's name may differ); a mixed,
+overlapping or incomplete set, or one of several cost models, is refused with exit code 2. A
+file without a "shard" field counts as 1/1.
 The result is the same as the unsharded run's, byte for byte; exit code 1 when it holds a
 finding (ab: a checker report; shootdown: a failed check).
 

@@ -155,7 +155,7 @@ Examples:
         rounds: o.rounds,
         workingSet: o.workingSet,
         hz: o.hz,
-        ...(costs ? { kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } } : {}),
+        ...(costs ? { kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel }, costModel: o.costModel } : {}),
       };
       const bar = await progressBar(io, points.length, 'shootdown');
       let results: PointResult[];

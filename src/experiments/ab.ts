@@ -33,6 +33,8 @@ import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../../kernel/
 import { C_ENTRIES_FLUSHED } from '../../hw/layout.ts';
 import { spawnThroughput, type ThroughputOptions } from '../workloads/binder_throughput.ts';
 import { confidence, pairedDifference, percentile, significant, type Interval } from './stats.ts';
+import { effectiveCostModel, type EffectiveCostModel } from './cost_model.ts';
+import { ATTACK_MIN_CPUS } from './attack.ts';
 
 export const WORKLOADS = ['sync-0', 'sync-4k', 'sync-64k', 'oneway', 'pressure', 'mmap-contention', 'spread'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
@@ -301,11 +303,35 @@ export interface AbVerdict {
 
 export interface AbResult {
   schema: 'mmulab.ab/1';
-  options: { configs: string[]; workloads: WorkloadName[]; seeds: number[]; cpus: number; iterations: number };
+  options: {
+    configs: string[];
+    workloads: WorkloadName[];
+    seeds: number[];
+    cpus: number;
+    iterations: number;
+    /** The --cost-model file (absent: the built-in costs). */
+    costModel?: string;
+    /** Every cost the run's machines used (merge refuses shards whose costs differ). */
+    costs: EffectiveCostModel;
+  };
   cases: AbCaseResult[];
   summary: AbSummaryRow[];
+  /** CPUs of each security scenario's machine: options.cpus, at least ATTACK_MIN_CPUS (with `attack`). */
+  attackCpus?: number;
   /** The security scenarios run against each compared design (absent with --no-attack). */
   attack?: AbVerdict[];
+}
+
+/** CPUs of the security scenarios' machine in an ab run on `cpus` CPUs: as many, but at least ATTACK_MIN_CPUS. */
+export function attackCpusFor(cpus: number): number {
+  return Math.max(ATTACK_MIN_CPUS, cpus);
+}
+
+/** Where the security scenarios ran, for the table and the HTML report: "on 4 CPUs", and why when --cpus was raised. */
+export function attackMachineText(r: Pick<AbResult, 'options' | 'attackCpus'>): string {
+  const cpus = r.attackCpus ?? attackCpusFor(r.options.cpus);
+  const raised = cpus !== r.options.cpus ? ` (--cpus ${r.options.cpus} raised to ${cpus}: the scenarios need at least ${ATTACK_MIN_CPUS}, scenario 3's reader runs on CPU 1)` : '';
+  return `on ${cpus} CPU${cpus === 1 ? '' : 's'}${raised}`;
 }
 
 /** The attack target a compared design stands for: eager designs default to the `mapped` check. */
@@ -354,5 +380,5 @@ export function runAb(o: AbOptions, tick: () => void = () => {}): AbResult {
     cases.push({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: runAbCase(c) });
     tick();
   }
-  return summarise({ configs: o.configs.map((c) => c.label), workloads: o.workloads, seeds: o.seeds, cpus: o.cpus, iterations: o.iterations }, cases);
+  return summarise({ configs: o.configs.map((c) => c.label), workloads: o.workloads, seeds: o.seeds, cpus: o.cpus, iterations: o.iterations, costs: effectiveCostModel(o.kernel) }, cases);
 }

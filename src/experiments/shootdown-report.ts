@@ -8,6 +8,7 @@
 import { barChart, boxChart, formatNumber, lineChart } from '../report/svg.ts';
 import { callout, figure, grid, h, page, table, type Column, type Section } from '../report/html.ts';
 import { OPS, POLICIES, POLICY_DESCRIPTIONS, type PointResult, type PolicyName, type ShootdownReport } from './shootdown.ts';
+import { COST_MODEL_JSON_SCHEMA } from './cost_model.ts';
 
 /** Per-point fields in CSV/JSON order, with a unit or meaning for the table header. */
 export const POINT_FIELDS = [
@@ -30,8 +31,17 @@ export const SHOOTDOWN_JSON_SCHEMA = {
     schema: { const: 'mmulab.shootdown/1' },
     config: {
       type: 'object',
-      required: ['seed', 'rounds', 'workingSet', 'hz', 'clockGhz', 'tickUs'],
-      properties: { seed: { type: 'integer' }, rounds: { type: 'integer' }, workingSet: { type: 'integer' }, hz: { type: 'number' }, clockGhz: { type: 'number' }, tickUs: { type: 'number' } },
+      required: ['seed', 'rounds', 'workingSet', 'hz', 'clockGhz', 'tickUs', 'costs'],
+      properties: {
+        seed: { type: 'integer' },
+        rounds: { type: 'integer' },
+        workingSet: { type: 'integer' },
+        hz: { type: 'number' },
+        clockGhz: { type: 'number' },
+        tickUs: { type: 'number' },
+        costModel: { type: 'string', minLength: 1, description: 'the --cost-model file (absent: the built-in costs); merge does not compare it, only costs' },
+        costs: { $ref: '#/$defs/costModel' },
+      },
       additionalProperties: false,
     },
     grid: {
@@ -77,6 +87,7 @@ export const SHOOTDOWN_JSON_SCHEMA = {
     },
   },
   additionalProperties: false,
+  $defs: { costModel: COST_MODEL_JSON_SCHEMA },
 } as const;
 
 const onOff = (b: boolean): string => (b ? 'on' : 'off');

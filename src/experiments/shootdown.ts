@@ -50,6 +50,7 @@ import { zap_range } from '../../kernel/mm/memory.ts';
 import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import type { User } from '../../kernel/uapi.ts';
 import type { KGen } from '../../kernel/sched/core.ts';
+import { effectiveCostModel, type EffectiveCostModel } from './cost_model.ts';
 
 export const POLICIES = ['linux', 'full', 'per-page', 'latr'] as const;
 export type PolicyName = (typeof POLICIES)[number];
@@ -87,6 +88,8 @@ export interface ShootdownConfig {
   hz: number;
   /** Cost-model overrides for the kernel and machine. */
   kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
+  /** The --cost-model file `kernel` came from (recorded in the report, nothing more). */
+  costModel?: string;
 }
 
 export const DEFAULT_CONFIG: ShootdownConfig = { seed: 1, rounds: 3, workingSet: 32, hz: 1000 };
@@ -369,7 +372,18 @@ export function validatePoint(p: ShootdownPoint, config: ShootdownConfig): void 
 /** The result of a sweep, as `--json` prints it (JSON Schema in shootdown-report.ts). */
 export interface ShootdownReport {
   schema: 'mmulab.shootdown/1';
-  config: { seed: number; rounds: number; workingSet: number; hz: number; clockGhz: number; tickUs: number };
+  config: {
+    seed: number;
+    rounds: number;
+    workingSet: number;
+    hz: number;
+    clockGhz: number;
+    tickUs: number;
+    /** The --cost-model file (absent: the built-in costs). */
+    costModel?: string;
+    /** Every cost the sweep's machines used (merge refuses shards whose costs differ). */
+    costs: EffectiveCostModel;
+  };
   /** The whole sweep's grid (also in a shard, which holds only some of its points). */
   grid: ShootdownGrid;
   /** Present when this report holds one shard of the grid: every count-th point from the index-th (1-based). */
@@ -384,7 +398,16 @@ export function summarise(points: PointResult[], config: ShootdownConfig, grid: 
   const probe = new Kernel({ cpus: 1, memoryBytes: 1 << 20, hz: config.hz, ...config.kernel });
   return {
     schema: 'mmulab.shootdown/1',
-    config: { seed: config.seed, rounds: config.rounds, workingSet: config.workingSet, hz: config.hz, clockGhz: probe.machine.config.cost.clockGhz, tickUs: probe.micros(probe.tickCycles) },
+    config: {
+      seed: config.seed,
+      rounds: config.rounds,
+      workingSet: config.workingSet,
+      hz: config.hz,
+      clockGhz: probe.machine.config.cost.clockGhz,
+      tickUs: probe.micros(probe.tickCycles),
+      ...(config.costModel ? { costModel: config.costModel } : {}),
+      costs: effectiveCostModel(config.kernel),
+    },
     grid,
     ...(shard ? { shard } : {}),
     points,

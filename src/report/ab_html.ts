@@ -8,7 +8,7 @@
  */
 
 import type { AbResult, AbSummaryRow } from '../experiments/ab.ts';
-import { SUMMARY_METRICS, WORKLOAD_HELP } from '../experiments/ab.ts';
+import { attackMachineText, SUMMARY_METRICS, WORKLOAD_HELP } from '../experiments/ab.ts';
 import { barChart, boxChart, formatNumber } from './svg.ts';
 import { callout, figure, grid, h, page, table, type Content, type Section } from './html.ts';
 
@@ -106,7 +106,7 @@ export function abHtml(r: AbResult): string {
     };
     sections.push({
       title: 'security scenarios',
-      intro: 'The scenarios of mmulab attack, run by the emulator against each design; hover a verdict for its evidence.',
+      intro: `The scenarios of mmulab attack, run by the emulator against each design ${attackMachineText(r)}; hover a verdict for its evidence.`,
       content: [
         table([{ label: 'design', value: (c: string) => c }, ...scenarios.map((s) => ({ label: s, value: (c: string) => cell(c, s), title: r.attack!.find((x) => x.scenario === s)!.title }))], configs),
         h('ul', {}, ...scenarios.map((s) => h('li', {}, `${s}: ${r.attack!.find((x) => x.scenario === s)!.title}`))),
@@ -121,6 +121,7 @@ export function abHtml(r: AbResult): string {
       ['seeds', o.seeds.join(', ')],
       ['CPUs', String(o.cpus)],
       ['transactions per worker', String(o.iterations)],
+      ['cost model', o.costModel ?? 'built-in'],
       ['time', 'virtual (the emulated machine’s clock)'],
     ],
     sections,

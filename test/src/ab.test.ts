@@ -1,14 +1,19 @@
 /**
  * `mmulab ab` end to end: the table, the JSON result and its summary, determinism across
- * --jobs and across shards merged back together, and exit code 2 with one line for bad input.
+ * --jobs and across shards merged back together, the cost model the JSON records (enough to run
+ * the same costs again), the security scenarios on the machine --cpus asks for (raised to the
+ * two CPUs they need), and exit code 2 with one line for bad input.
  */
 
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli.ts';
 import type { AbFile } from '../../src/commands/ab.ts';
+import { JOBS } from '../../src/jobs/registry.ts';
+import type { ScenarioOptions } from '../../src/experiments/attack.ts';
+import { effectiveCostModel } from '../../src/experiments/cost_model.ts';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 
 const schema = JSON.parse(readFileSync(new URL('../../docs/schemas/ab.schema.json', import.meta.url), 'utf8')) as object;
@@ -28,7 +33,8 @@ async function run(args: string[]) {
 
 const SMALL = ['--design', 'eager,eager-writelock,fault', '--workload', 'pressure', '--seeds', '2', '--iterations', '12', '--cpus', '2', '--no-attack'];
 
-describe('mmulab ab', () => {
+// Whole runs of the kernel: generous time limits, for a machine busy with other work.
+describe('mmulab ab', { timeout: 120_000 }, () => {
   it('prints a JSON result whose summary follows from its cases', async () => {
     const r = await run(['ab', ...SMALL, '--jobs', '1', '--json']);
     expect(r.err).toBe('');
@@ -117,6 +123,98 @@ describe('mmulab ab', () => {
     expect(table.out).toMatch(/== security scenarios/);
     expect(table.out).toMatch(/^eager:none\s+VULNERABLE/m);
     expect(table.out).toMatch(/^fault\s+immune/m);
+  });
+
+  it('records the effective cost model; the record, passed back as --cost-model, runs the same costs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mmulab-ab-'));
+    const base = JSON.parse((await run(['ab', ...SMALL, '--jobs', '1', '--json'])).out) as AbFile;
+    expect(base.options.costs).toEqual(effectiveCostModel(undefined));
+    expect(base.options.costModel).toBeUndefined();
+    const file = join(dir, 'costs.json');
+    writeFileSync(file, JSON.stringify({ clockGhz: 2, hw: { walkMemRef: 40 }, kernel: { contextSwitch: 3000 } }));
+    const r = await run(['ab', ...SMALL, '--jobs', '1', '--json', '--cost-model', file]);
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as AbFile;
+    expectValid(doc);
+    expect(doc.options.costModel).toBe(file);
+    expect(doc.options.costs).toEqual({ clockGhz: 2, hw: { ...base.options.costs.hw, walkMemRef: 40 }, kernel: { ...base.options.costs.kernel, contextSwitch: 3000 } });
+    expect(doc.cases).not.toEqual(base.cases);
+    // The record is a complete cost model file: the same run from it alone.
+    const saved = join(dir, 'recorded.json');
+    writeFileSync(saved, JSON.stringify(doc.options.costs));
+    const again = JSON.parse((await run(['ab', ...SMALL, '--jobs', '1', '--json', '--cost-model', saved])).out) as AbFile;
+    expect(again.options.costs).toEqual(doc.options.costs);
+    expect(again.cases).toEqual(doc.cases);
+    // The table names the file.
+    expect((await run(['ab', ...SMALL, '--jobs', '1', '--cost-model', file])).out.split('\n')[0]).toContain(`2 CPUs, 12 transactions per worker, cost model ${file};`);
+    // The schema wants the costs, every one of them, and nothing else.
+    expect(validate({ ...doc, options: { ...doc.options, costs: undefined } })).toBe(false);
+    expect(validate({ ...doc, options: { ...doc.options, costs: { ...doc.options.costs, hw: { ...doc.options.costs.hw, walkMemRef: undefined } } } })).toBe(false);
+    expect(validate({ ...doc, options: { ...doc.options, costs: { ...doc.options.costs, kernel: { ...doc.options.costs.kernel, teleport: 1 } } } })).toBe(false);
+  });
+
+  describe('the security scenarios\' machine', () => {
+    afterEach(() => {
+      vi.restoreAllMocks();
+    });
+    const realAttack = JOBS.attack!;
+    const ATTACK = ['--design', 'eager:none,fault', '--workload', 'sync-0', '--seeds', '1', '--iterations', '3', '--jobs', '1'];
+
+    /** Run ab with the scenarios inline (--jobs 1) and catch what each was run with. */
+    async function spied(args: string[]): Promise<{ doc: AbFile; text: string; seen: ScenarioOptions[] }> {
+      const seen: ScenarioOptions[] = [];
+      vi.restoreAllMocks();
+      vi.spyOn(JOBS, 'attack').mockImplementation(((a: ScenarioOptions) => {
+        seen.push(a);
+        return realAttack(a as never);
+      }) as never);
+      const json = await run(['ab', ...ATTACK, ...args, '--json']);
+      expect(json.code).toBe(0);
+      const table = await run(['ab', ...ATTACK, ...args]);
+      return { doc: JSON.parse(json.out) as AbFile, text: table.out, seen };
+    }
+
+    it('has the CPUs --cpus asks for, and the run\'s cost model', async () => {
+      const file = join(mkdtempSync(join(tmpdir(), 'mmulab-ab-')), 'costs.json');
+      writeFileSync(file, JSON.stringify({ hw: { ipiLatency: 9000 } }));
+      const { doc, text, seen } = await spied(['--cpus', '5', '--cost-model', file]);
+      expectValid(doc);
+      expect(doc.attackCpus).toBe(5);
+      expect(seen).toHaveLength(2 * 2 * 8); // 2 designs × 8 scenarios, for the JSON and the table
+      for (const a of seen) {
+        expect(a.cpus).toBe(5);
+        expect(a.kernel?.hwCosts?.ipiLatency).toBe(9000);
+      }
+      expect(text).toMatch(/^== security scenarios \(mmulab attack\): a verdict per design, computed by the emulator on 5 CPUs$/m);
+      expect(text).toMatch(/^eager:none\s+VULNERABLE/m);
+    });
+
+    it('has at least the two CPUs the scenarios need, and says so when --cpus asked for fewer', async () => {
+      const { doc, text, seen } = await spied(['--cpus', '1']);
+      expectValid(doc);
+      expect(doc.options.cpus).toBe(1);
+      expect(doc.attackCpus).toBe(2);
+      for (const a of seen) {
+        expect(a.cpus).toBe(2);
+        expect(a.kernel).toBeUndefined();
+      }
+      expect(text).toContain('computed by the emulator on 2 CPUs (--cpus 1 raised to 2: the scenarios need at least 2, scenario 3\'s reader runs on CPU 1)');
+      // The verdicts depend on the design, not on the CPU count.
+      const four = await spied(['--cpus', '4']);
+      expect(four.doc.attackCpus).toBe(4);
+      expect(four.doc.attack!.map((v) => v.verdict)).toEqual(doc.attack!.map((v) => v.verdict));
+    });
+
+    it('is recorded only with the verdicts', async () => {
+      const r = await run(['ab', ...SMALL, '--jobs', '1', '--json']);
+      const doc = JSON.parse(r.out) as AbFile;
+      expect(doc.attack).toBeUndefined();
+      expect(doc.attackCpus).toBeUndefined();
+      expect(validate({ ...doc, attackCpus: 2 })).toBe(false);
+      expect(validate({ ...doc, attack: [] })).toBe(false);
+      expect(validate({ ...doc, attack: [], attackCpus: 1 })).toBe(false);
+      expect(validate({ ...doc, attack: [], attackCpus: 2 })).toBe(true);
+    });
   });
 
   it('answers bad input with exit code 2 and one line naming the problem', async () => {

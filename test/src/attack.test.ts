@@ -86,10 +86,14 @@ describe('mmulab attack', () => {
     expect(base.cpus).toBe(2);
     const r = await run([...args, '--cpus', '4', '--cost-model', costs, '--json']);
     expect(r.code).toBe(0);
-    const doc = JSON.parse(r.out) as AttackDoc & { cpus: number; costModel: string };
+    const doc = JSON.parse(r.out) as AttackDoc & { cpus: number; costModel: string; costs: { clockGhz: number; hw: Record<string, number>; kernel: Record<string, number> } };
     expect(validate(doc) ? [] : validate.errors).toEqual([]);
     expect(doc.cpus).toBe(4);
     expect(doc.costModel).toBe(costs);
+    // The effective model: every cost, the file's where it set one.
+    expect(doc.costs).toEqual({ ...(base as unknown as typeof doc).costs, clockGhz: 2, hw: { ...(base as unknown as typeof doc).costs.hw, ipiLatency: 9000 }, kernel: { ...(base as unknown as typeof doc).costs.kernel, contextSwitch: 3000 } });
+    expect((base as unknown as typeof doc).costs.hw.ipiLatency).toBe(3720);
+    expect(validate({ ...doc, costs: { ...doc.costs, clockGhz: 0 } })).toBe(false);
     expect(doc.results.map((x) => x.verdict)).toEqual(base.results.map((x) => x.verdict));
     const text = await run([...args, '--cpus', '4']);
     expect(text.out.split('\n')[0]).toBe('mmulab attack: binder security scenarios, seed 1, 4 CPUs');

@@ -27,7 +27,8 @@ describe('mmulab command line', () => {
   it('prints the demo as JSON', async () => {
     const r = await run(['demo', '--json']);
     expect(r.code).toBe(0);
-    const doc = JSON.parse(r.out) as { rows: { answeredBy: string }[]; counters: Record<string, number> };
+    const doc = JSON.parse(r.out) as { schema: string; rows: { answeredBy: string }[]; counters: Record<string, number> };
+    expect(doc.schema).toBe('mmulab.demo/1'); // docs/schemas/demo.schema.json, validated in schemas.test.ts
     expect(doc.rows.length).toBe(11);
     expect(doc.rows[1]!.answeredBy).toBe('L1 TLB');
     expect(doc.counters.pageFaults).toBe(5);

@@ -52,7 +52,8 @@ describe('mmulab fuzz', () => {
   it('prints JSON, and splits the work over worker threads with --jobs', async () => {
     const r = await run(['fuzz', '--seed', '8', '--ops', '1000', '--ops-per-run', '100', '--json', '--jobs', '2']);
     expect(r.code).toBe(0);
-    const doc = JSON.parse(r.out) as { seed: number; ops: number; cases: number; counterexample: unknown; byOp: Record<string, number>; outcomes: { errnos: Record<string, number> } };
+    const doc = JSON.parse(r.out) as { schema: string; seed: number; ops: number; cases: number; counterexample: unknown; byOp: Record<string, number>; outcomes: { errnos: Record<string, number> } };
+    expect(doc.schema).toBe('mmulab.fuzz/1'); // docs/schemas/fuzz.schema.json, validated in schemas.test.ts
     expect(doc.seed).toBe(8);
     expect(doc.ops).toBeGreaterThanOrEqual(1000);
     expect(doc.counterexample).toBeNull();

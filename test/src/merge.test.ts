@@ -2,7 +2,8 @@
  * `mmulab merge`, the one way to join the shards of a split run: it tells ab and shootdown shards
  * apart by their "schema" field and gives what the unsharded run gives (the JSON byte for byte,
  * the table, the CSV and HTML files); it refuses mixed, foreign, overlapping, tampered and
- * incomplete sets with exit code 2 and one line naming the file and the problem.
+ * incomplete sets, and shards run with different cost models, with exit code 2 and one line
+ * naming the file and the problem (for cost models, the first cost that differs).
  */
 
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -40,6 +41,11 @@ function edited(name: string, from: string, f: (d: Record<string, any>) => void)
 }
 
 const files: Record<string, string> = {};
+/** A cost model that changes one hardware cost; and one that restates a built-in value. */
+const slowWalks = join(dir, 'slow-walks.json');
+writeFileSync(slowWalks, JSON.stringify({ hw: { walkMemRef: 40 } }));
+const builtIn = join(dir, 'built-in.json');
+writeFileSync(builtIn, JSON.stringify({ clockGhz: 3 }));
 
 beforeAll(async () => {
   files.sdWhole = await save('sd.json', [...SD, '--json']);
@@ -47,6 +53,12 @@ beforeAll(async () => {
   files.abWhole = await save('ab.json', [...AB, '--json']);
   for (const i of [1, 2]) files[`ab${i}`] = await save(`ab${i}.json`, [...AB, '--json', '--shard', `${i}/2`]);
   files.run = await save('run.json', ['run', 'sequential', '--pages', '4', '--accesses', '10', '--json']);
+  files.sd2slow = await save('sd2-slow.json', [...SD, '--json', '--shard', '2/3', '--cost-model', slowWalks]);
+  files.ab2slow = await save('ab2-slow.json', [...AB, '--json', '--shard', '2/2', '--cost-model', slowWalks]);
+  files.ab2builtIn = await save('ab2-built-in.json', [...AB, '--json', '--shard', '2/2', '--cost-model', builtIn]);
+  files.ab1slow = await save('ab1-slow.json', [...AB, '--json', '--shard', '1/2', '--cost-model', slowWalks]);
+  writeFileSync(join(dir, 'slow-walks-copy.json'), readFileSync(slowWalks));
+  files.ab2slowCopy = await save('ab2-slow-copy.json', [...AB, '--json', '--shard', '2/2', '--cost-model', join(dir, 'slow-walks-copy.json')]);
 }, 120_000);
 
 describe('mmulab merge', () => {
@@ -76,7 +88,30 @@ describe('mmulab merge', () => {
     expect(one.out).toBe(readFileSync(files.sdWhole!, 'utf8'));
   });
 
+  it('records the cost model in every shard; joins shards that ran on the same costs, whatever the file was called', async () => {
+    const slow = JSON.parse(readFileSync(files.ab1slow!, 'utf8')) as { options: { costModel: string; costs: { hw: Record<string, number> } } };
+    expect(slow.options.costModel).toBe(slowWalks);
+    expect(slow.options.costs.hw.walkMemRef).toBe(40);
+    expect((JSON.parse(readFileSync(files.sd2slow!, 'utf8')) as { config: { costs: { hw: Record<string, number> } } }).config.costs.hw.walkMemRef).toBe(40);
+    // A file restating the built-in costs is the built-in model: the set is the unsharded run.
+    const same = await run(['merge', files.ab1!, files.ab2builtIn!, '--json']);
+    expect(same.err).toBe('');
+    expect(same.code).toBe(0);
+    expect(same.out).toBe(readFileSync(files.abWhole!, 'utf8'));
+    // The same costs from two files of other names: merged, with the first shard's file name.
+    const copies = await run(['merge', files.ab2slowCopy!, files.ab1slow!, '--json']);
+    expect(copies.code).toBe(0);
+    const merged = JSON.parse(copies.out) as { options: { costModel: string; costs: unknown } };
+    expect(merged.options.costModel).toBe(slowWalks);
+    expect(merged.options.costs).toEqual(slow.options.costs);
+  });
+
   const refusals: [string, () => string[], RegExp][] = [
+    ['ab shards run with different cost models', () => [files.ab1!, files.ab2slow!], /ab2-slow\.json: options\.costs\.hw\.walkMemRef is 40, but 15 in .*ab1\.json: the shards ran with different cost models$/],
+    ['shootdown shards run with different cost models', () => [files.sd1!, files.sd2slow!, files.sd3!], /sd2-slow\.json: config\.costs\.hw\.walkMemRef is 40, but 15 in .*sd1\.json: the shards ran with different cost models$/],
+    ['a shard whose kernel costs were changed', () => [files.ab1!, edited('ab2-kernel.json', files.ab2!, (d) => (d.options.costs.kernel.contextSwitch = 2000))], /ab2-kernel\.json: options\.costs\.kernel\.contextSwitch is 2000, but 1500 in .*ab1\.json: the shards ran with different cost models$/],
+    ['a shard that does not record its cost model', () => [files.ab1!, edited('ab2-nocosts.json', files.ab2!, (d) => delete d.options.costs)], /ab2-nocosts\.json: not a valid ab result: field "options\.costs" is missing or has the wrong type$/],
+    ['a shard whose security verdicts do not say on how many CPUs', () => [edited('ab1-nocpus.json', files.ab1!, (d) => { d.attack = []; }), files.ab2!], /ab1-nocpus\.json: not a valid ab result: field "attackCpus" is missing or has the wrong type$/],
     ['shards of two commands', () => [files.ab1!, files.sd1!], /sd1\.json: written by mmulab shootdown, but .*ab1\.json by mmulab ab; merge the shards of one run at a time$/],
     ['a shard missing', () => [files.sd1!, files.sd3!], /^mmulab: incomplete: shard 2\/3 missing \(given: 1\/3, 3\/3\)$/],
     ['two shards missing', () => [files.sd2!], /^mmulab: incomplete: shards 1\/3, 3\/3 missing \(given: 2\/3\)$/],

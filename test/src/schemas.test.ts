@@ -1,10 +1,13 @@
 /**
- * The documented JSON Schemas of `mmulab run --json` (docs/schemas/run.schema.json) and of the
+ * The documented JSON Schemas of `mmulab run --json` (docs/schemas/run.schema.json), of the
  * inspection commands' --json (docs/schemas/inspect.schema.json, one schema for maps, smaps,
- * pagemap and ptdump): every workload and every view, run through main(), validates; the schemas
- * are strict enough to reject a document with a field missing, mistyped or unknown, or records
- * that do not belong to the view; every schema compiles under ajv's strict mode, and the README
- * lists every schema file.
+ * pagemap and ptdump), of `mmulab fuzz --json` (docs/schemas/fuzz.schema.json: a run's summary or
+ * a replayed case) and of `mmulab demo --json` (docs/schemas/demo.schema.json): every workload,
+ * view and kind of fuzz result, run through main(), validates; the schemas are strict enough to
+ * reject a document with a field missing, mistyped or unknown, or records that do not belong to
+ * the view; every schema compiles under ajv's strict mode, the cost model the ab, attack and
+ * shootdown results record is described the same way in each, and the README lists every schema
+ * file.
  */
 
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,7 +15,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
+import fc from 'fast-check';
 import { main } from '../../src/cli.ts';
+import { arbScenario } from '../../src/fuzz/ops.ts';
+import { COST_MODEL_JSON_SCHEMA } from '../../src/experiments/cost_model.ts';
+import { SHOOTDOWN_JSON_SCHEMA } from '../../src/experiments/shootdown-report.ts';
+import { DEFAULT_HW_COSTS } from '../../hw/cost.ts';
+import { DEFAULT_KERNEL_COSTS } from '../../kernel/cost.ts';
 
 const SCHEMAS = new URL('../../docs/schemas/', import.meta.url);
 const load = (name: string): Record<string, unknown> => JSON.parse(readFileSync(new URL(name, SCHEMAS), 'utf8')) as Record<string, unknown>;
@@ -20,8 +29,13 @@ const load = (name: string): Record<string, unknown> => JSON.parse(readFileSync(
 const ajv = new Ajv2020({ allErrors: true });
 ajv.addSchema(load('run.schema.json'));
 ajv.addSchema(load('inspect.schema.json'));
+ajv.addSchema(load('fuzz.schema.json'));
+ajv.addSchema(load('demo.schema.json'));
 const validateRun = ajv.getSchema('https://mmulab.dev/schemas/run.schema.json') as ValidateFunction;
 const validateInspect = ajv.getSchema('https://mmulab.dev/schemas/inspect.schema.json') as ValidateFunction;
+const validateFuzz = ajv.getSchema('https://mmulab.dev/schemas/fuzz.schema.json') as ValidateFunction;
+const validateScenario = ajv.getSchema('https://mmulab.dev/schemas/fuzz.schema.json#/$defs/scenario') as ValidateFunction;
+const validateDemo = ajv.getSchema('https://mmulab.dev/schemas/demo.schema.json') as ValidateFunction;
 
 async function run(args: string[]) {
   let out = '';
@@ -30,11 +44,19 @@ async function run(args: string[]) {
   return { code, out, err };
 }
 
-async function json(args: string[]): Promise<Record<string, unknown>> {
+async function json(args: string[], expected = { code: 0, err: '' as string | RegExp }): Promise<Record<string, unknown>> {
   const r = await run([...args, '--json']);
-  expect(r.err, args.join(' ')).toBe('');
-  expect(r.code, args.join(' ')).toBe(0);
+  if (typeof expected.err === 'string') expect(r.err, args.join(' ')).toBe(expected.err);
+  else expect(r.err, args.join(' ')).toMatch(expected.err);
+  expect(r.code, args.join(' ')).toBe(expected.code);
   return JSON.parse(r.out) as Record<string, unknown>;
+}
+
+/** `doc` changed by `f` (a deep copy). */
+function changed(doc: Record<string, unknown>, f: (d: Record<string, any>) => void): Record<string, any> {
+  const d = structuredClone(doc) as Record<string, any>;
+  f(d);
+  return d;
 }
 
 function errorsOf(validate: ValidateFunction, doc: unknown): unknown[] {
@@ -148,11 +170,118 @@ describe('docs/schemas/inspect.schema.json', () => {
   });
 });
 
+describe('docs/schemas/fuzz.schema.json', { timeout: 120_000 }, () => {
+  // The smallest runs fuzz accepts: --ops 1 (one chunk of cases), short cases, one job.
+  const TINY = ['fuzz', '--seed', '5', '--ops', '1', '--ops-per-run', '20', '--jobs', '1'];
+
+  it('validates a run that found nothing', async () => {
+    const doc = await json(TINY, { code: 0, err: 'mmulab fuzz: seed 5, 1 operations\n' });
+    expect(errorsOf(validateFuzz, doc)).toEqual([]);
+    expect(doc).toMatchObject({ schema: 'mmulab.fuzz/1', seed: 5, counterexample: null });
+  });
+
+  it('validates a run on worker threads, with --cpus and --cost-model', async () => {
+    const doc = await json(['fuzz', '--seed', '5', '--ops', '2', '--ops-per-run', '20', '--jobs', '2', '--cpus', '3', '--cost-model', costs], { code: 0, err: /^mmulab fuzz: seed 5, 2 operations, 2 jobs, 3 CPUs, cost model / });
+    expect(errorsOf(validateFuzz, doc)).toEqual([]);
+  });
+
+  it('validates a run that found a (planted) failure, with its shrunk counterexample', async () => {
+    const doc = await json(['fuzz', '--seed', '1', '--ops', '2000', '--ops-per-run', '20', '--plant', 'leak-ref', '--shrink-time', '5', '--jobs', '1'], { code: 1, err: /^mmulab fuzz: seed 1/ });
+    expect(errorsOf(validateFuzz, doc)).toEqual([]);
+    const c = doc.counterexample as Record<string, any>;
+    expect(c.failure.kind).toBe('invariant');
+    expect(c.replay).toBe(`mmulab fuzz --replay ${c.token} --ops-per-run 20 --plant leak-ref`);
+  });
+
+  it('validates a replayed case, passing and failing', async () => {
+    const passed = await json(['fuzz', '--replay', '5:0', '--ops-per-run', '300']);
+    expect(errorsOf(validateFuzz, passed)).toEqual([]);
+    expect(passed.replay).toBe('mmulab fuzz --replay 5:0 --ops-per-run 300');
+    expect((passed.result as { failure: unknown }).failure).toBeNull();
+    expect((passed.scenario as { ops: unknown[] }).ops.length).toBeGreaterThan(100);
+    const failed = await json(['fuzz', '--replay', '5:0', '--ops-per-run', '300', '--plant', 'leak-ref'], { code: 1, err: '' });
+    expect(errorsOf(validateFuzz, failed)).toEqual([]);
+    expect((failed.result as { failure: { kind: string } }).failure.kind).toBe('invariant');
+  });
+
+  it('describes every case the generator makes, wild values (NaN prints as null) included', () => {
+    const cases = fc.sample(arbScenario({ ops: 300 }), { seed: 11, numRuns: 30, unbiased: true });
+    for (const s of cases) expect(errorsOf(validateScenario, JSON.parse(JSON.stringify(s)))).toEqual([]);
+    const ops = cases.flatMap((s) => s.ops);
+    expect(new Set(ops.map((o) => o.t)).size).toBe(19); // every kind of operation was checked
+  });
+
+  it('rejects a missing, mistyped or unknown field, and a summary mixed with a replay', async () => {
+    const summary = await json(TINY, { code: 0, err: /^mmulab fuzz/ });
+    const replay = await json(['fuzz', '--replay', '5:0', '--ops-per-run', '20']);
+    expect(validateFuzz(summary)).toBe(true);
+    expect(validateFuzz(replay)).toBe(true);
+    const bad = (doc: Record<string, unknown>, f: (d: Record<string, any>) => void): boolean => validateFuzz(changed(doc, f));
+    expect(bad(summary, (d) => delete d.ops)).toBe(false);
+    expect(bad(summary, (d) => (d.cases = '4'))).toBe(false);
+    expect(bad(summary, (d) => (d.byOp.teleport = 1))).toBe(false);
+    expect(bad(summary, (d) => (d.outcomes.errnos.EINVAL = -1))).toBe(false);
+    expect(bad(summary, (d) => delete d.outcomes.binderUserErrors)).toBe(false);
+    expect(bad(summary, (d) => (d.counterexample = { token: '5:0' }))).toBe(false);
+    expect(bad(summary, (d) => (d.schema = 'mmulab.fuzz/2'))).toBe(false);
+    expect(bad(summary, (d) => (d.surprise = true))).toBe(false);
+    expect(bad(summary, (d) => (d.scenario = replay.scenario))).toBe(false); // a summary holds no case
+    expect(bad(replay, (d) => delete d.result.cycles)).toBe(false);
+    expect(bad(replay, (d) => (d.result.failure = { kind: 'oops', message: '', op: 0 }))).toBe(false);
+    expect(bad(replay, (d) => (d.scenario.ops[0].t = 'ioctl'))).toBe(false);
+    expect(bad(replay, (d) => (d.scenario.ops[0].extra = 1))).toBe(false);
+    expect(bad(replay, (d) => (d.scenario.ops = []))).toBe(false);
+    expect(bad(replay, (d) => (d.scenario.designs = [0]))).toBe(false);
+    expect(bad(replay, (d) => (d.scenario.ops[0] = { t: 'touch', a: 0, addr: { r: 'win', page: 1, off: 0 }, kind: 'poke', pages: 1 }))).toBe(false);
+    expect(bad(replay, (d) => (d.scenario.ops[0] = { t: 'munmap', a: 0, addr: { r: 'wild', page: 1 }, len: { pages: 1, delta: 0 } }))).toBe(false);
+    expect(bad(replay, (d) => (d.seed = 5))).toBe(false); // a replay has no seed of its own
+    expect(bad(replay, (d) => (d.replay = 'mmulab fuzz --seed 5'))).toBe(false);
+  });
+});
+
+describe('docs/schemas/demo.schema.json', { timeout: 120_000 }, () => {
+  it('validates the tour, on the built-in costs and on a --cost-model', async () => {
+    const doc = await json(['demo']);
+    expect(errorsOf(validateDemo, doc)).toEqual([]);
+    expect(doc.schema).toBe('mmulab.demo/1');
+    expect(errorsOf(validateDemo, await json(['demo', '--cost-model', costs]))).toEqual([]);
+  });
+
+  it('rejects a missing, mistyped or unknown field', async () => {
+    const doc = await json(['demo']);
+    const bad = (f: (d: Record<string, any>) => void): boolean => validateDemo(changed(doc, f));
+    expect(bad((d) => delete d.counters.cycles)).toBe(false);
+    expect(bad((d) => (d.counters.tlbMagic = 1))).toBe(false);
+    expect(bad((d) => (d.counters.walks = 1.5))).toBe(false);
+    expect(bad((d) => (d.rows = []))).toBe(false);
+    expect(bad((d) => (d.rows[0].cpl = 1))).toBe(false);
+    expect(bad((d) => (d.rows[0].kind = 'execute'))).toBe(false);
+    expect(bad((d) => (d.rows[0].va = '7f0000001000'))).toBe(false);
+    expect(bad((d) => (d.rows[0].answeredBy = 'cache'))).toBe(false);
+    expect(bad((d) => (d.rows[0].pteAfter = 'A=1'))).toBe(false);
+    expect(bad((d) => (d.rows[0].result = 'ok'))).toBe(false);
+    expect(bad((d) => delete d.rows[0].step)).toBe(false);
+    expect(bad((d) => (d.rows[0].note = ''))).toBe(false);
+    expect(bad((d) => delete d.schema)).toBe(false);
+    expect(bad((d) => (d.extra = 1))).toBe(false);
+  });
+});
+
+describe('the cost model in ab, attack and shootdown results', () => {
+  it('is described once, the same way in each schema, with every cost of the built-in model', () => {
+    const fragment = JSON.parse(JSON.stringify(COST_MODEL_JSON_SCHEMA)) as { properties: { hw: { required: string[] }; kernel: { required: string[] } } };
+    for (const f of ['ab.schema.json', 'attack.schema.json', 'shootdown.schema.json']) expect((load(f).$defs as Record<string, unknown>).costModel, f).toEqual(fragment);
+    expect(JSON.parse(JSON.stringify(SHOOTDOWN_JSON_SCHEMA.$defs.costModel))).toEqual(fragment);
+    expect(fragment.properties.hw.required).toEqual(Object.keys(DEFAULT_HW_COSTS));
+    expect(fragment.properties.kernel.required).toEqual(Object.keys(DEFAULT_KERNEL_COSTS));
+  });
+});
+
 describe('the schema files', () => {
   const files = readdirSync(SCHEMAS).filter((f) => f.endsWith('.schema.json')).sort();
 
   it('are all there, compile in ajv strict mode and name themselves', () => {
-    expect(files).toEqual(['ab.schema.json', 'attack.schema.json', 'inspect.schema.json', 'run.schema.json', 'shootdown.schema.json']);
+    expect(files).toEqual(['ab.schema.json', 'attack.schema.json', 'demo.schema.json', 'fuzz.schema.json', 'inspect.schema.json', 'run.schema.json', 'shootdown.schema.json']);
     const strict = new Ajv2020({ strict: true, strictRequired: false, allowUnionTypes: true });
     for (const f of files) {
       const s = load(f);

@@ -13,6 +13,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { main } from '../../src/cli.ts';
 import { POINT_FIELDS, SHOOTDOWN_JSON_SCHEMA } from '../../src/experiments/shootdown-report.ts';
 import type { ShootdownReport } from '../../src/experiments/shootdown.ts';
+import { effectiveCostModel } from '../../src/experiments/cost_model.ts';
 
 const validate = new Ajv2020({ allErrors: true }).compile(SHOOTDOWN_JSON_SCHEMA);
 
@@ -92,6 +93,22 @@ describe('mmulab shootdown', () => {
       expect(t.releaseViolations).toBe(0);
     }
     expect(doc.checks).toEqual({ staleAfterSynchronous: 0, releaseViolations: 0, kasan: 0, invariantProblems: 0 });
+  });
+
+  it('records the effective cost model, and the --cost-model file it came from', async () => {
+    const doc = await smallJson();
+    expect(doc.config.costs).toEqual(effectiveCostModel(undefined));
+    expect(doc.config.costModel).toBeUndefined();
+    expect(validate({ ...doc, config: { ...doc.config, costs: undefined } })).toBe(false);
+    const file = join(dir, 'costs.json');
+    writeFileSync(file, JSON.stringify({ clockGhz: 2, hw: { ipiLatency: 9000 } }));
+    const r = await run([...SMALL, '--pages', '1', '--policy', 'linux', '--jobs', '1', '--cost-model', file, '--json']);
+    expect(r.code).toBe(0);
+    const slow = JSON.parse(r.out) as ShootdownReport;
+    expect(validate(slow) ? [] : validate.errors).toEqual([]);
+    expect(slow.config.costModel).toBe(file);
+    expect(slow.config.clockGhz).toBe(2);
+    expect(slow.config.costs).toEqual({ ...effectiveCostModel(undefined), clockGhz: 2, hw: { ...effectiveCostModel(undefined).hw, ipiLatency: 9000 } });
   });
 
   it('writes the CSV: a header and one row per point, the same figures as the JSON', async () => {
