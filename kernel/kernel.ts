@@ -10,7 +10,7 @@
 
 import { Machine } from '../hw/machine.ts';
 import { ConfigError, type MachineOptions } from '../hw/config.ts';
-import { DeterministicEngine, type RunLimits, type RunResult } from '../hw/engine.ts';
+import { DeterministicEngine, checkRunLimits, type RunLimits, type RunResult } from '../hw/engine.ts';
 import type { Cpu, WatchHit } from '../hw/cpu.ts';
 import type { HwCostModel } from '../hw/cost.ts';
 import { CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP } from '../hw/control-registers.ts';
@@ -33,6 +33,7 @@ import { ExitRequest, User, type Program } from './uapi.ts';
 import { SignalError, reportFatalSignal } from './signal.ts';
 import type { File } from './fs/file.ts';
 import { WaitQueue } from './sched/wait.ts';
+import { check_vm_invariants } from './mm/debug_vm.ts';
 
 /** CONFIG_HZ: scheduler ticks per second; 250 is Kconfig's default (kernel/Kconfig.hz, HZ_250). */
 export const HZ = 250;
@@ -62,6 +63,13 @@ export interface KernelOptions {
   trace?: boolean;
   /** Scheduler ticks per second (CONFIG_HZ, default HZ). */
   hz?: number;
+  /**
+   * Checking mode: audit the mm invariants (kernel/mm/debug_vm.ts) after every engine step at
+   * which no task is inside a kernel operation, so a violation is caught right after the step
+   * that caused it, as CONFIG_DEBUG_VM's VM_BUG_ONs catch it where it happens. Each distinct
+   * violation is filed once as a BUG report. Slow: a whole audit per step. Default false.
+   */
+  debugVm?: boolean;
 }
 
 const KERNEL_OPTION_TYPES: Record<keyof KernelOptions, 'number' | 'boolean' | 'object'> = {
@@ -78,6 +86,7 @@ const KERNEL_OPTION_TYPES: Record<keyof KernelOptions, 'number' | 'boolean' | 'o
   clockGhz: 'number',
   trace: 'boolean',
   hz: 'number',
+  debugVm: 'boolean',
 };
 
 /**
@@ -107,6 +116,8 @@ export class Kernel {
   readonly trace: Tracer;
   readonly tasks = new Map<number, Task>();
   readonly options: Required<Pick<KernelOptions, 'pcid' | 'smep' | 'smap'>>;
+  /** Checking mode: the mm invariants audited after every engine step (KernelOptions.debugVm). */
+  readonly debugVm: boolean;
   /** The task the engine is running right now (null in interrupt or idle context). */
   current: Task | null = null;
   /** CPU of the code running now when no task is current (IPI handlers). */
@@ -156,6 +167,7 @@ export class Kernel {
       ...(opts.clockGhz !== undefined ? { clockGhz: opts.clockGhz } : {}),
     });
     this.options = { pcid: opts.pcid ?? true, smep: opts.smep ?? true, smap: opts.smap ?? true };
+    this.debugVm = opts.debugVm ?? false;
     this.costs = parseKernelCosts(opts.costs);
     const hz = opts.hz ?? HZ;
     if (!Number.isFinite(hz) || hz <= 0) throw new RangeError(`hz must be a positive number, got ${String(hz)}`);
@@ -553,7 +565,46 @@ export class Kernel {
   run(limits: RunLimits = {}): RunResult {
     // A scheduler whose CPU went quiet earlier may have new work now.
     for (const s of this.sched) if (this.engine.status(s.index) === 'done') this.engine.attach(s.index, s);
-    return this.engine.run(limits);
+    if (!this.debugVm) return this.engine.run(limits);
+    return this.runChecked(limits);
+  }
+
+  /** Checking mode (KernelOptions.debugVm): the violations already filed, so each is filed once. */
+  private readonly vmViolations = new Set<string>();
+
+  /** run() in checking mode: one engine step at a time, the mm audit after each. */
+  private runChecked(limits: RunLimits): RunResult {
+    checkRunLimits(limits);
+    let steps = 0;
+    for (;;) {
+      if (limits.maxSteps !== undefined && steps >= limits.maxSteps) return { steps, reason: 'maxSteps' };
+      const r = this.engine.run(limits.untilCycles !== undefined ? { untilCycles: limits.untilCycles, maxSteps: 1 } : { maxSteps: 1 });
+      steps += r.steps;
+      if (r.steps > 0) this.checkVmStep();
+      if (r.reason !== 'maxSteps') return { steps, reason: r.reason };
+    }
+  }
+
+  /**
+   * Audit the mm state after a step; file each new violation as a BUG report. Only at steps where
+   * no task is in the middle of a kernel operation (every task is in user mode, or asleep holding
+   * no lock: in a wait, a sleep, on a wait queue): in the middle of one the books may be half
+   * updated — a page table accounted but not yet linked, say — where Linux's locks would keep
+   * any observer out. A violation is thus reported at the first such step after the one that
+   * made it.
+   */
+  private checkVmStep(): void {
+    for (const t of this.tasks.values()) {
+      if (t.state === 'dead' || (t.mm !== null && t.inKernel === 0)) continue;
+      if (t.state !== 'sleeping' || (t.lockdepHeld !== null && t.lockdepHeld.length > 0)) return;
+    }
+    const r = check_vm_invariants(this, { limit: 20 });
+    if (r.ok) return;
+    const fresh = r.problems.filter((p) => !this.vmViolations.has(p));
+    if (!fresh.length) return;
+    for (const p of fresh) this.vmViolations.add(p);
+    const where = `after engine step ${this.engine.steps} (CPU ${this.engine.lastPick})`;
+    this.reports.add({ kind: 'BUG', title: `BUG: mm invariant violated ${where}: ${fresh[0]}`, text: fresh.map((p) => `  ${p}`).join('\n'), cpu: Math.max(0, this.engine.lastPick), cycles: this.machine.cpu(Math.max(0, this.engine.lastPick)).cycles, data: { check: 'debug_vm', step: this.engine.steps, problems: fresh } });
   }
 
   subsystem<T>(name: string): T {

@@ -27,6 +27,7 @@ const FUZZ_SCHEMA = 'mmulab.fuzz/1';
 
 interface FuzzCliOptions {
   time?: number;
+  debugVm?: boolean;
   seed?: number;
   ops?: number;
   replay?: ReplayToken;
@@ -69,6 +70,7 @@ export function register(program: Command, io: Io): void {
     .option('--ops-per-run <n>', 'longest operation sequence of one case', parseIntOption('--ops-per-run', 1, 100_000), DEFAULT_SHAPE.opsPerRun)
     .option('--round-ops <n>', 'operations handed to the processes per round (they run concurrently within a round)', parseIntOption('--round-ops', 1, 10_000), DEFAULT_SHAPE.roundOps)
     .option('--check-every <n>', 'run the invariant checkers after this many operations', parseIntOption('--check-every', 1, 1_000_000), DEFAULT_SHAPE.checkEvery)
+    .option('--debug-vm', 'checking mode: also audit the mm invariants after every scheduling step, inside the rounds (slow)')
     .option('--plant <bug>', `plant a bug to see the fuzzer catch it (${PLANTS.join(', ')})`, plantOption)
     .option('--shrink-time <seconds>', 'time limit for shrinking a failure', parseIntOption('--shrink-time', 1, 24 * 3600), 60)
     .option('--jobs <n>', 'worker threads, each fuzzing its own seeds (seed + i, seed + i + n, …) with a share of --ops', parseIntOption('--jobs', 1, 256), defaultJobs())
@@ -95,6 +97,7 @@ Examples:
         checkEvery: o.checkEvery,
         plant: o.plant ?? null,
         cpus: o.cpus ?? null,
+        ...(o.debugVm ? { debugVm: true } : {}),
         costs: costs && o.costModel ? { file: o.costModel, kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } } : null,
       };
       if (o.replay) {

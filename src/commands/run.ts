@@ -85,7 +85,7 @@ Lackey traces (--lackey FILE):
   and modifies; "==pid==" lines are skipped. Touched pages are mapped first (RWX where fetched).`;
 
 /** Turn the parsed options into a scenario (reading and checking --module and --lackey). */
-export async function scenarioOptions(positional: string | undefined, o: ScenarioCliOptions, park: boolean, extraKernel: { trace?: boolean } = {}): Promise<ScenarioOptions> {
+export async function scenarioOptions(positional: string | undefined, o: ScenarioCliOptions, park: boolean, extraKernel: { trace?: boolean; debugVm?: boolean } = {}): Promise<ScenarioOptions> {
   if (o.engine === 'parallel') throw new UsageError('--engine parallel: emulated processes run on the mini-kernel, which drives the deterministic engine only (the parallel engine runs bare CPUs)');
   if (positional !== undefined && o.workload !== undefined && positional !== o.workload) throw new UsageError(`two workloads given: "${positional}" and --workload ${o.workload}`);
   const named = positional ?? o.workload;
@@ -144,6 +144,7 @@ export async function scenarioOptions(positional: string | undefined, o: Scenari
 export function recordedOptions(so: ScenarioOptions, o: ScenarioCliOptions): Record<string, unknown> {
   const r: Record<string, unknown> = { seed: so.seed, cpus: so.cpus, engine: o.engine, memoryMiB: o.memory };
   if (o.costModel) r.costModel = o.costModel;
+  if (so.kernel?.debugVm) r.debugVm = true;
   switch (so.workload) {
     case 'sequential':
     case 'strided':
@@ -171,6 +172,7 @@ export function recordedOptions(so: ScenarioOptions, o: ScenarioCliOptions): Rec
 
 interface RunCliOptions extends ScenarioCliOptions {
   trace?: string;
+  debugVm?: boolean;
 }
 
 function traceFormat(file: string): 'ftrace' | 'json' {
@@ -187,6 +189,7 @@ export function register(program: Command, io: Io): void {
     .argument('[workload]', `built-in workload: ${BUILTIN_WORKLOADS.join(', ')} (default sequential)`);
   addScenarioOptions(cmd)
     .option('--trace <file>', 'write the tracepoints: file.txt as ftrace text, file.json as Perfetto/Chrome JSON')
+    .option('--debug-vm', 'checking mode: audit the mm invariants after every scheduling step (slow); the audit at the end of the run is always made')
     .addHelpText(
       'after',
       `
@@ -204,7 +207,7 @@ Examples:
     )
     .action(async (positional: string | undefined, o: RunCliOptions) => {
       const format = o.trace !== undefined ? traceFormat(o.trace) : undefined;
-      const so = await scenarioOptions(positional, o, false, format ? { trace: true } : {});
+      const so = await scenarioOptions(positional, o, false, { ...(format ? { trace: true } : {}), ...(o.debugVm ? { debugVm: true } : {}) });
       const s = buildScenario(so);
       let outcome;
       try {

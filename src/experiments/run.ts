@@ -15,12 +15,18 @@
  * count is higher: an access retried after its fault is handled counts again if the handler left
  * it faulting (a retry, a spurious fault), and the access-stream fast path translates a faulting
  * access once more before entering the kernel.
+ *
+ * A run that finishes ends with the invariant checkers (kernel/mm/debug_vm.ts, and binder's books
+ * for the binder workload); a violation is a BUG report, and so a finding. `--debug-vm` also
+ * audits the mm after every engine step (KernelOptions.debugVm).
  */
 
 import type { CpuCounters } from '../../hw/cpu.ts';
 import { faultCounters, type FaultCounters } from '../../kernel/mm/memory.ts';
 import { percentile } from './stats.ts';
 import type { RunOutcome, Scenario, TlbSide, WorkloadName } from './scenario.ts';
+import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
+import { binder_check_device } from '../../drivers/android/binder/binder_alloc_debug.ts';
 
 /** Lookups, hits, misses and the hit rate (null without lookups) of one TLB level. */
 export interface TlbLevel {
@@ -98,6 +104,22 @@ function sideStlb(s: TlbSide): TlbLevel {
   return stlbLevel(s.stlbHits, s.stlbMisses);
 }
 
+/**
+ * The invariant checkers at the end of a run that finished (every program ended, so no kernel
+ * operation is half done): the mm audit, binder's books when the workload used it, and every
+ * frame back (as many in use as when the kernel booted). Problems are filed as one BUG report,
+ * which makes the run a finding.
+ */
+function endOfRunCheck(s: Scenario): void {
+  const k = s.k;
+  const problems = check_vm_invariants(k, { limit: 20 }).problems;
+  if (s.binder) problems.push(...binder_check_device(s.binder.device, 20));
+  const leaked = k.pages.usedFrames - s.bootFrames;
+  if (k.liveTasks() === 0 && leaked !== 0) problems.push(`${leaked} frames still in use after every process exited (${k.pages.usedFrames} in use, ${s.bootFrames} at boot)`);
+  if (!problems.length) return;
+  k.reports.add({ kind: 'BUG', title: `BUG: invariants violated at the end of the run: ${problems[0]}`, text: problems.map((p) => `  ${p}`).join('\n'), cpu: 0, cycles: k.machine.cpu(0).cycles, data: { check: 'end of run', problems } });
+}
+
 /** Measure a finished scenario. */
 export function measure(s: Scenario, outcome: RunOutcome, options: Record<string, unknown>): RunResult {
   const k = s.k;
@@ -145,8 +167,10 @@ export function measure(s: Scenario, outcome: RunOutcome, options: Record<string
     cycles: { elapsed, elapsedUs: elapsed / (clockGhz * 1000), clockGhz, perCpu: perCpu.map((c) => c.cycles!) },
     processes,
     perCpu,
-    reports: k.reports.reports.map((r) => r.title),
+    reports: [],
   };
+  if (outcome.reason === 'done') endOfRunCheck(s);
+  result.reports = k.reports.reports.map((r) => r.title);
   if (s.binder) {
     const lat = s.binder.latencies.map((c) => k.micros(c)).sort((a, b) => a - b);
     result.binder = { transactions: s.binder.transactions, failures: s.binder.failures, latencyUs: { p50: percentile(lat, 50), p99: percentile(lat, 99), max: lat.length ? lat[lat.length - 1]! : NaN } };

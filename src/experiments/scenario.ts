@@ -91,6 +91,8 @@ export interface Scenario {
   /** The process inspected when none is named. */
   defaultProcess: string;
   binder?: BinderPairResult;
+  /** Frames in use once the kernel booted, before any process: all of them again once every process exited. */
+  bootFrames: number;
 }
 
 export function describeWorkload(o: ScenarioOptions): string {
@@ -125,7 +127,7 @@ export function buildScenario(o: ScenarioOptions): Scenario {
   const probe = new TlbSideProbe(k);
   const monitor = new Monitor(k, o.park, o.workload === 'module' ? programLib(o.seed) : undefined);
   const spawn = (p: Program, comm: string) => void k.spawn(p, { comm });
-  const s: Scenario = { k, options: o, monitor, probe, description: describeWorkload(o), defaultProcess: o.workload };
+  const s: Scenario = { k, options: o, monitor, probe, description: describeWorkload(o), defaultProcess: o.workload, bootFrames: k.pages.usedFrames };
   switch (o.workload) {
     case 'sequential':
     case 'strided':

@@ -83,8 +83,8 @@ export interface ExecOptions {
   stacks?: boolean;
   /** Every process gets this binder design (default: the scenario's choice per process). */
   design?: DesignOptions;
-  /** Cost model of the kernel (default: the built-in costs). */
-  kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
+  /** Cost model of the kernel (default: the built-in costs), and its checking mode. */
+  kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs' | 'debugVm'>;
   /**
    * Record each operation's outcome here, and for every transaction delivered its id, sizes,
    * offset in the mapping and a hash of the bytes read (the differential tests compare these).

@@ -31,6 +31,8 @@ export interface CaseShape {
   cpus?: number | null;
   /** The cost model of every case's kernel (--cost-model); null: the built-in costs. */
   costs?: CaseCosts | null;
+  /** Checking mode (--debug-vm): the mm audit after every scheduling step, besides the rounds' checks. */
+  debugVm?: boolean;
 }
 
 export const DEFAULT_SHAPE: CaseShape = { opsPerRun: 1000, roundOps: 16, checkEvery: 64, plant: null, cpus: null, costs: null };
@@ -63,6 +65,7 @@ export function replayCommand(r: ReplayToken, shape: CaseShape): string {
   if (shape.checkEvery !== DEFAULT_SHAPE.checkEvery) parts.push(`--check-every ${shape.checkEvery}`);
   if (shape.plant) parts.push(`--plant ${shape.plant}`);
   if (shape.cpus) parts.push(`--cpus ${shape.cpus}`);
+  if (shape.debugVm) parts.push('--debug-vm');
   if (shape.costs) parts.push(`--cost-model ${/^[\w./-]+$/.test(shape.costs.file) ? shape.costs.file : `'${shape.costs.file.replace(/'/g, `'\\''`)}'`}`);
   return parts.join(' ');
 }

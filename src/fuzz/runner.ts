@@ -70,7 +70,8 @@ class CaseFailed extends Error {
 }
 
 export function execOptions(shape: CaseShape): ExecOptions {
-  return { roundOps: shape.roundOps, checkEvery: shape.checkEvery, plant: shape.plant, ...(shape.costs ? { kernel: shape.costs.kernel } : {}) };
+  const kernel = { ...shape.costs?.kernel, ...(shape.debugVm ? { debugVm: true } : {}) };
+  return { roundOps: shape.roundOps, checkEvery: shape.checkEvery, plant: shape.plant, ...(Object.keys(kernel).length ? { kernel } : {}) };
 }
 
 /** The property every generated scenario must satisfy (`skip()` true: pass without running). */

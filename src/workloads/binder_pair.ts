@@ -33,6 +33,8 @@ export const SERVICE_NAME = 'mmulab.echo';
 export const QUIT_CODE = 0x51554954;
 
 export interface BinderPairResult {
+  /** The binder device the pair talks through (for the end-of-run invariant check). */
+  device: BinderDevice;
   transactions: number;
   failures: number;
   /** Round trips in cycles. */
@@ -41,8 +43,8 @@ export interface BinderPairResult {
 
 /** Install the binder device on `k` and spawn the three processes. */
 export function spawnBinderPair(k: Kernel, o: BinderPairOptions, spawn: (program: Program, comm: string) => void): BinderPairResult {
-  new BinderDevice(k, o.design ? { design: o.design } : {});
-  const res: BinderPairResult = { transactions: 0, failures: 0, latencies: [] };
+  const device = new BinderDevice(k, o.design ? { design: o.design } : {});
+  const res: BinderPairResult = { device, transactions: 0, failures: 0, latencies: [] };
   let registered = false;
   spawn(function* (u: User) {
     yield* runServiceManager(u, { maxRequests: 2 });

@@ -169,3 +169,66 @@ function leafIn(k: Kernel, prot: number): [number, number] {
   const v = mm.vmas().find((x) => (x.vm_flags & 7) === prot)!;
   return [v.vm_start, k.pt.pte_offset(mm, v.vm_start)];
 }
+
+describe('checking mode (KernelOptions.debugVm): the audit after every engine step', () => {
+  /**
+   * Two CPUs: a process writes pages, forks a child that breaks copy-on-write, and a thread on the
+   * other CPU touches the pages while the parent unmaps half of them (a TLB shootdown).
+   */
+  function busy(debugVm: boolean, plant?: (k: Kernel, pfn: number) => void): Kernel {
+    const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20, seed: 3, debugVm });
+    k.spawn(function* main(u: User) {
+      const a = yield* u.mmap(0, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+      for (let i = 0; i < 32; i++) yield* u.store32(a + i * 4096, i);
+      let done = false;
+      yield* u.clone(function* (w: User) {
+        for (let r = 0; r < 3; r++) for (let i = 16; i < 32; i++) yield* w.load32(a + i * 4096);
+        done = true;
+      }, { cpu: 1 });
+      const child = yield* u.fork(function* (c: User) {
+        for (let i = 0; i < 8; i++) yield* c.store32(a + i * 4096, 100 + i);
+      });
+      yield* u.wait(child);
+      if (plant) {
+        const pfn = yield* u.call('plant', function* (kk) {
+          const mm = liveMms(kk)[0]!;
+          const ptep = kk.pt.pte_offset(mm, a + 20 * 4096);
+          return ptePfn(kk.pt.lo(ptep), kk.pt.hi(ptep));
+        });
+        plant(k, pfn);
+        yield* u.sleep(200_000); // several engine steps with the planted fault in place
+        k.pages.refcount[pfn]!--;
+      }
+      while (!done) yield* u.sleep(50_000);
+      yield* u.munmap(a, 32 * 4096);
+    });
+    k.run({ maxSteps: 2_000_000 });
+    return k;
+  }
+
+  it('files nothing on a healthy run, which ends byte for byte as it does without checking', () => {
+    const checked = busy(true);
+    const plain = busy(false);
+    expect(checked.reports.reports.map((r) => r.title)).toEqual([]);
+    expect(checked.liveTasks()).toBe(0);
+    expect(checked.engine.steps).toBe(plain.engine.steps);
+    expect(Buffer.compare(new Uint8Array(checked.machine.sab), new Uint8Array(plain.machine.sab))).toBe(0);
+  });
+
+  it('files a violation once, at the step that made it, naming the problem; without checking nothing is filed', () => {
+    const leak = (k: Kernel, pfn: number) => {
+      k.pages.refcount[pfn]!++;
+    };
+    const checked = busy(true, leak);
+    const bugs = checked.reports.reports.filter((r) => r.data.check === 'debug_vm');
+    expect(bugs).toHaveLength(1);
+    expect(bugs[0]!.kind).toBe('BUG');
+    expect(bugs[0]!.title).toMatch(/^BUG: mm invariant violated after engine step \d+ \(CPU \d\): .*refcount 2 but 1 mappings/);
+    expect(checked.reports.reports).toHaveLength(1);
+    expect(busy(false, leak).reports.reports).toEqual([]);
+  });
+
+  it('is refused when not a boolean', () => {
+    expect(() => new Kernel({ debugVm: 'yes' as unknown as boolean })).toThrow(/kernel option debugVm must be a boolean, got string/);
+  });
+});

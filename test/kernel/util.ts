@@ -47,9 +47,7 @@ export function run(k: Kernel, body: Body, opts: { comm?: string; untilCycles?: 
     { comm: opts.comm ?? 'test' },
   );
   // A bound on scheduling steps, so a program waiting for something that never happens fails
-  // the test instead of running forever. (Not untilCycles: the engine counts a CPU that only has
-  // a pending IPI as having reached the limit, so a run bounded in cycles can stop in the middle
-  // of a TLB shootdown.)
+  // the test instead of running forever.
   const r = k.run(opts.untilCycles ? { untilCycles: opts.untilCycles } : { maxSteps: opts.maxSteps ?? 2_000_000 });
   if (failure) throw failure;
   if (!finished) throw new Error(`the program did not finish (run ended: ${r.reason}; reports: ${k.reports.reports.map((x) => x.title).join(' | ')})`);

@@ -74,6 +74,21 @@ describe('mmulab fuzz', () => {
     expect(r.err).toBe('mmulab fuzz: seed 3, 200 operations, 3 CPUs\n');
   }, 120_000);
 
+  it('--debug-vm audits after every scheduling step: a planted missing flush is caught at the step, and the replay line keeps the mode', async () => {
+    const clean = await run(['fuzz', '--seed', '5', '--ops', '1500', '--ops-per-run', '150', '--debug-vm', '--jobs', '1']);
+    expect(clean.code, clean.out).toBe(0);
+    expect(clean.out).toContain('result: no invariant violation, no unexpected report');
+    // --check-every larger than any case: only the per-step audit (and the final checks) can see it.
+    const r = await run(['fuzz', '--seed', '1', '--ops', '100000', '--ops-per-run', '100', '--check-every', '1000', '--plant', 'skip-flush', '--debug-vm', '--shrink-time', '5', '--jobs', '1']);
+    expect(r.code).toBe(1);
+    expect(r.out).toMatch(/unexpected BUG report (?:after op \d+|at the end): BUG: mm invariant violated after engine step \d+ \(CPU \d+\): .*still translates to free frame/);
+    const line = /^replay: (mmulab fuzz --replay \S+ --ops-per-run 100 --check-every 1000 --plant skip-flush --debug-vm)$/m.exec(r.out);
+    expect(line, r.out).not.toBeNull();
+    const again = await run(line![1]!.split(' ').slice(1));
+    expect(again.code).toBe(1);
+    expect(again.out).toMatch(/BUG: mm invariant violated after engine step/);
+  }, 300_000);
+
   it('rejects bad usage with exit code 2 and one line', async () => {
     for (const [args, msg] of [
       [['fuzz', '--replay', 'nonsense'], /--replay must look like SEED:PATH/],

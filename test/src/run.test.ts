@@ -243,6 +243,44 @@ export const programs = {
     expect(r.out).toMatch(/segfault at 20000/);
   });
 
+  it('the invariant checkers run at the end (and with --debug-vm after every step): a planted leak is a finding', { timeout: 120_000 }, async () => {
+    // The program raises the refcount of one of its pages from inside the kernel and goes on
+    // running: the books no longer match the page tables.
+    const file = join(tmp, 'leak.mjs');
+    writeFileSync(
+      file,
+      `export default function* leaker(u, lib) {
+  const a = yield* u.mmap(0, 4 * lib.PAGE_SIZE, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS);
+  for (let i = 0; i < 4; i++) yield* u.store32(a + i * lib.PAGE_SIZE, i);
+  yield* u.call('leak', function* (k, t) {
+    const ptep = k.pt.pte_offset(t.mm, a);
+    k.pages.refcount[(k.pt.lo(ptep) >>> 12) | ((k.pt.hi(ptep) & 0xfffff) << 20)]++;
+  });
+  yield* u.sleep(100000);
+  for (let i = 0; i < 4; i++) yield* u.load32(a + i * lib.PAGE_SIZE);
+}
+`,
+    );
+    // At the end the process has exited and its page, one reference short of free, is leaked.
+    const end = await run(['run', '--module', file, '--json']);
+    expect(end.code).toBe(1);
+    const endDoc = JSON.parse(end.out) as RunResult;
+    expect(endDoc.reports).toEqual(['BUG: invariants violated at the end of the run: 1 frames still in use after every process exited (' + endDoc.reports[0]!.split('(')[1]]);
+    expect(endDoc.reports[0]).toMatch(/\((\d+) in use, (\d+) at boot\)$/);
+    const stepped = await run(['run', '--module', file, '--json', '--debug-vm']);
+    expect(stepped.code).toBe(1);
+    const doc = JSON.parse(stepped.out) as RunResult;
+    expect(doc.options.debugVm).toBe(true);
+    expect(doc.reports[0]).toMatch(/^BUG: mm invariant violated after engine step \d+ \(CPU \d+\): .*refcount 2 but 1 mappings/);
+    // A healthy module: nothing filed, exit 0, in either mode.
+    const ok = join(tmp, 'ok.mjs');
+    writeFileSync(ok, 'export default function* (u, lib) { const a = yield* u.mmap(0, lib.PAGE_SIZE, lib.PROT_READ | lib.PROT_WRITE, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS); yield* u.store32(a, 1); yield* u.munmap(a, lib.PAGE_SIZE); }\n');
+    for (const extra of [[], ['--debug-vm']]) {
+      const r = await run(['run', '--module', ok, ...extra]);
+      expect(r.code, r.out + r.err).toBe(0);
+    }
+  });
+
   it('a module that cannot be read or has no programs gets one line and exit 2', async () => {
     const none = join(tmp, 'none.mjs');
     writeFileSync(none, 'export const x = 1;\n');

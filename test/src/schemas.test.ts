@@ -79,6 +79,7 @@ describe('docs/schemas/run.schema.json', () => {
     ['random', ['random', ...SMALL, '--writes', '1']],
     ['zipf', ['zipf', ...SMALL, '--zipf', '1.2', '--cost-model', costs]],
     ['fork', ['fork', ...SMALL]],
+    ['fork, in checking mode', ['fork', ...SMALL, '--debug-vm']],
     ['binder', ['binder', '--iterations', '3', '--design', 'fault', '--memory', '32']],
     ['a lackey trace, with --trace', ['--lackey', FIXTURE, '--trace', join(tmp, 't.txt')]],
     ['a module', ['--module', module, '--cpus', '1']],
