@@ -140,6 +140,8 @@ export class DeterministicEngine implements EngineContext {
   private readonly times: Float64Array;
   /** Per CPU, whether it could run at the last scheduling decision. */
   private readonly live: Uint8Array;
+  /** Per CPU, whether its event at the last scheduling decision was taking an IPI (not running). */
+  private readonly ipiKind: Uint8Array;
   /** Virtual time of the latest scheduling decision (the chosen event's time; never decreases). */
   private now = 0;
 
@@ -159,6 +161,7 @@ export class DeterministicEngine implements EngineContext {
     this.rng = new Random(options.seed ?? 1);
     this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
     this.live = new Uint8Array(machine.cpus.length);
+    this.ipiKind = new Uint8Array(machine.cpus.length);
     this.times = new Float64Array(machine.cpus.length);
     machine.apic.timed = true;
   }
@@ -168,6 +171,7 @@ export class DeterministicEngine implements EngineContext {
     this.machine.cpu(index);
     if (typeof agent?.step !== 'function') throw new EngineError('an agent needs a step(cpu, until, ctx) method');
     this.slots[index] = { agent, status: 'run' };
+    this.reuseScan = false;
   }
 
   status(index: number): AgentStatus {
@@ -179,42 +183,85 @@ export class DeterministicEngine implements EngineContext {
     return this.slots.every((s) => s.status === 'done') && this.machine.cpus.every((c) => this.machine.apic.pending(c) === 0);
   }
 
+  /**
+   * May the next step reuse the previous scan's event times? Only between the steps of one run():
+   * there nothing but the steps themselves touches the CPUs, and a CPU that was running at the
+   * previous scan and was not the one chosen still has the clock found then (only a CPU's own
+   * step moves its clock). Reading every CPU's clock again is most of a step's cost with
+   * hundreds of CPUs.
+   */
+  private reuseScan = false;
+
   /** Take one scheduling step. Returns false when nothing can happen any more. */
   step(): boolean {
+    const cached = this.reuseScan;
+    this.reuseScan = false;
+    return this.stepWith(cached);
+  }
+
+  private stepWith(cached: boolean): boolean {
     const apic = this.machine.apic;
     const cpus = this.machine.cpus;
-    let best = Infinity;
-    let cands: number[] = [];
-    let kinds: ('agent' | 'ipi')[] = [];
+    const slots = this.slots;
     const live = this.live;
     const times = this.times;
-    for (let i = 0; i < cpus.length; i++) {
-      const cpu = cpus[i]!;
-      const slot = this.slots[i]!;
-      let t = Infinity;
-      let kind: 'agent' | 'ipi' = 'agent';
-      const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
-      live[i] = runnable ? 1 : 0;
-      // A waiting agent that is ready again was readied by an action of an earlier turn, taken at
-      // that turn's time or later: it resumes then, not at the clock it stopped with (which the
-      // lookahead below ignored while it waited).
-      const clock = cpu.cycles;
-      if (runnable) {
-        t = clock;
-        if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
-      } else if (apic.pending(cpu) > 0) {
-        t = Math.max(clock, apic.nextVisible(cpu));
-        kind = 'ipi';
+    const ipiKind = this.ipiKind;
+    const n = cpus.length;
+    const last = this.lastPick;
+    let best = Infinity;
+    let bestAt = -1;
+    let ties = 0;
+    // The two smallest event times of live CPUs, for the lookahead below.
+    let min1 = Infinity;
+    let min1At = -1;
+    let min2 = Infinity;
+    for (let i = 0; i < n; i++) {
+      const slot = slots[i]!;
+      let t: number;
+      if (cached && i !== last && slot.status === 'run' && live[i] === 1) {
+        t = times[i]!;
+      } else {
+        const cpu = cpus[i]!;
+        t = Infinity;
+        ipiKind[i] = 0;
+        const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
+        live[i] = runnable ? 1 : 0;
+        // A waiting agent that is ready again was readied by an action of an earlier turn, taken
+        // at that turn's time or later: it resumes then, not at the clock it stopped with (which
+        // the lookahead below ignored while it waited).
+        const clock = cpu.cycles;
+        if (runnable) {
+          t = clock;
+          if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
+        } else if (apic.pending(cpu) > 0) {
+          t = Math.max(clock, apic.nextVisible(cpu));
+          ipiKind[i] = 1;
+        }
+        times[i] = t;
       }
-      times[i] = t;
       if (t < best) {
         best = t;
-        cands = [i];
-        kinds = [kind];
+        bestAt = i;
+        ties = 1;
       } else if (t === best && t !== Infinity) {
-        cands.push(i);
-        kinds.push(kind);
+        ties++;
       }
+      if (live[i] === 1) {
+        if (t < min1) {
+          min2 = min1;
+          min1 = t;
+          min1At = i;
+        } else if (t < min2) {
+          min2 = t;
+        }
+      }
+    }
+    // The exact ties, in CPU order.
+    let cands: number[];
+    if (ties <= 1) cands = bestAt >= 0 ? [bestAt] : [];
+    else {
+      cands = [];
+      for (let i = bestAt; i < n; i++) if (times[i] === best) cands.push(i);
     }
     if (cands.length === 0) {
       const stuck = this.slots.map((s, i) => (s.status === 'wait' && !(s.agent!.quiescent && s.agent!.quiescent(cpus[i]!, this)) ? i : -1)).filter((i) => i >= 0);
@@ -229,13 +276,11 @@ export class DeterministicEngine implements EngineContext {
       // Widen the choice to every event within the window (in CPU order, like the exact ties).
       const limit = best + this.window;
       cands = [];
-      kinds = [];
       candTimes = [];
-      for (let i = 0; i < cpus.length; i++) {
+      for (let i = 0; i < n; i++) {
         const t = times[i]!;
         if (t === Infinity || t > limit) continue;
         cands.push(i);
-        kinds.push(live[i] ? 'agent' : 'ipi');
         candTimes.push(t);
       }
     }
@@ -247,7 +292,7 @@ export class DeterministicEngine implements EngineContext {
     this.lastPick = i;
     const chosenTime = candTimes ? candTimes[pick]! : best;
     if (chosenTime > this.now) this.now = chosenTime;
-    if (kinds[pick] === 'ipi') {
+    if (ipiKind[i] === 1) {
       // An idle or waiting CPU takes the interrupt when it becomes visible.
       apic.deliver(cpu, true);
       return true;
@@ -261,13 +306,10 @@ export class DeterministicEngine implements EngineContext {
     // CPUs that are done, or waiting and not ready, cannot send until another CPU's action
     // readies them — and their clock then moves to that action's time — so they do not count.
     // times[j] is a live CPU's clock: only the chosen CPU's own actions (above, and its step)
-    // move a clock between the scan and here.
-    const latency = cpu.cost.ipiLatency;
-    for (let j = 0; j < cpus.length; j++) {
-      if (j === i || live[j] === 0) continue;
-      const horizon = times[j]! + latency;
-      if (horizon < until) until = horizon;
-    }
+    // move a clock between the scan and here. The earliest live CPU other than this one:
+    const others = i === min1At ? min2 : min1;
+    const horizon = others + cpu.cost.ipiLatency;
+    if (horizon < until) until = horizon;
     if (until <= cpu.cycles) until = cpu.cycles + 1;
     slot.status = slot.agent!.step(cpu, until, this);
     if (slot.status !== 'run' && slot.status !== 'wait' && slot.status !== 'done') throw new EngineError(`agent on CPU ${i} returned status ${String(slot.status)}`);
@@ -295,10 +337,18 @@ export class DeterministicEngine implements EngineContext {
   run(limits: RunLimits = {}): RunResult {
     checkRunLimits(limits);
     const start = this.steps;
-    for (;;) {
-      if (limits.maxSteps !== undefined && this.steps - start >= limits.maxSteps) return { steps: this.steps - start, reason: 'maxSteps' };
-      if (limits.untilCycles !== undefined && this.reached(limits.untilCycles)) return { steps: this.steps - start, reason: 'until' };
-      if (!this.step()) return { steps: this.steps - start, reason: 'done' };
+    // The first step reads every CPU afresh, and so does any step after the run returns: the
+    // caller may have changed any of them in between.
+    this.reuseScan = false;
+    try {
+      for (;;) {
+        if (limits.maxSteps !== undefined && this.steps - start >= limits.maxSteps) return { steps: this.steps - start, reason: 'maxSteps' };
+        if (limits.untilCycles !== undefined && this.reached(limits.untilCycles)) return { steps: this.steps - start, reason: 'until' };
+        if (!this.step()) return { steps: this.steps - start, reason: 'done' };
+        this.reuseScan = true;
+      }
+    } finally {
+      this.reuseScan = false;
     }
   }
 }
