@@ -342,13 +342,15 @@ export class Kernel {
     this.runCpuHooks(this.scheduleHooks, s.index);
     this.trace.schedSwitch(s.index, prev, next);
     const st = this.tlb.cpuState[s.index]!;
+    // switch_mm_irqs_off and enter_lazy_tlb run before switch_to: `prev` is still current there
+    // (its tlb_flush events are prev's, or the idle task's).
     if (next.mm) {
-      this.switchLoadedMm(s.index, next.mm, next);
+      this.switchLoadedMm(s.index, next.mm, prev);
       next.active_mm = next.mm;
     } else {
       // A kernel thread borrows whatever is loaded (lazy TLB), unless that mm is dead.
-      if (st.loaded_mm !== this.init_mm && st.loaded_mm.mm_users === 0) this.switchLoadedMm(s.index, this.init_mm, next);
-      else this.tlb.enter_lazy_tlb(s.index, next);
+      if (st.loaded_mm !== this.init_mm && st.loaded_mm.mm_users === 0) this.switchLoadedMm(s.index, this.init_mm, prev);
+      else this.tlb.enter_lazy_tlb(s.index, prev);
       next.active_mm = st.loaded_mm;
     }
     for (const h of this.switchHooks) h(s.index, prev, next);

@@ -30,6 +30,7 @@ import { SyscallError, EBADF, EINVAL, ECHILD, ENOENT, ENOMEM, EFAULT } from './e
 import { SignalError, signalFromFault } from './signal.ts';
 import { BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV, do_user_addr_fault_nowait, isFaultWait, type FaultOutcome, type SignalInfo } from './arch/x86/fault.ts';
 import { do_mmap, do_vmi_munmap } from './mm/mmap.ts';
+import { mm_populate } from './mm/gup.ts';
 import { do_mprotect_pkey } from './mm/mprotect.ts';
 import { do_mremap } from './mm/mremap.ts';
 import { do_madvise } from './mm/madvise.ts';
@@ -452,12 +453,18 @@ export class User {
       file = this.files.get(fd);
       if (!file) return -EBADF;
     }
+    // vm_mmap_pgoff: do_mmap under the write lock, then (MAP_POPULATE, VM_LOCKED) mm_populate
+    // with the lock dropped, whose errors mmap(2) does not report.
+    const populate = { len: 0 };
+    let ret: number;
     yield* k.locks.mmap_write_lock(mm, 'vm_mmap_pgoff');
     try {
-      return yield* do_mmap(k, mm, file, addr, len, prot, flags, offset / 4096);
+      ret = yield* do_mmap(k, mm, file, addr, len, prot, flags, offset / 4096, populate);
     } finally {
       k.locks.mmap_write_unlock(mm);
     }
+    if (populate.len) yield* mm_populate(k, mm, ret, populate.len);
+    return ret;
   }
 
   *munmap(addr: number, len: number): KGen<number> {

@@ -17,6 +17,8 @@
  *       insufficient entry is faulted in (faultin_page, refused with -EFAULT under
  *       FOLL_NOFAULT). A special entry gives -EFAULT when a page reference is wanted.
  *   put_page / unpin_user_page(s)   release.
+ *   __mm_populate / populate_vma_page_range   the slow path without references, to fault a
+ *       range in (MAP_POPULATE, MAP_LOCKED, a locked private VMA made writable).
  *
  * References: FOLL_GET adds one; FOLL_PIN adds GUP_PIN_COUNTING_BIAS (order-0) or one (large
  * folio) and sets MMF_HAS_PINNED. Every reference is recorded in the caller's PageRefs (the
@@ -32,13 +34,13 @@ import type { KGen } from '../sched/core.ts';
 import {
   FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_KILLABLE, FAULT_FLAG_REMOTE, FAULT_FLAG_RETRY_NOWAIT, FAULT_FLAG_TRIED, FAULT_FLAG_UNSHARE, FAULT_FLAG_WRITE,
   PAGE_SIZE, TASK_SIZE, VM_FAULT_COMPLETED, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_OOM, VM_FAULT_RETRY, VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV,
-  VM_HUGETLB, VM_IO, VM_MAYREAD, VM_PFNMAP, VM_READ, VM_WRITE, is_cow_mapping, type MmStruct, type VmArea,
+  VM_ACCESS_FLAGS, VM_HUGETLB, VM_IO, VM_LOCKONFAULT, VM_MAYREAD, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE, is_cow_mapping, type MmStruct, type VmArea,
 } from './mm_types.ts';
 import { PG_anon, PG_anon_exclusive, PG_dirty, PG_referenced, PG_zero } from './page_alloc.ts';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, entryTable, index, ptePfn } from '../arch/x86/pgtable.ts';
 import { handle_mm_fault } from './memory.ts';
 import { EBUSY, EEXIST, EFAULT, EINVAL, ENOMEM, EOVERFLOW } from '../errno.ts';
-import type { PageRefs } from './page_ref.ts';
+import { PageRefs } from './page_ref.ts';
 
 // enum in include/linux/mm_types.h (public flags) and mm/internal.h (internal ones).
 export const FOLL_WRITE = 1 << 0;
@@ -518,6 +520,79 @@ export function* get_user_pages_unlocked(k: Kernel, start: number, nr: number, g
   const bad = checkRange(start, nr);
   if (bad) return bad;
   return yield* __get_user_pages_locked(k, mm, start, nr, gup_flags | FOLL_GET | FOLL_TOUCH | FOLL_UNLOCKABLE, pages, out, { value: false });
+}
+
+// ==============================================================================================
+// Populating (MAP_POPULATE, MAP_LOCKED, mprotect of a locked private VMA)
+// ==============================================================================================
+
+/**
+ * populate_vma_page_range: fault [start, end) of `vma` in through __get_user_pages without taking
+ * references (Linux passes pages == NULL). A VM_LOCKONFAULT VMA is left alone (reported as done)
+ * and an inaccessible one is -EFAULT. Private writable VMAs get write faults, to break COW;
+ * anything else read faults with FOLL_FORCE, so a shared mapping is not dirtied for nothing.
+ * With `locked` (__mm_populate) a fault may drop the mmap read lock (FOLL_UNLOCKABLE,
+ * `locked.value` then false); without it (mprotect_fixup, under the write lock) it may not.
+ * Returns the number of pages done or -errno.
+ */
+export function* populate_vma_page_range(k: Kernel, vma: VmArea, start: number, end: number, locked: { value: boolean } | null): KGen<number> {
+  const nr = (end - start) / PAGE_SIZE;
+  if (vma.vm_flags & VM_LOCKONFAULT) return nr;
+  if (!(vma.vm_flags & VM_ACCESS_FLAGS)) return -EFAULT;
+  let flags = FOLL_TOUCH;
+  flags |= (vma.vm_flags & (VM_WRITE | VM_SHARED)) === VM_WRITE ? FOLL_WRITE : FOLL_FORCE;
+  if (locked) flags |= FOLL_UNLOCKABLE;
+  const refs = new PageRefs(k, 'populate_vma_page_range');
+  return yield* __get_user_pages(k, vma.vm_mm, start, nr, flags, refs, [], locked ?? { value: true });
+}
+
+/**
+ * __mm_populate: fault in [start, start + len) of `mm` VMA by VMA under the mmap read lock,
+ * which it takes (and takes again when a fault dropped it). VM_IO and VM_PFNMAP VMAs are
+ * skipped; with `ignoreErrors` a VMA that fails is skipped too. Returns 0 or -errno.
+ */
+export function* __mm_populate(k: Kernel, mm: MmStruct, start: number, len: number, ignoreErrors: boolean): KGen<number> {
+  const end = start + len;
+  const locked = { value: false };
+  let vma: VmArea | null = null;
+  let ret = 0;
+  let nend: number;
+  for (let nstart = start; nstart < end; nstart = nend) {
+    // find_vma_intersection
+    const intersect = (from: number): VmArea | null => {
+      const v = mm.find_vma(from);
+      return v && v.vm_start < end ? v : null;
+    };
+    if (!locked.value) {
+      yield* k.locks.mmap_read_lock(mm, '__mm_populate');
+      locked.value = true;
+      vma = intersect(nstart);
+    } else if (nstart >= vma!.vm_end) {
+      vma = intersect(vma!.vm_end);
+    }
+    if (!vma) break;
+    nend = Math.min(end, vma.vm_end);
+    if (vma.vm_flags & (VM_IO | VM_PFNMAP)) continue;
+    if (nstart < vma.vm_start) nstart = vma.vm_start;
+    const r = yield* populate_vma_page_range(k, vma, nstart, nend, locked);
+    if (r < 0) {
+      if (ignoreErrors) {
+        ret = 0;
+        continue; // at the next VMA
+      }
+      ret = r;
+      break;
+    }
+    nend = nstart + r * PAGE_SIZE;
+    ret = 0;
+  }
+  if (locked.value) k.locks.mmap_read_unlock(mm);
+  return ret;
+}
+
+/** mm_populate: what mmap(2) runs after dropping the mmap lock for MAP_POPULATE or VM_LOCKED. */
+export function* mm_populate(k: Kernel, mm: MmStruct, addr: number, len: number): KGen {
+  yield* __mm_populate(k, mm, addr, len, true);
 }
 
 // ==============================================================================================

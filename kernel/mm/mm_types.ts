@@ -452,4 +452,16 @@ export class MmStruct {
   get rssPages(): number {
     return this.rss.file + this.rss.anon + this.rss.shmem;
   }
+
+  /**
+   * mm->locked_vm in pages (VmLck): Linux adds a mapping's pages when __mmap_complete keeps its
+   * VM_LOCKED (and brk, mremap, mlock adjust it); munmap and mremap take them off again. Every
+   * path mmulab has that sets, keeps or drops VM_LOCKED (mmap, split, merge, munmap, mremap,
+   * fork, exit) does the same to this sum, so it is derived from the VMAs instead of kept.
+   */
+  get locked_vm(): number {
+    let n = 0;
+    for (const v of this.mm_mt.values()) if (v.vm_flags & VM_LOCKED) n += v.pages;
+    return n;
+  }
 }

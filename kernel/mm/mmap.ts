@@ -9,10 +9,24 @@
  * LEGACY_MAP_MASK on a file, EOPNOTSUPP otherwise, and is EINVAL for anonymous memory); a merge with a
  * neighbour is tried before any ->mmap hook runs (so a merged mapping never sees ->mmap); a new
  * VMA is handed to the file's ->mmap before it is visible (the Rust API's VmaNew), and a failing
- * hook undoes the mapping; MAP_POPULATE faults the range in; MAP_HUGETLB maps 2 MiB pages.
+ * hook undoes the mapping; MAP_HUGETLB maps 2 MiB pages.
  *
- * Deviations: MAP_HUGETLB maps anonymous memory only (no hugetlbfs files); no file has
- * FOP_MMAP_SYNC, so MAP_SYNC is always refused by MAP_SHARED_VALIDATE; no overcommit accounting.
+ * Accounting and locking, as __mmap_prepare and __mmap_complete (mm/vma.c) do them: a private
+ * writable mapping without VM_NORESERVE gets VM_ACCOUNT (accountable_mapping) — but never a
+ * hugetlb one, whose memory hugetlbfs reserves itself. MAP_LOCKED sets VM_LOCKED; once the VMA is
+ * in place, VM_LOCKED_MASK is cleared again if the VMA is VM_SPECIAL (VM_IO, VM_DONTEXPAND,
+ * VM_PFNMAP, VM_MIXEDMAP, whether from the flags or from the driver's ->mmap) or hugetlb, and
+ * otherwise its pages count in mm->locked_vm (MmStruct.locked_vm, VmLck). do_mmap then asks for
+ * the range to be populated when the mapping was requested VM_LOCKED (even if that was cleared
+ * again) or with MAP_POPULATE without MAP_NONBLOCK; the caller (vm_mmap_pgoff, kernel/uapi.ts)
+ * drops the mmap write lock first and runs mm_populate (kernel/mm/gup.ts) under the read lock.
+ *
+ * Deviations: MAP_HUGETLB maps anonymous memory only (no hugetlbfs files: VM_HUGETLB stands for
+ * "the file is hugetlbfs" where Linux asks is_file_hugepages); no file has FOP_MMAP_SYNC, so
+ * MAP_SYNC is always refused by MAP_SHARED_VALIDATE; no overcommit accounting (VM_ACCOUNT is
+ * set and kept as Linux keeps it, but no vm_committed_as is charged, so security_vm_enough_memory
+ * never fails); no RLIMIT_MEMLOCK (can_do_mlock and mlock_future_ok pass, as for a task with
+ * CAP_IPC_LOCK), and no PG_mlocked/unevictable state on the pages of a VM_LOCKED VMA.
  *
  * munmap: the first and last VMAs are split, the VMAs in range detached, the mmap lock
  * downgraded to read (as the munmap syscall does), the PTEs zapped and empty page tables freed
@@ -22,13 +36,12 @@
 import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
-  MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE,
-  VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_WRITE, VM_IO, VM_PFNMAP, VmArea, type MmStruct,
+  MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED, VM_LOCKED_MASK, VM_MAYEXEC, VM_MAYREAD,
+  VM_MAYSHARE, VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_SPECIAL, VM_WRITE, VmArea, type MmStruct,
 } from './mm_types.ts';
 import { EEXIST, EINVAL, ENODEV, ENOMEM, EOPNOTSUPP, EOVERFLOW, EPERM } from '../errno.ts';
 import { MmuGather } from './mmu_gather.ts';
-import { handle_mm_fault, zap_range } from './memory.ts';
-import { FAULT_FLAG_WRITE, VM_FAULT_ERROR } from './mm_types.ts';
+import { zap_range } from './memory.ts';
 import type { File } from '../fs/file.ts';
 import { shmem_zero_setup } from './shmem.ts';
 
@@ -97,9 +110,20 @@ export function calc_vm_flags(prot: number, flags: number, file: File | null): n
   if ((flags & MAP_TYPE) === MAP_SHARED || (flags & MAP_TYPE) === MAP_SHARED_VALIDATE) vm |= VM_SHARED | VM_MAYSHARE;
   if (flags & MAP_NORESERVE) vm |= VM_NORESERVE;
   if (flags & MAP_HUGETLB) vm |= VM_HUGETLB | VM_DONTEXPAND;
-  if (!(vm & VM_SHARED) && vm & VM_WRITE && !(vm & VM_NORESERVE)) vm |= VM_ACCOUNT;
   void file;
   return vm >>> 0;
+}
+
+/**
+ * accountable_mapping: is the mapping charged to the committed memory (VM_ACCOUNT)? A private
+ * writable one without VM_NORESERVE — unless it is hugetlb, which has its own reservation
+ * accounting (Linux checks is_file_hugepages(file) there, VM_HUGETLB not being set yet; mmulab's
+ * hugetlb mappings have no file, and carry VM_HUGETLB from the start).
+ */
+export function accountable_mapping(file: File | null, vmFlags: number): boolean {
+  if (vmFlags & VM_HUGETLB) return false;
+  void file;
+  return (vmFlags & (VM_NORESERVE | VM_SHARED | VM_WRITE)) === VM_WRITE;
 }
 
 /**
@@ -142,9 +166,11 @@ export function get_unmapped_area(mm: MmStruct, addr: number, len: number, flags
 
 /**
  * do_mmap: map `len` bytes. `file` null means anonymous. Requires the mmap write lock. Returns
- * the address or -errno.
+ * the address or -errno. `populate` (do_mmap's *populate) receives the length the caller must
+ * fault in with mm_populate once it has dropped the lock (0: nothing to do).
  */
-export function* do_mmap(k: Kernel, mm: MmStruct, file: File | null, addr: number, len: number, prot: number, flags: number, pgoff: number): KGen<number> {
+export function* do_mmap(k: Kernel, mm: MmStruct, file: File | null, addr: number, len: number, prot: number, flags: number, pgoff: number, populate?: { len: number }): KGen<number> {
+  if (populate) populate.len = 0;
   k.locks.mmap_assert_write_locked(mm, 'do_mmap');
   if (len === 0) return -EINVAL;
   if (!Number.isSafeInteger(len) || len < 0 || !Number.isSafeInteger(addr) || addr < 0) return -EINVAL;
@@ -185,13 +211,17 @@ export function* do_mmap(k: Kernel, mm: MmStruct, file: File | null, addr: numbe
   // anonymous memory is a shmem object starting at offset 0.
   if (!file) pgoff = type === MAP_PRIVATE ? a / PAGE_SIZE : 0;
   const r = yield* mmap_region(k, mm, file, a, len, vmFlags, pgoff, flags);
-  if (r >= 0 && (flags & (MAP_POPULATE | MAP_NONBLOCK)) === MAP_POPULATE) yield* populate(k, mm, r, len);
+  // The requested flags decide, not the VMA's: a MAP_LOCKED hugetlb or VM_SPECIAL mapping lost
+  // VM_LOCKED in __mmap_complete, and is populated all the same.
+  if (r >= 0 && populate && (vmFlags & VM_LOCKED || (flags & (MAP_POPULATE | MAP_NONBLOCK)) === MAP_POPULATE)) populate.len = len;
   return r;
 }
 
 /** mmap_region: create (or merge) the VMA for [addr, addr + len). */
 export function* mmap_region(k: Kernel, mm: MmStruct, file: File | null, addr: number, len: number, vmFlags: number, pgoff: number, mapFlags: number): KGen<number> {
   const end = addr + len;
+  // __mmap_prepare: a private writable mapping is charged (no commit limit here, see the header).
+  if (accountable_mapping(file, vmFlags)) vmFlags = (vmFlags | VM_ACCOUNT) >>> 0;
   // MAP_FIXED over existing mappings: they go first (their ->close runs now).
   if ((mm.find_vma(addr)?.vm_start ?? Infinity) < end) {
     const err = yield* do_vmi_munmap(k, mm, addr, len, false);
@@ -203,6 +233,7 @@ export function* mmap_region(k: Kernel, mm: MmStruct, file: File | null, addr: n
   if (!anonShared) {
     const merged = yield* k.vmaOps.mergeNew(mm, addr, end, { flags: vmFlags, file, pgoff, anon_vma: null, uffd: null, anon_name: null });
     if (merged) {
+      __mmap_complete(k, merged);
       mmapCounters(k).mmaps++;
       mmapCounters(k).merged++;
       return addr;
@@ -243,28 +274,21 @@ export function* mmap_region(k: Kernel, mm: MmStruct, file: File | null, addr: n
   }
   yield* k.vmaOps.link(vma);
   k.checkVmaFlags(vma, 'mmap_region');
+  __mmap_complete(k, vma);
   mmapCounters(k).mmaps++;
   void mapFlags;
   return addr;
 }
 
 /**
- * MAP_POPULATE (__mm_populate / populate_vma_page_range): fault every page in. Writable private
- * mappings get write faults (to break COW); shared ones read faults, so nothing is dirtied for
- * nothing. VM_IO/VM_PFNMAP VMAs are skipped, and an inaccessible (PROT_NONE) VMA is not faulted
- * (GUP refuses it without FOLL_FORCE).
+ * __mmap_complete's locking part, for the new or merged VMA: VM_LOCKED does not stay on a
+ * VM_SPECIAL or hugetlb VMA (nor on a DAX one or the gate VMA, which mmulab does not have), and
+ * is not counted in locked_vm there; elsewhere mm->locked_vm grows by the mapping's pages, which
+ * MmStruct.locked_vm derives from the VM_LOCKED VMAs.
  */
-function* populate(k: Kernel, mm: MmStruct, start: number, len: number): KGen {
-  for (let a = start; a < start + len; a += PAGE_SIZE) {
-    const vma = mm.vma_lookup(a);
-    if (!vma) break;
-    const f = vma.vm_flags;
-    if (f & (VM_IO | VM_PFNMAP) || !(f & (VM_READ | VM_WRITE | VM_EXEC))) continue;
-    if (f & VM_HUGETLB && a % HPAGE_SIZE) continue;
-    const write = (f & (VM_WRITE | VM_SHARED)) === VM_WRITE;
-    const r = yield* handle_mm_fault(k, vma, a, write ? FAULT_FLAG_WRITE : 0);
-    if (r & VM_FAULT_ERROR) break;
-  }
+function __mmap_complete(k: Kernel, vma: VmArea): void {
+  if (!(vma.vm_flags & VM_LOCKED)) return;
+  if (vma.vm_flags & (VM_SPECIAL | VM_HUGETLB)) k.vmaOps.vm_flags_clear(vma, VM_LOCKED_MASK, '__mmap_complete');
 }
 
 /**

@@ -91,6 +91,16 @@ export class MmuGather {
   }
 
   /**
+   * tlb_flush_pte_range: PTEs of [addr, addr + size) were changed in place (mprotect), not
+   * cleared; the range needs a flush all the same, at 4 KiB stride.
+   */
+  flushPteRange(addr: number, size: number): void {
+    this.adjustRange(addr, size);
+    this.cleared_ptes = true;
+    this.cleared = true;
+  }
+
+  /**
    * tlb_get_unmap_shift: the flush stride is the smallest level whose leaves were cleared; a freed
    * page table counts at the level above it, so it never forces 4 KiB strides on its own.
    */

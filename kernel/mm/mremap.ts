@@ -19,16 +19,20 @@
  * unmapped (splits with ->open, ->close on the removed piece). With MREMAP_DONTUNMAP the old VMA
  * stays, empty, and loses VM_LOCKED/VM_ACCOUNT (and its anon_vma if it moved whole).
  *
- * Deviations: no mlock or commit accounting (EAGAIN/ENOMEM from those limits never happen), no
- * userfaultfd events, no PMD-level moves (entries move one by one).
+ * A VM_LOCKED mapping that grew (in place or moved) has the new part faulted in once the lock is
+ * dropped (mm_populate), as sys_mremap does; locked_vm follows the VMAs (MmStruct.locked_vm).
+ *
+ * Deviations: no RLIMIT_MEMLOCK or commit limit (EAGAIN/ENOMEM from those limits never happen),
+ * no userfaultfd events, no PMD-level moves (entries move one by one).
  */
 
 import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
-import { PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_HUGETLB, VM_LOCKED_MASK, VM_MAYSHARE, VM_PFNMAP, VM_SHARED, type MmStruct, type VmArea } from './mm_types.ts';
+import { PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_HUGETLB, VM_LOCKED, VM_LOCKED_MASK, VM_MAYSHARE, VM_PFNMAP, VM_SHARED, type MmStruct, type VmArea } from './mm_types.ts';
 import { EFAULT, EINVAL, ENOMEM } from '../errno.ts';
 import { do_vmi_munmap, get_unmapped_area, MAP_FIXED } from './mmap.ts';
 import { _PAGE_PRESENT, PMD_SIZE } from '../arch/x86/pgtable.ts';
+import { mm_populate } from './gup.ts';
 
 export const MREMAP_MAYMOVE = 1;
 export const MREMAP_FIXED = 2;
@@ -63,21 +67,32 @@ export function* do_mremap(k: Kernel, mm: MmStruct, addr: number, old_len: numbe
   }
   old_len = page_align(old_len);
   new_len = page_align(new_len);
+  let locked = false;
+  let ret: number;
   yield* k.locks.mmap_write_lock(mm, 'mremap');
   try {
-    const vma = mm.vma_lookup(addr);
-    if (!vma) return -EFAULT;
-    if (vma.vm_flags & VM_HUGETLB) {
-      // align_hugetlb: lengths round up to the huge page size; addresses must be aligned; no growing.
-      old_len = Math.ceil(old_len / PMD_SIZE) * PMD_SIZE;
-      new_len = Math.ceil(new_len / PMD_SIZE) * PMD_SIZE;
-      if (addr % PMD_SIZE || (impliesNewAddr && new_addr % PMD_SIZE) || new_len > old_len) return -EINVAL;
-    }
-    const vrm: Remap = { addr, old_len, new_len, flags, new_addr, vma };
-    return impliesNewAddr ? yield* mremap_to(k, mm, vrm) : yield* mremap_at(k, mm, vrm);
+    ret = yield* mremap_locked(k, mm, addr, old_len, new_len, flags, new_addr, impliesNewAddr, (l) => (locked = l));
   } finally {
     k.locks.mmap_write_unlock(mm);
   }
+  // A VM_LOCKED mapping that grew has its new part populated, with the lock dropped (mm_populate).
+  if (ret >= 0 && locked && new_len > old_len) yield* mm_populate(k, mm, ret + old_len, new_len - old_len);
+  return ret;
+}
+
+/** The part of do_mremap under the mmap write lock; `setLocked` learns whether the VMA is VM_LOCKED. */
+function* mremap_locked(k: Kernel, mm: MmStruct, addr: number, old_len: number, new_len: number, flags: number, new_addr: number, impliesNewAddr: boolean, setLocked: (l: boolean) => void): KGen<number> {
+  const vma = mm.vma_lookup(addr);
+  if (!vma) return -EFAULT;
+  setLocked((vma.vm_flags & VM_LOCKED) !== 0);
+  if (vma.vm_flags & VM_HUGETLB) {
+    // align_hugetlb: lengths round up to the huge page size; addresses must be aligned; no growing.
+    old_len = Math.ceil(old_len / PMD_SIZE) * PMD_SIZE;
+    new_len = Math.ceil(new_len / PMD_SIZE) * PMD_SIZE;
+    if (addr % PMD_SIZE || (impliesNewAddr && new_addr % PMD_SIZE) || new_len > old_len) return -EINVAL;
+  }
+  const vrm: Remap = { addr, old_len, new_len, flags, new_addr, vma };
+  return impliesNewAddr ? yield* mremap_to(k, mm, vrm) : yield* mremap_at(k, mm, vrm);
 }
 
 /** remap_is_valid: may this VMA be moved or resized this way? 0 or -errno. */

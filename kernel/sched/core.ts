@@ -24,7 +24,10 @@
  * CPU is kicked with a reschedule IPI, and an idle CPU's clock never runs ahead of what the engine
  * lets it (so a wake-up is not missed while it waits for a timer). A sleeper whose timer expired
  * while another task kept the CPU gets it at the end of that task's slice (its timer fires then).
- * Going idle is a switch to the idle task: lazy TLB mode. An oops (a KernelBug) kills the task that hit it.
+ * Going idle is a switch to the idle task: lazy TLB mode. Each context switch names its real
+ * previous task, as __schedule's prev: the task that ran last on the CPU, although it has left
+ * already (slept, exited, was preempted), or the idle task (null) when the CPU was idle. An oops
+ * (a KernelBug) kills the task that hit it.
  * A CPU running a task takes a scheduler tick every 1/HZ of virtual time (between two steps of
  * the task), running the kernel's tick hooks; an idle CPU takes none (NOHZ idle).
  *
@@ -129,6 +132,12 @@ export class Task {
 export class CpuScheduler implements Agent {
   readonly rq: Task[] = [];
   curr: Task | null = null;
+  /**
+   * The task this CPU switched to last, still rq->curr in Linux's terms after it left (slept,
+   * exited, was preempted) until the next switch, whose prev it is; null while the idle task
+   * runs (from boot, and from each time the CPU went idle).
+   */
+  private last: Task | null = null;
   private spin: SpinYield | null = null;
   private sliceEnd = 0;
   /** Cycles this CPU spent idle / spinning. */
@@ -212,6 +221,9 @@ export class CpuScheduler implements Agent {
           // of a sleeping task is pending here.
           if (this.idleSince < 0) {
             this.idleSince = now;
+            // __schedule picked the idle task: the task that left is switched out to it.
+            k.trace.schedIdle(this.index);
+            this.last = null;
             k.cpuIdle(this.index);
           }
           const timer = k.nextTimer(this.index);
@@ -232,7 +244,10 @@ export class CpuScheduler implements Agent {
         } else if (cpu.cycles < t.wakeAt) {
           cpu.cycles = t.wakeAt;
         }
-        const prev = this.curr;
+        // The previous task is the one that last ran here, even though it has left already
+        // (this.curr is cleared when a task sleeps, exits or is preempted), or the idle task.
+        const prev = this.last;
+        this.last = t;
         k.contextSwitch(this, prev, t);
         t.stats.queueCycles += Math.max(0, cpu.cycles - t.since);
         t.stats.switches++;

@@ -13,10 +13,13 @@
  * text.
  *
  * sched_switch: the scheduler (kernel/sched/core.ts) tells the kernel when a CPU's task has left it
- * (Kernel.fireTimers → schedOut) and when the next one is switched in (contextSwitch →
- * schedSwitch). The tracer keeps, per CPU, the task it last switched in, so the prev_* fields name
- * the task that really left and a CPU that went idle in between gets its "==> swapper/N" switch at
- * the time it went idle, as Linux records it.
+ * (Kernel.fireTimers → schedOut), when the CPU switched to its idle task (schedIdle), and when the
+ * next task is switched in (contextSwitch → schedSwitch, with the real previous task: the one that
+ * left, or null for the idle task). A task that left and was followed directly by another is one
+ * "prev ==> next" switch at the time of the switch, with the state it left in; one that left a
+ * CPU going idle gets its "==> swapper/N" switch at the time it left — recorded when the next
+ * event on that CPU or the next switch comes, or added by snapshot() — and the next task comes
+ * from swapper/N, as Linux records them.
  *
  * Deviations: `%pS` (the callsite and callback of the ipi events) prints the symbol name without
  * +offset/size — mmulab has no code addresses — and the callsite names the Linux function holding
@@ -94,6 +97,8 @@ interface SwitchOut {
   task: Task;
   ts: number;
   state: string;
+  /** The CPU went idle when the task left (schedIdle), rather than straight to another task. */
+  idle: boolean;
 }
 
 export class Tracer {
@@ -169,43 +174,55 @@ export class Tracer {
 
   /**
    * The task last switched in on `cpu` has left it at `ts` (slept, exited or was preempted):
-   * called from the scheduler loop before it picks the next task. Nothing is recorded yet — the
-   * next switch on this CPU, or any other event here first, decides between "prev ==> next" and
-   * "prev ==> swapper/N".
+   * called from the scheduler loop before it picks the next task (a task still running is not
+   * leaving). Nothing is recorded yet: the switch comes with schedSwitch, or, if the CPU goes
+   * idle (schedIdle), as "prev ==> swapper/N" at `ts`.
    */
   schedOut(cpu: number, ts: number): void {
     const t = this.onCpu[cpu];
-    if (!t || this.switchedOut[cpu]) return;
-    this.switchedOut[cpu] = { task: t, ts, state: switchState(t) };
+    if (!t || this.switchedOut[cpu] || t.state === 'running') return;
+    this.switchedOut[cpu] = { task: t, ts, state: switchState(t), idle: false };
   }
 
-  /** A left task whose CPU then did something else first: the CPU went idle when it left. */
+  /** The scheduler of `cpu` found nothing to run and switched to the idle task. */
+  schedIdle(cpu: number): void {
+    const out = this.switchedOut[cpu];
+    if (out) out.idle = true;
+  }
+
+  /** A left task whose CPU went idle: its switch to swapper/N, at the time it left. */
   private settleSwitchOut(cpu: number): void {
     const out = this.switchedOut[cpu];
-    if (!out) return;
+    if (!out || !out.idle) return;
     this.switchedOut[cpu] = null;
     this.onCpu[cpu] = null;
     if (this.enabled) this.recordSwitch(cpu, out.ts, out.task, out.state, null);
   }
 
-  /** contextSwitch: `next` runs on `cpu` from now. `prev` may be null when the caller lost track. */
+  /**
+   * contextSwitch: `next` runs on `cpu` from now; `prev` is the task that ran before it (it may
+   * have left a while ago, as when the CPU's clock waited for a woken task), or null for the idle
+   * task.
+   */
   schedSwitch(cpu: number, prev: Task | null, next: Task): void {
     const ts = this.k.machine.cpu(cpu).cycles;
-    let from: Task | null;
-    let state: string;
     const out = this.switchedOut[cpu];
-    if (out && out.ts >= ts) {
+    let state = 'R';
+    if (out && (prev === null || out.task !== prev)) {
+      // The task that left went to the idle task first. (A prev other than the task that left
+      // does not happen; should it, that task is still shown leaving, to idle.)
+      out.idle = true;
+      this.settleSwitchOut(cpu);
+    } else if (out) {
       this.switchedOut[cpu] = null;
-      from = out.task;
       state = out.state;
-    } else {
-      if (out) this.settleSwitchOut(cpu);
-      from = prev ?? this.onCpu[cpu]!;
-      state = from ? switchState(from) : 'R';
+    } else if (prev) {
+      state = switchState(prev);
     }
     this.onCpu[cpu] = next;
-    if (from === next || !this.enabled) return;
-    this.recordSwitch(cpu, ts, from, state, next);
+    // prev == next: woken again before it was switched out, so no switch at all.
+    if (prev === next || !this.enabled) return;
+    this.recordSwitch(cpu, ts, prev, state, next);
   }
 
   private recordSwitch(cpu: number, ts: number, prev: Task | null, state: string, next: Task | null): void {
@@ -288,7 +305,9 @@ export class Tracer {
     const key = `${cpu}:${msg.seq}`;
     const id = this.inFlight.get(key);
     if (id !== undefined) this.inFlight.delete(key);
-    if (this.hardirq[cpu]!++ === 0) this.irqTask[cpu] = this.switchedOut[cpu] ? null : this.onCpu[cpu]!;
+    // The interrupted context: the idle task on a CPU gone idle; until the switch, the task that
+    // is leaving (still current in Linux while __schedule runs).
+    if (this.hardirq[cpu]!++ === 0) this.irqTask[cpu] = this.switchedOut[cpu]?.idle ? null : this.onCpu[cpu]!;
     const name = IRQ_VECTOR_EVENTS.get(msg.vector);
     if (!this.enabled || !name) return;
     const ev = this.emit(`irq_vectors:${name}_entry`, { vector: msg.vector }, `vector=${msg.vector}`, { cpu, ts: this.k.machine.cpu(cpu).cycles });

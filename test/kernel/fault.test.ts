@@ -2,8 +2,9 @@
 // address for a forbidden access, SEGV_MAPERR without a VMA, PROT_NONE, instruction fetches),
 // driver ->fault returning a page or inserting one itself (VM_FAULT_NOPAGE), VM_FAULT_SIGBUS and
 // VM_FAULT_SIGSEGV, a driver VMA without ->fault, private and shared file faults, the
-// VM_FAULT_RETRY path when the per-VMA lock cannot be used, a stale stricter TLB entry after a
-// relaxing mprotect (re-walked by the modelled CPU), a spurious fault on a page another CPU is
+// VM_FAULT_RETRY path when the per-VMA lock cannot be used, a relaxing mprotect (flushed, as x86
+// flushes any change of RW) and a stale stricter TLB entry left by a PTE upgraded without a flush
+// (wp_page_reuse; re-walked by the modelled CPU), a spurious fault on a page another CPU is
 // replacing (the wp_page_copy flush window), and an uncaught signal killing the process with
 // Linux's log line.
 import { describe, expect, it } from 'vitest';
@@ -16,6 +17,7 @@ import { PG_dirty } from '../../kernel/mm/page_alloc.ts';
 import { _PAGE_RW, _PAGE_SPECIAL } from '../../kernel/arch/x86/pgtable.ts';
 import { assert_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import { tlbEntries } from '../../hw/inspect.ts';
+import type { User } from '../../kernel/uapi.ts';
 import { PAGE, PagePool, boot, eventsOf, expectClean, fakeDevice, pfnAt, pteAt, reportsOf, run, signalOf } from './util.ts';
 
 const RW = PROT_READ | PROT_WRITE;
@@ -324,35 +326,67 @@ describe('the fault retry path', () => {
 });
 
 describe('spurious faults and the TLB', () => {
-  it('mprotect making a page writable flushes nothing; the stale read-only TLB entry is re-walked by this CPU model, never a signal', () => {
+  it('mprotect making a page writable flushes it (x86 pte_needs_flush: _PAGE_RW is in flush_on_change); the TLB entry is gone', () => {
     const k = boot();
     run(k, function* (u) {
       const mm = u.task.mm!;
       yield* u.mmap(A, PAGE, RW, ANON | MAP_FIXED);
       yield* u.store32(A, 1);
-      const pfn = pfnAt(k, mm, A);
       yield* u.mprotect(A, PAGE, PROT_READ);
       expect(yield* u.load32(A)).toBe(1); // the TLB now holds a read-only entry
       const cpu = k.machine.cpu(u.task.cpu);
-      const stale = tlbEntries(cpu).filter((e) => Number(e.va) === A);
-      expect(stale.length).toBeGreaterThan(0);
-      expect(stale.every((e) => !e.writable)).toBe(true);
+      expect(tlbEntries(cpu).filter((e) => Number(e.va) === A).every((e) => !e.writable)).toBe(true);
       const flushes = k.tlb.stats.flushes;
       yield* u.mprotect(A, PAGE, RW);
-      // Relaxing needs no flush: the PTE is writable, the TLB entry is not.
-      expect(k.tlb.stats.flushes).toBe(flushes);
+      expect(k.tlb.stats.flushes).toBe(flushes + 1);
+      expect(tlbEntries(cpu).filter((e) => Number(e.va) === A)).toEqual([]);
       expect(pteAt(k, mm, A)![0] & _PAGE_RW).toBe(_PAGE_RW);
-      const fc = faultCounters(k);
-      const before = { ...fc };
-      const rewalks = cpu.counters().rightsRewalks!;
+      const before = { ...faultCounters(k) };
       yield* u.store32(A, 2);
-      // SDM 4.10.4.3 lets a CPU fault on the stale entry (Linux would then find the PTE already
-      // writable: a spurious fault) or re-walk first; the modelled CPU re-walks.
-      expect(cpu.counters().rightsRewalks).toBe(rewalks + 1);
-      expect(fc).toEqual(before);
-      expect(pfnAt(k, mm, A)).toBe(pfn);
-      expect(yield* u.load32(A)).toBe(2);
+      expect(faultCounters(k)).toEqual(before);
     });
+    expectClean(k);
+  });
+
+  it('a PTE made writable without a flush (wp_page_reuse) leaves a stale read-only entry on another CPU, which this CPU model re-walks: never a signal', () => {
+    const k = boot();
+    const st = { cached: false, reused: false, done: false, rewalks: -1, faults: {} as Record<string, number>, after: {} as Record<string, number> };
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(A, PAGE, RW, ANON | MAP_FIXED);
+      yield* u.store32(A, 1);
+      const pfn = pfnAt(k, mm, A);
+      // fork write-protects the page; once the child is gone it is this process's alone again.
+      yield* u.wait(yield* u.fork(function* () {}));
+      expect(pteAt(k, mm, A)![0] & _PAGE_RW).toBe(0);
+      yield* u.clone(function* (w: User) {
+        expect(yield* w.load32(A)).toBe(1); // CPU 1 caches the read-only entry
+        st.cached = true;
+        while (!st.reused) yield* w.sleep(5_000);
+        const cpu = k.machine.cpu(1);
+        const rewalks = cpu.counters().rightsRewalks!;
+        st.faults = { ...faultCounters(k) };
+        // SDM 4.10.4.3 lets a CPU fault on the stale entry (Linux would then find the PTE
+        // already writable: a spurious fault) or re-walk first; the modelled CPU re-walks.
+        yield* w.store32(A, 3);
+        st.rewalks = cpu.counters().rightsRewalks! - rewalks;
+        st.after = { ...faultCounters(k) };
+        st.done = true;
+      }, { cpu: 1 });
+      while (!st.cached) yield* u.sleep(5_000);
+      const flushes = k.tlb.stats.flushes;
+      const reuse = faultCounters(k).reuse;
+      yield* u.store32(A, 2); // do_wp_page reuses the page: RW set, nothing flushed
+      expect(faultCounters(k).reuse).toBe(reuse + 1);
+      expect(k.tlb.stats.flushes).toBe(flushes);
+      expect(tlbEntries(k.machine.cpu(1)).filter((e) => Number(e.va) === A && !e.writable).length).toBeGreaterThan(0);
+      st.reused = true;
+      while (!st.done) yield* u.sleep(5_000);
+      expect(st.rewalks).toBe(1);
+      expect(st.after).toEqual(st.faults);
+      expect(pfnAt(k, mm, A)).toBe(pfn);
+      expect(yield* u.load32(A)).toBe(3);
+    }, { maxSteps: 4_000_000 });
     expectClean(k);
   });
 

@@ -1,16 +1,20 @@
 // mmap(2): argument checks and their errno in Linux's order (do_mmap, __get_unmapped_area),
 // address selection (top down, hints, MAP_FIXED, MAP_FIXED_NOREPLACE), the VM_* flags a mapping
-// gets, MAP_POPULATE, MAP_NORESERVE, MAP_SHARED vs MAP_PRIVATE anonymous memory, MAP_HUGETLB
-// (2 MiB pages in PS=1 PDEs), MAP_SHARED_VALIDATE and unknown flags, map_count, and a file
-// without ->mmap.
+// gets (VM_ACCOUNT per accountable_mapping: never for hugetlb), MAP_POPULATE, MAP_LOCKED
+// (VM_LOCKED, populated after the mmap lock is dropped, counted in locked_vm; cleared again on
+// VM_SPECIAL and hugetlb VMAs by __mmap_complete), MAP_NORESERVE, MAP_SHARED vs MAP_PRIVATE
+// anonymous memory, MAP_HUGETLB (2 MiB pages in PS=1 PDEs), MAP_SHARED_VALIDATE and unknown
+// flags, map_count, and a file without ->mmap.
 import { describe, expect, it } from 'vitest';
 import {
-  MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_HUGETLB, MAP_LOCKED, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
+  MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_HUGETLB, MAP_LOCKED, MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
   MAP_SHARED_VALIDATE, MAP_SYNC, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE,
 } from '../../kernel/mm/mmap.ts';
-import { MMAP_BASE, MMAP_MIN_ADDR, TASK_SIZE, vmFlagNames } from '../../kernel/mm/mm_types.ts';
+import { MMAP_BASE, MMAP_MIN_ADDR, TASK_SIZE, VM_LOCKED, vmFlagNames } from '../../kernel/mm/mm_types.ts';
 import { _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL } from '../../kernel/arch/x86/pgtable.ts';
+import { show_smap, task_mem } from '../../kernel/fs/proc/task_mmu.ts';
 import { MB2, PAGE, boot, errno, expectClean, fakeDevice, pfnAt, pteAt, ranges, run, signalOf, vmaList } from './util.ts';
+import { fakeDevice as driverDevice } from './fake-devices.ts';
 
 const RW = PROT_READ | PROT_WRITE;
 const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
@@ -203,9 +207,10 @@ describe('mmap flags', () => {
     run(k, function* (u) {
       const mm = u.task.mm!;
       const f = function* (prot: number, flags: number) {
-        const a = yield* u.mmap(0, PAGE, prot, flags);
+        const len = flags & MAP_HUGETLB ? MB2 : PAGE;
+        const a = yield* u.mmap(0, len, prot, flags);
         const s = vmFlagNames(mm.vma_lookup(a)!.vm_flags);
-        yield* u.munmap(a, PAGE);
+        yield* u.munmap(a, len);
         return s;
       };
       expect(yield* f(PROT_READ, ANON)).toBe('rd mr mw me');
@@ -215,6 +220,11 @@ describe('mmap flags', () => {
       expect(yield* f(RW, ANON | MAP_NORESERVE)).toBe('rd wr mr mw me nr');
       expect(yield* f(RW, MAP_SHARED | MAP_ANONYMOUS)).toBe('rd wr sh mr mw me ms');
       expect(yield* f(RW, ANON | MAP_LOCKED)).toBe('rd wr mr mw me lo ac');
+      // accountable_mapping: hugetlb has its own reservations, so no VM_ACCOUNT, even for a
+      // private writable mapping (and MAP_LOCKED does not stay on it: see MAP_LOCKED below).
+      expect(yield* f(RW, ANON | MAP_HUGETLB)).toBe('rd wr mr mw me de ht');
+      expect(yield* f(RW, ANON | MAP_HUGETLB | MAP_NORESERVE)).toBe('rd wr mr mw me de nr ht');
+      expect(yield* f(RW, ANON | MAP_HUGETLB | MAP_LOCKED)).toBe('rd wr mr mw me de ht');
       // Unknown prot bits are ignored by mmap (mprotect is stricter).
       expect(yield* f(PROT_READ | 0x10, ANON)).toBe('rd mr mw me');
     });
@@ -323,6 +333,117 @@ describe('mmap flags', () => {
       // Two shared anonymous mappings next to each other are different objects: no merge.
       yield* u.mmap(s + 2 * PAGE, PAGE, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED);
       expect(mm.vma_lookup(s + 2 * PAGE)).not.toBe(vs);
+    });
+    expectClean(k);
+  });
+});
+
+/** The "Label:   N kB" value of one line of an smaps block or of /proc/PID/status. */
+function kbOf(text: string, label: string): number {
+  const m = new RegExp(`^${label}:\\s+(\\d+) kB$`, 'm').exec(text);
+  if (!m) throw new Error(`no ${label} line in:\n${text}`);
+  return Number(m[1]);
+}
+
+describe('MAP_LOCKED', () => {
+  it('sets VM_LOCKED and populates the range as MAP_POPULATE does (MAP_NONBLOCK does not stop it); the pages count in locked_vm (VmLck, smaps Locked)', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      const a = yield* u.mmap(0, 4 * PAGE, RW, ANON | MAP_LOCKED);
+      const v = mm.vma_lookup(a)!;
+      expect(vmFlagNames(v.vm_flags)).toBe('rd wr mr mw me lo ac');
+      // Private writable: write faults, so every page is the process's own, mapped writable.
+      expect(mm.rss.anon).toBe(4);
+      for (let i = 0; i < 4; i++) expect(pteAt(k, mm, a + i * PAGE)![0] & (_PAGE_PRESENT | _PAGE_RW)).toBe(_PAGE_PRESENT | _PAGE_RW);
+      expect(mm.locked_vm).toBe(4);
+      expect(kbOf(task_mem(k, mm), 'VmLck')).toBe(16);
+      expect(kbOf(show_smap(k, v), 'Locked')).toBe(16);
+      // Read-only: read faults, the zero page.
+      const r = yield* u.mmap(0, 2 * PAGE, PROT_READ, ANON | MAP_LOCKED | MAP_NONBLOCK);
+      expect(pfnAt(k, mm, r)).toBe(k.pages.zeroPfn);
+      expect(pfnAt(k, mm, r + PAGE)).toBe(k.pages.zeroPfn);
+      expect(mm.rss.anon).toBe(4);
+      expect(mm.locked_vm).toBe(6);
+      // PROT_NONE: VM_LOCKED, counted, but nothing can be faulted in.
+      const n = yield* u.mmap(0, PAGE, PROT_NONE, ANON | MAP_LOCKED);
+      expect(pfnAt(k, mm, n)).toBe(-1);
+      expect(mm.locked_vm).toBe(7);
+      // munmap takes the pages off locked_vm again, a split keeps them.
+      yield* u.munmap(a, PAGE);
+      expect(mm.locked_vm).toBe(6);
+      yield* u.munmap(r, 2 * PAGE);
+      yield* u.munmap(n, PAGE);
+      expect(mm.locked_vm).toBe(3);
+      expect(kbOf(task_mem(k, mm), 'VmLck')).toBe(12);
+    });
+    expectClean(k);
+  });
+
+  it('populates after do_mmap, with the mmap write lock dropped and the read lock taken (vm_mmap_pgoff → mm_populate)', () => {
+    const k = boot({ trace: true });
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      k.trace.clear();
+      const a = yield* u.mmap(0, 3 * PAGE, RW, ANON | MAP_LOCKED);
+      const evs = k.trace.events.filter((e) => e.name.startsWith('mmap_lock:') || e.name === 'kmem:mm_page_alloc');
+      const lock = evs.map((e) => (e.name === 'kmem:mm_page_alloc' ? 'alloc' : `${e.name.slice(20)} write=${e.fields.write}`));
+      // The write lock for do_mmap (it allocates nothing: the VMA is new), then the read lock,
+      // under which the page tables and the three pages are allocated.
+      const release = lock.indexOf('released write=true');
+      const read = lock.indexOf('acquire_returned write=false');
+      expect(lock.slice(0, release + 1)).toEqual(['start_locking write=true', 'acquire_returned write=true', 'released write=true']);
+      expect(lock[read - 1]).toBe('start_locking write=false');
+      expect(read).toBe(release + 2);
+      expect(lock.slice(read + 1, -1).every((x) => x === 'alloc')).toBe(true);
+      expect(lock.slice(read + 1, -1).length).toBeGreaterThanOrEqual(3);
+      expect(lock[lock.length - 1]).toBe('released write=false');
+      expect(mm.rss.anon).toBe(3);
+      expect(pfnAt(k, mm, a + 2 * PAGE)).toBeGreaterThan(0);
+    });
+    expectClean(k);
+  });
+
+  it('does not stay on a hugetlb VMA (__mmap_complete clears VM_LOCKED_MASK, locked_vm unchanged), which is still populated', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      const h = yield* u.mmap(0, 2 * MB2, RW, ANON | MAP_HUGETLB | MAP_LOCKED);
+      const v = mm.vma_lookup(h)!;
+      expect(v.vm_flags & VM_LOCKED).toBe(0);
+      expect(vmFlagNames(v.vm_flags)).toBe('rd wr mr mw me de ht');
+      expect(mm.locked_vm).toBe(0);
+      expect(kbOf(task_mem(k, mm), 'VmLck')).toBe(0);
+      expect(kbOf(show_smap(k, v), 'Locked')).toBe(0);
+      // do_mmap decided on the requested VM_LOCKED: both huge pages are there.
+      expect(mm.hugetlb_usage).toBe(1024);
+      expect(k.pt.lo(k.pt.pmd_offset(mm, h + MB2)) & (_PAGE_PRESENT | _PAGE_PSE)).toBe(_PAGE_PRESENT | _PAGE_PSE);
+      expect(yield* u.load32(h + MB2)).toBe(0);
+    });
+    expectClean(k);
+  });
+
+  it('does not stay on a VM_SPECIAL VMA: a VM_MIXEDMAP|VM_DONTEXPAND driver mapping is populated through ->fault but not locked; a PFN map is neither', () => {
+    const k = boot();
+    const mixed = driverDevice(k, '/dev/mixed', 4, 'vmf_insert_page');
+    const pfnmap = driverDevice(k, '/dev/pfnmap', 2, 'pfnmap');
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      const m = yield* u.mmap(0, 4 * PAGE, PROT_READ, MAP_SHARED | MAP_LOCKED, yield* u.open('/dev/mixed'));
+      const vm = mm.vma_lookup(m)!;
+      expect(vmFlagNames(vm.vm_flags)).toBe('rd sh mr mw me ms de mm');
+      for (let i = 0; i < 4; i++) expect(pfnAt(k, mm, m + i * PAGE)).toBe(mixed.pages[i]);
+      expect(kbOf(show_smap(k, vm), 'Rss')).toBe(16);
+      expect(kbOf(show_smap(k, vm), 'Locked')).toBe(0);
+      const p = yield* u.mmap(0, 2 * PAGE, PROT_READ, MAP_SHARED | MAP_LOCKED, yield* u.open('/dev/pfnmap'));
+      const vp = mm.vma_lookup(p)!;
+      expect(vmFlagNames(vp.vm_flags)).toBe('rd sh mr mw me ms pf io de dd');
+      expect(pfnAt(k, mm, p + PAGE)).toBe(pfnmap.pages[1]);
+      expect(mm.locked_vm).toBe(0);
+      expect(kbOf(task_mem(k, mm), 'VmLck')).toBe(0);
+      // Next to a locked anonymous mapping nothing of them is counted either.
+      yield* u.mmap(0, PAGE, PROT_READ, ANON | MAP_LOCKED);
+      expect(mm.locked_vm).toBe(1);
     });
     expectClean(k);
   });

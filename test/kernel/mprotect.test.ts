@@ -1,15 +1,23 @@
 // mprotect(2): argument checks in do_mprotect_pkey's order, PROT_GROWSDOWN/PROT_GROWSUP, holes
 // (ENOMEM, after changing what came before), EACCES when a requested permission's VM_MAY* bit is
 // clear, splitting at each boundary and merging back, PROT_NONE, copy-on-write pages staying
-// read-only after a write upgrade, execute permission, the map_count limit, and the TLB flush a
-// narrowing change needs on other CPUs.
+// read-only after a write upgrade, execute permission, the map_count limit, the TLB flush a
+// narrowing change needs on other CPUs, and what is flushed at all: only entries whose change
+// x86's pte_needs_flush flags, per VMA piece from the first to the last of them (nothing over a
+// range never faulted in), hugetlb entries in a gather of their own, and a private VM_LOCKED VMA
+// made writable being populated at once.
 import { describe, expect, it } from 'vitest';
 import {
-  MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_NONE, PROT_READ, PROT_SEM, PROT_WRITE,
+  MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_HUGETLB, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_NONE, PROT_READ, PROT_SEM,
+  PROT_WRITE,
 } from '../../kernel/mm/mmap.ts';
 import { TASK_SIZE, VM_MAYEXEC, VM_MAYWRITE } from '../../kernel/mm/mm_types.ts';
 import { _PAGE_RW } from '../../kernel/arch/x86/pgtable.ts';
-import { PAGE, boot, errno, expectClean, fakeDevice, pfnAt, pteAt, ranges, run, signalOf, vmaList } from './util.ts';
+import { TLB_FLUSH_ALL, type TlbStats } from '../../kernel/arch/x86/tlb.ts';
+import type { Kernel } from '../../kernel/kernel.ts';
+import type { KGen } from '../../kernel/sched/core.ts';
+import type { User } from '../../kernel/uapi.ts';
+import { MB2, PAGE, boot, errno, expectClean, fakeDevice, pfnAt, pteAt, ranges, run, signalOf, vmaList } from './util.ts';
 
 const RW = PROT_READ | PROT_WRITE;
 const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
@@ -280,6 +288,166 @@ describe('mprotect and the page tables', () => {
       expect(yield* u.load32(A)).toBe(2);
     });
     expect(seen).toEqual(['SIGSEGV SEGV_ACCERR']);
+    expectClean(k);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------
+
+/** A flush_tlb_mm_range request: [start, end) (end Infinity = TLB_FLUSH_ALL), stride, freed_tables. */
+type Flush = [number, number, number, boolean];
+
+interface Observed {
+  /** What flush_tlb_mm_range was asked for during `change`. */
+  flushes: Flush[];
+  /** TLB statistics moved during `change`. */
+  stats: Partial<Record<keyof TlbStats, number>>;
+  /** The tlb:tlb_flush and ipi:* events during `change`, as "cpu text". */
+  events: string[];
+}
+
+/**
+ * A process with a thread on CPU 1 that runs its mm throughout (it reads `base + p * PAGE` for each
+ * p in `read`, then spins on a page of its own) while CPU 0 maps with `setup`, writes `write`
+ * pages, and runs `change`; records what the change flushed.
+ */
+function observe(setup: (u: User) => KGen<number>, write: number[], read: number[], change: (u: User, base: number) => KGen<unknown>): { k: Kernel; o: Observed } {
+  const k = boot({ trace: true });
+  const o: Observed = { flushes: [], stats: {}, events: [] };
+  let recording = false;
+  const orig = k.tlb.flush_tlb_mm_range.bind(k.tlb);
+  k.tlb.flush_tlb_mm_range = function* (mm, start, end, stride, freed, lazy) {
+    if (recording) o.flushes.push([start, end, stride, freed]);
+    yield* orig(mm, start, end, stride, freed, lazy);
+  };
+  const st = { ready: false, done: false };
+  run(k, function* (u) {
+    const base = yield* setup(u);
+    const spin = yield* u.mmap(0, PAGE, PROT_READ | PROT_WRITE, ANON);
+    yield* u.store32(spin, 0);
+    for (const p of write) yield* u.store32(base + p * PAGE, p);
+    yield* u.clone(function* (w: User) {
+      for (const p of read) yield* w.load32(base + p * PAGE);
+      st.ready = true;
+      while (!st.done) yield* w.load32(spin);
+    }, { cpu: 1 });
+    while (!st.ready) yield* u.sleep(5_000);
+    const s0 = { ...k.tlb.stats };
+    const e0 = k.trace.events.length;
+    recording = true;
+    yield* change(u, base);
+    recording = false;
+    for (const key of Object.keys(s0) as (keyof TlbStats)[]) o.stats[key] = k.tlb.stats[key] - s0[key];
+    o.events = k.trace.events.slice(e0).filter((e) => e.name === 'tlb:tlb_flush' || e.name.startsWith('ipi:')).map((e) => `${e.cpu} ${e.text}`);
+    st.done = true;
+  });
+  return { k, o };
+}
+
+const anon16 = (u: User) => u.mmap(A, 16 * PAGE, RW, ANON | MAP_FIXED);
+
+describe('what mprotect flushes (change_pte_range: tlb_flush_pte_range where pte_needs_flush, tlb_end_vma per VMA)', () => {
+  it('over a range nothing was ever faulted into: no flush at all, no IPI, no tlb_flush event', () => {
+    const { k, o } = observe(anon16, [], [], (u, a) => u.mprotect(a, 16 * PAGE, PROT_READ));
+    expect(o.flushes).toEqual([]);
+    expect(o.stats).toMatchObject({ flushes: 0, ipis: 0, invlpgs: 0 });
+    expect(o.events).toEqual([]);
+    expectClean(k);
+  });
+
+  it('over a partly populated range: one flush of the changed span only, on both CPUs', () => {
+    const { k, o } = observe(anon16, [5, 6, 7, 8], [5, 6, 7, 8], (u, a) => u.mprotect(a, 16 * PAGE, PROT_READ));
+    expect(o.flushes).toEqual([[A + 5 * PAGE, A + 9 * PAGE, 12, false]]);
+    expect(o.stats).toMatchObject({ flushes: 1, ipis: 1, partialFlushes: 2, fullFlushes: 0, invlpgs: 8 });
+    expect(o.events).toEqual(['0 cpu=1 callsite=smp_call_function_many_cond callback=generic_smp_call_function_single_interrupt', '0 pages:4 reason:local mm shootdown (3)', '1 pages:4 reason:remote shootdown (1)']);
+    expectClean(k);
+  });
+
+  it('the span runs from the first to the last entry that needed it, holes included; each VMA piece is flushed on its own', () => {
+    // Pages 1 and 14 of one VMA: 14 pages, still page by page (under the ceiling of 33), on
+    // both CPUs.
+    const one = observe(anon16, [1, 14], [], (u, a) => u.mprotect(a, 16 * PAGE, PROT_READ));
+    expect(one.o.flushes).toEqual([[A + PAGE, A + 15 * PAGE, 12, false]]);
+    expect(one.o.stats).toMatchObject({ flushes: 1, ipis: 1, invlpgs: 28 });
+    expectClean(one.k);
+    // Two VMAs (the second executable), a page written in each: two flushes, one per VMA.
+    const two = observe(
+      function* (u) {
+        yield* u.mmap(A, 8 * PAGE, RW, ANON | MAP_FIXED);
+        yield* u.mmap(A + 8 * PAGE, 8 * PAGE, RW | PROT_EXEC, ANON | MAP_FIXED);
+        return A;
+      },
+      [3, 12],
+      [],
+      (u, a) => u.mprotect(a, 16 * PAGE, PROT_READ),
+    );
+    expect(two.o.flushes).toEqual([
+      [A + 3 * PAGE, A + 4 * PAGE, 12, false],
+      [A + 12 * PAGE, A + 13 * PAGE, 12, false],
+    ]);
+    expectClean(two.k);
+  });
+
+  it('a relaxing change is flushed too (x86: RW and NX are in flush_on_change); leaving PROT_NONE is not (the entry was not present)', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(A, 4 * PAGE, RW, ANON | MAP_FIXED);
+      for (let i = 0; i < 4; i++) yield* u.store32(A + i * PAGE, i);
+      const flushes = function* (prot: number) {
+        const f0 = k.tlb.stats.flushes;
+        yield* u.mprotect(A, 4 * PAGE, prot);
+        return k.tlb.stats.flushes - f0;
+      };
+      expect(yield* flushes(PROT_READ)).toBe(1); // RW cleared
+      expect(yield* flushes(RW)).toBe(1); // RW set again (exclusive pages)
+      expect(pteAt(k, mm, A)![0] & _PAGE_RW).toBe(_PAGE_RW);
+      expect(yield* flushes(RW | PROT_EXEC)).toBe(1); // NX cleared
+      expect(yield* flushes(RW | PROT_EXEC)).toBe(0); // no change: no fixup at all
+      expect(yield* flushes(PROT_NONE)).toBe(1); // PRESENT cleared in Linux (U/S here)
+      expect(yield* flushes(RW)).toBe(0); // from PROT_NONE: pte_needs_flush is false
+      for (let i = 0; i < 4; i++) expect(yield* u.load32(A + i * PAGE)).toBe(i);
+      yield* u.store32(A, 7);
+      expect(yield* u.load32(A)).toBe(7);
+    });
+    expectClean(k);
+  });
+
+  it('a hugetlb VMA: each present huge entry at 2 MiB stride in its own gather, then the whole mm, as mprotect\'s gather is in flight (mm_tlb_flush_nested)', () => {
+    const huge = (u: User) => u.mmap(A, 2 * MB2, RW, ANON | MAP_HUGETLB | MAP_FIXED);
+    const touched = observe(huge, [0], [0], (u, a) => u.mprotect(a, 2 * MB2, PROT_READ));
+    expect(touched.o.flushes).toEqual([
+      [A, A + MB2, 21, false],
+      [0, TLB_FLUSH_ALL, 12, true],
+    ]);
+    expectClean(touched.k);
+    const untouched = observe(huge, [], [], (u, a) => u.mprotect(a, 2 * MB2, PROT_READ));
+    expect(untouched.o.flushes).toEqual([[0, TLB_FLUSH_ALL, 12, true]]);
+    expectClean(untouched.k);
+  });
+});
+
+describe('mprotect of a VM_LOCKED VMA', () => {
+  it('a private locked VMA made writable is populated at once: copy-on-write is broken now, not on access', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      const a = yield* u.mmap(0, 3 * PAGE, PROT_READ, ANON | MAP_LOCKED);
+      for (let i = 0; i < 3; i++) expect(pfnAt(k, mm, a + i * PAGE)).toBe(k.pages.zeroPfn);
+      expect(mm.rss.anon).toBe(0);
+      yield* u.mprotect(a, 3 * PAGE, RW);
+      expect(mm.rss.anon).toBe(3);
+      for (let i = 0; i < 3; i++) {
+        expect(pfnAt(k, mm, a + i * PAGE)).not.toBe(k.pages.zeroPfn);
+        expect(pteAt(k, mm, a + i * PAGE)![0] & _PAGE_RW).toBe(_PAGE_RW);
+      }
+      // Not locked: the write faults come on access, as before.
+      const b = yield* u.mmap(0, PAGE, PROT_READ, ANON);
+      yield* u.load32(b);
+      yield* u.mprotect(b, PAGE, RW);
+      expect(pfnAt(k, mm, b)).toBe(k.pages.zeroPfn);
+      expect(mm.rss.anon).toBe(3);
+    });
     expectClean(k);
   });
 });

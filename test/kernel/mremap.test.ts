@@ -3,9 +3,10 @@
 // tables move, pages are not copied), MREMAP_FIXED, MREMAP_DONTUNMAP, page offsets of moved
 // anonymous VMAs and merging at the destination, duplicating shared memory with old_len 0,
 // shared anonymous memory growing past its object (SIGBUS), driver VMAs (VM_DONTEXPAND,
-// VM_PFNMAP, VM_IO|VM_MIXEDMAP, ->open/->close/->mremap and a refusing ->mremap), and hugetlb.
+// VM_PFNMAP, VM_IO|VM_MIXEDMAP, ->open/->close/->mremap and a refusing ->mremap), hugetlb, and
+// a VM_LOCKED mapping that grows (its new part populated, as sys_mremap does with mm_populate).
 import { describe, expect, it } from 'vitest';
-import { MAP_ANONYMOUS, MAP_FIXED, MAP_HUGETLB, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
+import { MAP_ANONYMOUS, MAP_FIXED, MAP_HUGETLB, MAP_LOCKED, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE } from '../../kernel/mm/mremap.ts';
 import { TASK_SIZE, VM_DONTEXPAND, VM_IO, VM_MIXEDMAP, type VmFault } from '../../kernel/mm/mm_types.ts';
 import { remap_pfn_range, vm_insert_page } from '../../kernel/mm/memory.ts';
@@ -403,6 +404,36 @@ describe('mremap of driver VMAs', () => {
       yield* u.munmap(n, 2 * PAGE);
     });
     pool.release();
+    expectClean(k);
+  });
+});
+
+describe('mremap of a VM_LOCKED mapping', () => {
+  it('growing it, in place or by moving, faults the new part in; locked_vm follows', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(A, 2 * PAGE, RW, ANON | MAP_FIXED | MAP_LOCKED);
+      expect(mm.rss.anon).toBe(2);
+      // In place: the two new pages are there at once.
+      expect(yield* u.mremap(A, 2 * PAGE, 4 * PAGE, 0)).toBe(A);
+      expect(mm.rss.anon).toBe(4);
+      expect(pfnAt(k, mm, A + 3 * PAGE)).toBeGreaterThan(0);
+      expect(mm.locked_vm).toBe(4);
+      // Moved (something is in the way): the old pages move, the two new ones are faulted in.
+      yield* u.mmap(A + 4 * PAGE, PAGE, RW, ANON | MAP_FIXED);
+      const old = pfnAt(k, mm, A);
+      const b = yield* u.mremap(A, 4 * PAGE, 6 * PAGE, MREMAP_MAYMOVE);
+      expect(b).not.toBe(A);
+      expect(pfnAt(k, mm, b)).toBe(old);
+      expect(pfnAt(k, mm, b + 5 * PAGE)).toBeGreaterThan(0);
+      expect(mm.rss.anon).toBe(6);
+      expect(mm.locked_vm).toBe(6);
+      // Shrinking populates nothing and unlocks the tail.
+      yield* u.mremap(b, 6 * PAGE, 3 * PAGE, 0);
+      expect(mm.rss.anon).toBe(3);
+      expect(mm.locked_vm).toBe(3);
+    });
     expectClean(k);
   });
 });

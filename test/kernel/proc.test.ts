@@ -503,7 +503,8 @@ describe('/proc/PID/smaps', () => {
       'SwapPss:               0 kB',
       'Locked:                0 kB',
       'THPeligible:           0',
-      'VmFlags: rd wr mr mw me de ac ht ',
+      // No "ac": hugetlb memory is not charged as committed memory (accountable_mapping).
+      'VmFlags: rd wr mr mw me de ht ',
     ];
     expect(smaps).toContain('\n' + h.join('\n') + '\n');
     // The PFN map: VM_PFNMAP VMAs are not walked, so nothing is resident.

@@ -1,14 +1,17 @@
 // The scheduler behaviour the concurrency tests rely on (kernel/sched/core.ts, as
 // kernel/sched/core.c and idle do it): a CPU that goes idle switches to the idle task, which
 // is lazy TLB mode even while a sleeping task's timer is pending; an idle CPU's clock does not
-// leap past the time another CPU wakes a task on it; and a timer wakes its sleeper even while
-// another task keeps the CPU busy (the sleeper then runs when that task's slice ends).
+// leap past the time another CPU wakes a task on it; a timer wakes its sleeper even while
+// another task keeps the CPU busy (the sleeper then runs when that task's slice ends); and every
+// context switch names its real previous task, as __schedule hands prev to trace_sched_switch
+// and context_switch: the task that was preempted, slept or exited, or the idle task.
 import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../kernel/kernel.ts';
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import type { User } from '../../kernel/uapi.ts';
 import { WaitQueue } from '../../kernel/sched/wait.ts';
 import { PREEMPT } from '../../kernel/sched/core.ts';
+import type { TraceEvent } from '../../kernel/trace/trace.ts';
 
 describe('idle', () => {
   it('a CPU whose task sleeps on a timer is in lazy TLB mode with that mm loaded', () => {
@@ -76,5 +79,87 @@ describe('timers', () => {
     // meanwhile, and it got the CPU at the end of busy's time slice.
     expect(st.sleeperAt).toBeGreaterThanOrEqual(k.costs.timeSlice);
     expect(st.sleeperAt).toBeLessThan(k.costs.timeSlice + 50_000);
+  });
+});
+
+describe('context switch: the real previous task', () => {
+  /**
+   * One CPU, two tasks with short slices: `a` computes throughout; `b` computes, sleeps while `a`
+   * is runnable, computes again and exits while `a` still is. Returns the kernel, the
+   * sched_switch and task-switch tlb_flush events (snapshot, so the final switch to idle is in),
+   * and what the switch hooks were given.
+   */
+  function twoTasks(): { k: Kernel; switches: TraceEvent[]; flushes: TraceEvent[]; hooks: string[] } {
+    const k = new Kernel({ cpus: 1, memoryBytes: 16 << 20, trace: true, costs: { timeSlice: 20_000 } });
+    const hooks: string[] = [];
+    k.switchHooks.push((_cpu, prev, next) => hooks.push(`${prev?.comm ?? '<idle>'} -> ${next.comm}`));
+    const loads = (n: number) =>
+      function* (u: User) {
+        const p = yield* u.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+        for (let i = 0; i < n; i++) yield* u.load32(p);
+        return p;
+      };
+    k.spawn(loads(20_000), { comm: 'a' });
+    k.spawn(function* (u: User) {
+      yield* loads(1_000)(u);
+      yield* u.sleep(10_000);
+      yield* loads(8_000)(u);
+    }, { comm: 'b' });
+    k.run({ maxSteps: 1_000_000 });
+    const evs = k.trace.snapshot();
+    return {
+      k,
+      switches: evs.filter((e) => e.name === 'sched:sched_switch'),
+      flushes: evs.filter((e) => e.name === 'tlb:tlb_flush' && e.fields.reason === 0),
+      hooks,
+    };
+  }
+
+  it('sched_switch: a task that is preempted (R+), sleeps (S) or exits (X) with another runnable hands the CPU straight to it, no swapper/0 in between', () => {
+    const { switches } = twoTasks();
+    const line = (e: TraceEvent) => `${e.fields.prev_comm} ${e.fields.prev_state} ==> ${e.fields.next_comm}`;
+    expect(switches.map(line)).toEqual([
+      'swapper/0 R ==> a',
+      'a R+ ==> b',
+      'b S ==> a',
+      'a R+ ==> b',
+      'b R+ ==> a',
+      'a R+ ==> b',
+      'b X ==> a',
+      'a X ==> swapper/0',
+    ]);
+    // Each event is the previous task's (it is current until switch_to), at the switch itself.
+    for (const e of switches) expect([e.pid, e.comm]).toEqual([e.fields.prev_pid, e.fields.prev_pid === 0 ? '<idle>' : e.fields.prev_comm]);
+  });
+
+  it("switch_mm and the switch hooks see the real previous task too: the task-switch tlb_flush is prev's event", () => {
+    const { switches, flushes, hooks } = twoTasks();
+    expect(hooks).toEqual(['<idle> -> a', 'a -> b', 'b -> a', 'a -> b', 'b -> a', 'a -> b', 'b -> a']);
+    // switch_mm_irqs_off runs in context_switch, after trace_sched_switch and before switch_to.
+    for (const sw of switches.filter((e) => e.fields.next_pid !== 0)) {
+      const f = flushes.find((e) => e.ts === sw.ts);
+      expect(f).toBeDefined();
+      expect(f!.pid).toBe(sw.fields.prev_pid);
+    }
+  });
+
+  it('after an idle period the previous task is the idle task: prev ==> swapper/0 when it left, swapper/0 ==> next when the next one comes', () => {
+    const k = new Kernel({ cpus: 1, memoryBytes: 16 << 20, trace: true });
+    const hooks: string[] = [];
+    k.switchHooks.push((_cpu, prev, next) => hooks.push(`${prev?.comm ?? '<idle>'} -> ${next.comm}`));
+    k.kthread('sleeper', function* () {
+      yield* k.sleepFor(50_000);
+    }, 0);
+    k.run({ maxSteps: 100_000 });
+    const sw = k.trace.snapshot().filter((e) => e.name === 'sched:sched_switch');
+    expect(sw.map((e) => `${e.fields.prev_comm} ${e.fields.prev_state} ==> ${e.fields.next_comm}`)).toEqual([
+      'swapper/0 R ==> sleeper',
+      'sleeper S ==> swapper/0',
+      'swapper/0 R ==> sleeper',
+      'sleeper X ==> swapper/0',
+    ]);
+    // The switch to idle is stamped when the sleeper left, well before it came back.
+    expect(sw[2]!.ts - sw[1]!.ts).toBeGreaterThanOrEqual(45_000);
+    expect(hooks).toEqual(['<idle> -> sleeper', '<idle> -> sleeper']);
   });
 });

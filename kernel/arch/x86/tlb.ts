@@ -217,8 +217,9 @@ export class TlbFlusher {
   }
 
   /**
-   * switch_mm_irqs_off: make `next` the loaded mm of `cpu`. `task` is the task being switched
-   * to (for the trace).
+   * switch_mm_irqs_off: make `next` the loaded mm of `cpu`. `task` is the task current on `cpu`
+   * meanwhile, for the trace: in a context switch the previous task (switch_to comes after), null
+   * for the idle task or outside task context.
    */
   switch_mm_irqs_off(cpu: number, next: MmStruct, task: Task | null): void {
     const st = this.cpuState[cpu]!;
@@ -252,7 +253,7 @@ export class TlbFlusher {
     st.loaded_mm_asid = asid;
   }
 
-  /** enter_lazy_tlb: a kernel thread keeps the previous mm loaded, marked lazy. */
+  /** enter_lazy_tlb: a kernel thread keeps the previous mm loaded, marked lazy (`task`: as for switch_mm_irqs_off). */
   enter_lazy_tlb(cpu: number, task: Task | null): void {
     const st = this.cpuState[cpu]!;
     if (st.loaded_mm === this.init_mm) return;

@@ -42,7 +42,8 @@
  *     executable mapping counts as VmLib, exactly as task_mem splits them;
  *   - no pinned_vm accounting (no RDMA/vfio): VmPin is 0 kB;
  *   - mm->locked_vm, data_vm, exec_vm and stack_vm are not kept as counters: they are summed
- *     from the VMAs with vm_stat_account's classification (VM_LOCKED pages for VmLck), which is
+ *     from the VMAs (MmStruct.locked_vm: the VM_LOCKED pages, which __mmap_complete never leaves
+ *     on a VM_SPECIAL or hugetlb VMA; vm_stat_account's classification for the others), which is
  *     what those counters hold in Linux;
  *   - mm->pgtables_bytes in mmulab also counts the pgd (and p4d tables with LA57), which Linux
  *     does not account: VmPTE subtracts them;
@@ -609,12 +610,11 @@ export function task_mem(k: Kernel, target: ProcTarget): string {
   const hiwaterVm = Math.max(totalVm, mm.hiwater_vm);
   const totalRss = anon + file + shmem;
   const hiwaterRss = Math.max(totalRss, mm.hiwater_rss);
-  let lockedVm = 0;
+  const lockedVm = mm.locked_vm;
   let execVm = 0;
   let stackVm = 0;
   let dataVm = 0;
   for (const vma of mm.vmas()) {
-    if (vma.vm_flags & VM_LOCKED) lockedVm += vma.pages;
     const c = vm_stat_class(vma.vm_flags);
     if (c === 'exec') execVm += vma.pages;
     else if (c === 'stack') stackVm += vma.pages;
