@@ -35,7 +35,7 @@ function fmt(v: number, unit: string): string {
 }
 
 /** Rounds of each micro benchmark; the best round's median is reported (see benchmarksMd). */
-const MICRO_ROUNDS = 3;
+const MICRO_ROUNDS = 5;
 
 async function runMicro(def: Extract<BenchDef, { kind: 'micro' }>): Promise<BenchResult> {
   let best: BenchResult | null = null;
