@@ -142,6 +142,15 @@ export class DeterministicEngine implements EngineContext {
   private readonly live: Uint8Array;
   /** Per CPU, whether its event at the last scheduling decision was taking an IPI (not running). */
   private readonly ipiKind: Uint8Array;
+  /** Per CPU, whether its agent's status was 'run' when its event time was last computed. */
+  private readonly running: Uint8Array;
+  /**
+   * Minimum trees (see setLeaf) over the CPUs' event times: of every CPU (the next event and its
+   * ties), and of the live ones only (the lookahead). Updated as event times are recomputed, so a
+   * step costs O(log CPUs) for the CPUs whose times did not change.
+   */
+  private readonly evTree: Float64Array;
+  private readonly liveTree: Float64Array;
   /** Virtual time of the latest scheduling decision (the chosen event's time; never decreases). */
   private now = 0;
 
@@ -162,6 +171,9 @@ export class DeterministicEngine implements EngineContext {
     this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
     this.live = new Uint8Array(machine.cpus.length);
     this.ipiKind = new Uint8Array(machine.cpus.length);
+    this.running = new Uint8Array(machine.cpus.length);
+    this.evTree = minTree(machine.cpus.length);
+    this.liveTree = minTree(machine.cpus.length);
     this.times = new Float64Array(machine.cpus.length);
     machine.apic.timed = true;
   }
@@ -206,62 +218,42 @@ export class DeterministicEngine implements EngineContext {
     const live = this.live;
     const times = this.times;
     const ipiKind = this.ipiKind;
+    const running = this.running;
+    const ev = this.evTree;
+    const lv = this.liveTree;
     const n = cpus.length;
     const last = this.lastPick;
-    let best = Infinity;
-    let bestAt = -1;
-    let ties = 0;
-    // The two smallest event times of live CPUs, for the lookahead below.
-    let min1 = Infinity;
-    let min1At = -1;
-    let min2 = Infinity;
     for (let i = 0; i < n; i++) {
+      if (cached && running[i] === 1 && i !== last) continue; // event time unchanged
       const slot = slots[i]!;
-      let t: number;
-      if (cached && i !== last && slot.status === 'run' && live[i] === 1) {
-        t = times[i]!;
-      } else {
-        const cpu = cpus[i]!;
-        t = Infinity;
-        ipiKind[i] = 0;
-        const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
-        live[i] = runnable ? 1 : 0;
-        // A waiting agent that is ready again was readied by an action of an earlier turn, taken
-        // at that turn's time or later: it resumes then, not at the clock it stopped with (which
-        // the lookahead below ignored while it waited).
-        const clock = cpu.cycles;
-        if (runnable) {
-          t = clock;
-          if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
-        } else if (apic.pending(cpu) > 0) {
-          t = Math.max(clock, apic.nextVisible(cpu));
-          ipiKind[i] = 1;
-        }
-        times[i] = t;
+      const cpu = cpus[i]!;
+      let t = Infinity;
+      ipiKind[i] = 0;
+      const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
+      live[i] = runnable ? 1 : 0;
+      running[i] = slot.status === 'run' ? 1 : 0;
+      // A waiting agent that is ready again was readied by an action of an earlier turn, taken
+      // at that turn's time or later: it resumes then, not at the clock it stopped with (which
+      // the lookahead below ignored while it waited).
+      const clock = cpu.cycles;
+      if (runnable) {
+        t = clock;
+        if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
+      } else if (apic.pending(cpu) > 0) {
+        t = Math.max(clock, apic.nextVisible(cpu));
+        ipiKind[i] = 1;
       }
-      if (t < best) {
-        best = t;
-        bestAt = i;
-        ties = 1;
-      } else if (t === best && t !== Infinity) {
-        ties++;
-      }
-      if (live[i] === 1) {
-        if (t < min1) {
-          min2 = min1;
-          min1 = t;
-          min1At = i;
-        } else if (t < min2) {
-          min2 = t;
-        }
-      }
+      times[i] = t;
+      setLeaf(ev, i, t);
+      setLeaf(lv, i, runnable ? t : Infinity);
     }
-    // The exact ties, in CPU order.
-    let cands: number[];
-    if (ties <= 1) cands = bestAt >= 0 ? [bestAt] : [];
-    else {
-      cands = [];
-      for (let i = bestAt; i < n; i++) if (times[i] === best) cands.push(i);
+    const best = ev[1]!;
+    // The exact ties, in CPU order: usually one CPU (found in O(log CPUs)); with ties, a pass.
+    let cands: number[] = [];
+    if (best !== Infinity) {
+      const first = firstLeafOf(ev, best);
+      if (minExcept(ev, first) !== best) cands = [first];
+      else for (let i = first; i < n; i++) if (times[i] === best) cands.push(i);
     }
     if (cands.length === 0) {
       const stuck = this.slots.map((s, i) => (s.status === 'wait' && !(s.agent!.quiescent && s.agent!.quiescent(cpus[i]!, this)) ? i : -1)).filter((i) => i >= 0);
@@ -305,10 +297,9 @@ export class DeterministicEngine implements EngineContext {
     // send time plus the IPI latency. Running no further than that keeps every interrupt on time.
     // CPUs that are done, or waiting and not ready, cannot send until another CPU's action
     // readies them — and their clock then moves to that action's time — so they do not count.
-    // times[j] is a live CPU's clock: only the chosen CPU's own actions (above, and its step)
-    // move a clock between the scan and here. The earliest live CPU other than this one:
-    const others = i === min1At ? min2 : min1;
-    const horizon = others + cpu.cost.ipiLatency;
+    // The event time of a live CPU is its clock: only the chosen CPU's own actions (above, and
+    // its step) move a clock between the scan and here. The earliest live CPU other than this one:
+    const horizon = minExcept(lv, i) + cpu.cost.ipiLatency;
     if (horizon < until) until = horizon;
     if (until <= cpu.cycles) until = cpu.cycles + 1;
     slot.status = slot.agent!.step(cpu, until, this);
@@ -351,6 +342,47 @@ export class DeterministicEngine implements EngineContext {
       this.reuseScan = false;
     }
   }
+}
+
+// ==============================================================================================
+// Minimum trees: a complete binary tree in a Float64Array, node k with children 2k and 2k + 1,
+// the leaves (one per CPU, padded with Infinity to a power of two) from index `leaves` = half
+// the length; node 1 holds the minimum of all.
+// ==============================================================================================
+
+function minTree(n: number): Float64Array {
+  let leaves = 1;
+  while (leaves < n) leaves *= 2;
+  return new Float64Array(2 * leaves).fill(Infinity);
+}
+
+function setLeaf(tree: Float64Array, i: number, v: number): void {
+  let k = (tree.length >> 1) + i;
+  if (tree[k] === v) return;
+  tree[k] = v;
+  for (k >>= 1; k >= 1; k >>= 1) {
+    const m = Math.min(tree[2 * k]!, tree[2 * k + 1]!);
+    if (tree[k] === m) break;
+    tree[k] = m;
+  }
+}
+
+/** The first leaf holding `v`, the minimum of the whole tree. */
+function firstLeafOf(tree: Float64Array, v: number): number {
+  const leaves = tree.length >> 1;
+  let k = 1;
+  while (k < leaves) k = tree[2 * k] === v ? 2 * k : 2 * k + 1;
+  return k - leaves;
+}
+
+/** The minimum over every leaf but leaf i. */
+function minExcept(tree: Float64Array, i: number): number {
+  let m = Infinity;
+  for (let k = (tree.length >> 1) + i; k > 1; k >>= 1) {
+    const sibling = tree[k ^ 1]!;
+    if (sibling < m) m = sibling;
+  }
+  return m;
 }
 
 // ==============================================================================================
