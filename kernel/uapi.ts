@@ -309,6 +309,20 @@ export class User {
     if (this.pace()) yield PREEMPT;
   }
 
+  /**
+   * Touch one address per page of [start, end) — `start` and every page boundary after it — as
+   * `touch` would, one after the other: the pages' translations end up in the TLBs. Faults are
+   * taken as by any access. One generator for the whole range (a loop of touch() is two per page).
+   */
+  *touchPages(start: number, end: number, kind: keyof typeof KIND_OF = 'read'): KGen {
+    const code = KIND_OF[kind];
+    if (code === undefined) throw new TypeError(`touchPages: kind must be read, write or fetch, got ${String(kind)}`);
+    for (let va = start; va < end; va = (va - (va % 4096)) + 4096) {
+      if (this.tryTranslate(va, code, 1) < 0) yield* this.translateAfterFault(va, code, 1);
+      if (this.pace()) yield PREEMPT;
+    }
+  }
+
   /** Copy `len` bytes of user memory out (each page translated once). */
   *read(va: number, len: number): KGen<Uint8Array> {
     if (!Number.isSafeInteger(len) || len < 0) throw new RangeError(`read length must be a non-negative integer, got ${String(len)}`);

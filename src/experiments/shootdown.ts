@@ -218,13 +218,13 @@ export function runPoint(point: ShootdownPoint, config: ShootdownConfig = DEFAUL
         for (;;) {
           if (st.stage === 'stop') break;
           if (st.stage === 'prime' && primedRound !== st.round) {
-            for (const [s, e] of st.ranges) for (let a = s; a < e; a += PAGE) yield* w.touch(a, 'read');
+            for (const [s, e] of st.ranges) yield* w.touchPages(s, e, 'read');
             primedRound = st.round;
             st.primed++;
           }
           const stage = st.stage;
           const before = walksOf(c);
-          for (let i = 0; i < ws; i++) yield* w.touch(wsBase + i * PAGE, 'read');
+          yield* w.touchPages(wsBase, wsBase + ws * PAGE, 'read');
           // A pass that began in the pre-window counts there, one that ended after it in the post-window.
           if (stage === 'pre' && st.stage === 'pre') prePasses[c]!.push(walksOf(c) - before);
           else if (st.stage === 'post') postPasses[c]!.push(walksOf(c) - before);

@@ -55,6 +55,33 @@ describe('anonymous faults', () => {
   });
 });
 
+describe('touchPages', () => {
+  it('touches the first address and every page boundary after it, faulting each page in as touch() would', () => {
+    const k = boot();
+    const touched: bigint[] = [];
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      const fc = faultCounters(k);
+      yield* u.mmap(A, 8 * PAGE, RW, ANON | MAP_FIXED);
+      const a0 = fc.anon;
+      // From the middle of page 1 to the middle of page 5: pages 1 to 5, written.
+      yield* u.touchPages(A + PAGE + 100, A + 5 * PAGE + 8, 'write');
+      expect(fc.anon).toBe(a0 + 5);
+      for (let p = 0; p < 8; p++) expect(((pteAt(k, mm, A + p * PAGE)?.[0] ?? 0) & 1) === 1, `page ${p} present`).toBe(p >= 1 && p <= 5);
+      for (const e of tlbEntries(k.machine.cpu(u.task.cpu))) if (e.va >= BigInt(A) && e.va < BigInt(A + 8 * PAGE)) touched.push(e.va);
+      // An empty range touches nothing; a range running into a hole is a SIGSEGV at the hole.
+      yield* u.touchPages(A, A, 'read');
+      yield* u.munmap(A + 6 * PAGE, PAGE);
+      const e = yield* signalOf(u.touchPages(A + 5 * PAGE, A + 8 * PAGE, 'read'));
+      expect(e.addr).toBe(A + 6 * PAGE);
+      expect(() => u.touchPages(A, A + PAGE, 'poke' as 'read').next()).toThrow(/touchPages: kind must be read, write or fetch/);
+    });
+    // Each page is cached (in the L1 and second-level TLBs): the pages touched and no other.
+    expect([...new Set(touched)].sort()).toEqual([1, 2, 3, 4, 5].map((p) => BigInt(A + p * PAGE)));
+    expectClean(k);
+  });
+});
+
 describe('fault signals', () => {
   it('a write to a read-only VMA is SIGSEGV/SEGV_ACCERR at the address; an unmapped one SEGV_MAPERR', () => {
     const k = boot();
