@@ -173,6 +173,7 @@ export class Kernel {
     if (!Number.isFinite(hz) || hz <= 0) throw new RangeError(`hz must be a positive number, got ${String(hz)}`);
     this.tickCycles = Math.max(1, Math.round((this.machine.config.cost.clockGhz * 1e9) / hz));
     this.engine = new DeterministicEngine(this.machine, { seed: opts.seed ?? 1, quantum: opts.quantum ?? 20_000 });
+    this.nextTimers = new Float64Array(this.machine.cpus.length);
     this.trace = new Tracer(this, opts.trace ?? false);
     this.pages = new PageAllocator(this.machine.phys, { reservedFrames: 16 });
     this.pages.hooks = {
@@ -496,15 +497,44 @@ export class Kernel {
   *sleepFor(cycles: number): KGen {
     const t = this.current!;
     const wq = new WaitQueue('hrtimer_nanosleep');
-    this.timers.push({ at: this.now() + cycles, task: t, wq });
-    this.timers.sort((a, b) => a.at - b.at || a.task.serial - b.task.serial);
+    const timer = { at: this.now() + cycles, task: t, wq };
+    // Kept in (expiry, task serial) order: insert after every timer that sorts before it.
+    const timers = this.timers;
+    let lo = 0;
+    let hi = timers.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const x = timers[mid]!;
+      if (x.at < timer.at || (x.at === timer.at && x.task.serial <= t.serial)) lo = mid + 1;
+      else hi = mid;
+    }
+    timers.splice(lo, 0, timer);
+    this.timersChanged();
     yield* wq.sleep(this, 'hrtimer_nanosleep');
+  }
+
+  /**
+   * Per CPU, its earliest timer (nextTimer), computed for all CPUs at once when first asked after
+   * a change: the schedulers ask for every idle CPU at every step.
+   */
+  private readonly nextTimers: Float64Array;
+  private nextTimersValid = false;
+
+  /** The timers, or the CPU of a task that may own one, changed (nextTimer must look again). */
+  timersChanged(): void {
+    this.nextTimersValid = false;
   }
 
   /** The earliest timer of a task on `cpu`, or Infinity. */
   nextTimer(cpu: number): number {
-    for (const x of this.timers) if (x.task.cpu === cpu) return x.at;
-    return Infinity;
+    const next = this.nextTimers;
+    if (!this.nextTimersValid) {
+      next.fill(Infinity);
+      // In expiry order, so the first timer seen for a CPU is its earliest.
+      for (const x of this.timers) if (next[x.task.cpu] === Infinity) next[x.task.cpu] = x.at;
+      this.nextTimersValid = true;
+    }
+    return next[cpu]!;
   }
 
   /** Fire the timers of tasks on `cpu` that expired by `now`. */
@@ -514,6 +544,7 @@ export class Kernel {
       const x = this.timers[i]!;
       if (x.task.cpu === cpu && x.at <= now) {
         this.timers.splice(i, 1);
+        this.timersChanged();
         const saved = this.irqCpu;
         this.irqCpu = cpu;
         try {

@@ -184,6 +184,8 @@ export class CpuScheduler implements Agent {
     t.since = at;
     if (t.wakeAt < at) t.wakeAt = at;
     this.rq.push(t);
+    // A timer of t's (should it have one left) now belongs to this CPU.
+    this.kernel.timersChanged();
   }
 
   step(cpu: Cpu, until: number): AgentStatus {
