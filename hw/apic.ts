@@ -65,6 +65,8 @@ export class Apic {
   timed = false;
   /** Messages delivered to a vector nobody handles (still acknowledged). */
   spurious = 0;
+  /** Called with each target as a message to it is published (the deterministic engine's hook). */
+  onSend: ((target: number) => void) | null = null;
 
   constructor(private readonly cpus: readonly Cpu[]) {
     for (const cpu of cpus) cpu.deliverIpis = (c) => this.deliver(c, false);
@@ -111,6 +113,7 @@ export class Apic {
       Atomics.notify(tr, A_TAIL);
       from.c[C_IPI_SENT]!++;
       published++;
+      if (this.onSend !== null) this.onSend(t);
     }
     const token = Atomics.add(fr, A_SENT, list.length) + list.length;
     return { sender: from.index, token, targets: list };

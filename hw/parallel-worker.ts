@@ -24,7 +24,8 @@ async function main(): Promise<void> {
   const init = workerData as Init;
   const machine = Machine.attach(init.sab);
   const coord = new Int32Array(init.coord);
-  const ctx: EngineContext = { machine, rng: new Random(1), steps: 0 };
+  // The workers ask every waiting agent whether it is ready at each turn: nothing to recheck.
+  const ctx: EngineContext = { machine, rng: new Random(1), steps: 0, recheck: () => {} };
   const runs: { cpu: ReturnType<Machine['cpu']>; agent: Agent; status: AgentStatus }[] = [];
   for (const { index, spec } of init.cpus) {
     const mod = (await import(spec.module)) as Record<string, unknown>;

@@ -167,6 +167,15 @@ export class CpuScheduler implements Agent {
     return this.rq.length > 0 || (this.curr !== null && this.curr.state === 'running') || this.kernel.nextTimer(this.index) < Infinity;
   }
 
+  /**
+   * Idle and not spinning (Agent.parked): only a task put on this CPU's run queue (enqueue tells
+   * the engine) or an IPI can change that; a timer here belongs to a task of this CPU, which
+   * cannot add one while the CPU idles.
+   */
+  parked(): boolean {
+    return this.spin === null && !this.ready();
+  }
+
   /** Idle with no task alive anywhere: nothing can ever wake this CPU. */
   quiescent(): boolean {
     return this.spin === null && this.kernel.liveTasks() === 0;
@@ -186,6 +195,7 @@ export class CpuScheduler implements Agent {
     this.rq.push(t);
     // A timer of t's (should it have one left) now belongs to this CPU.
     this.kernel.timersChanged();
+    this.kernel.engine.recheck(this.index);
   }
 
   step(cpu: Cpu, until: number): AgentStatus {

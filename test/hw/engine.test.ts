@@ -180,6 +180,56 @@ describe('waiting CPUs and the lookahead', () => {
   });
 });
 
+describe('parked agents (Agent.parked)', () => {
+  it('a parked agent is not asked again until a recheck or an IPI, and then runs as a polled one would', () => {
+    const run = (parkable: boolean) => {
+      const m = bare(3);
+      for (const c of m.cpus) c.cycles = 0;
+      let flag = false;
+      let asked = 0;
+      const log: string[] = [];
+      const e = new DeterministicEngine(m, { seed: 1, quantum: 1000 });
+      let woke = false;
+      // CPU 0 waits for the flag, CPU 1 sets it after 50,000 cycles and says so, CPU 2 is woken by an IPI.
+      e.attach(0, {
+        step: (cpu) => {
+          if (!flag) return 'wait';
+          log.push(`0 runs at ${cpu.cycles}`);
+          return 'done';
+        },
+        ready: () => {
+          asked++;
+          return flag;
+        },
+        ...(parkable ? { parked: () => !flag } : {}),
+      });
+      e.attach(1, new ScriptAgent(function* (cpu, _agent, ctx) {
+        for (let i = 0; i < 50; i++) {
+          cpu.charge(1000);
+          yield 'run';
+        }
+        flag = true;
+        ctx.recheck(0);
+        m.apic.send(cpu, 2, 0x46);
+        log.push(`1 sends at ${cpu.cycles}`);
+      }));
+      m.apic.on(0x46, (cpu) => {
+        woke = true;
+        log.push(`2 takes the IPI at ${cpu.cycles}`);
+      });
+      e.attach(2, { step: () => (woke ? 'done' : 'wait'), ready: () => woke, ...(parkable ? { parked: () => !woke } : {}) });
+      expect(e.run().reason).toBe('done');
+      return { log, asked, steps: e.steps };
+    };
+    const polled = run(false);
+    const parked = run(true);
+    expect(parked.log).toEqual(polled.log);
+    expect(parked.steps).toBe(polled.steps);
+    expect(parked.log).toHaveLength(3);
+    expect(parked.asked).toBeLessThan(polled.asked);
+  });
+});
+
 describe('deadlock and quiescence', () => {
   it('two agents that wait forever: EngineError "deadlock"', () => {
     const m = bare(2);
