@@ -342,6 +342,27 @@ export class Cpu {
     this.pcid = this.pcide ? cr3Lo & 0xfff : 0;
     this.cr3Lo = cr3Lo & 0xfffff000;
     this.cr3Hi = r[R_CR3_HI]! & this.addrHi;
+    this.pcidTag = (this.pcid << W1_PCID_SHIFT) | W1_VALID;
+    this.costHit = this.cost.access + this.cost.tlbL1Hit;
+    // The masks and tables below follow from CR0, CR4 and EFER alone: a CR3 load (every context
+    // switch) leaves them as they are.
+    const ctl = this.refreshedCtl;
+    if (ctl[0] !== cr0 || ctl[1] !== cr4 || ctl[2] !== efer || ctl[3] !== 1) {
+      ctl[0] = cr0;
+      ctl[1] = cr4;
+      ctl[2] = efer;
+      ctl[3] = 1;
+      this.refreshTables();
+    }
+    this.refreshMode();
+    this.attn = Atomics.load(r, R_ATTN);
+  }
+
+  /** CR0, CR4 and EFER (low words) the tables were last computed for, and 1 once they were. */
+  private readonly refreshedCtl = new Int32Array(4);
+
+  /** Reserved-bit masks, the fast walkers' copies and the permission tables (see refresh). */
+  private refreshTables(): void {
     const f = { maxPhyAddr: this.features.maxPhyAddr, nxe: this.nxe, gbPages: this.gbPages };
     for (let level = LEVEL_PTE; level <= LEVEL_PML5E; level++) {
       for (const leaf of [false, true]) {
@@ -381,10 +402,6 @@ export class Cpu {
       this.hotTables[t] = hot;
     }
     this.canonShift = this.la57 ? 24 : 15;
-    this.pcidTag = (this.pcid << W1_PCID_SHIFT) | W1_VALID;
-    this.costHit = this.cost.access + this.cost.tlbL1Hit;
-    this.refreshMode();
-    this.attn = Atomics.load(r, R_ATTN);
   }
 
   /** Apply CPL, RFLAGS.AC and PKRU (no table is recomputed: they only select one). */
