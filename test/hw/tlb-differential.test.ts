@@ -690,23 +690,19 @@ describe('TLB and paging-structure-cache differential property (seeded fast-chec
     fc.assert(fc.property(arbScenario(false), (s) => void runScenario(s)), { seed: 0x7ab1e, numRuns: 400, endOnFailure: true });
   }, 60_000);
 
+  /** A hand-written scenario on the default geometry, paging-structure caches on, no PCIDs. */
+  const fixedScenario = (ops: Op[]): Scenario => ({ psc: true, pcide: false, geometry: 'skylake', pscGeometry: 'default', slots: [0, 1], ops });
+
   it('the model catches a TLB that ignores an invalidation (the property can fail)', () => {
     // Sanity check of the harness: a scenario that needs INVLPG, run against a CPU whose INVLPG
     // is disabled, must be rejected.
-    const s: Scenario = {
-      psc: true,
-      pcide: false,
-      geometry: 'skylake',
-      pscGeometry: 'default',
-      slots: [0, 1],
-      ops: [
-        { t: 'set', root: 0, page: 0, leaf: { frame: 0, ...RWX } },
-        { t: 'access', page: 0, kind: 'read', cpl: 0, off: 0 },
-        { t: 'set', root: 0, page: 0, leaf: { frame: 1, ...RWX } },
-        { t: 'invlpg', page: 0, nonCanonical: false },
-        { t: 'access', page: 0, kind: 'read', cpl: 0, off: 0 },
-      ],
-    };
+    const s = fixedScenario([
+      { t: 'set', root: 0, page: 0, leaf: { frame: 0, ...RWX } },
+      { t: 'access', page: 0, kind: 'read', cpl: 0, off: 0 },
+      { t: 'set', root: 0, page: 0, leaf: { frame: 1, ...RWX } },
+      { t: 'invlpg', page: 0, nonCanonical: false },
+      { t: 'access', page: 0, kind: 'read', cpl: 0, off: 0 },
+    ]);
     expect(() => runScenario(s)).not.toThrow();
     const proto = Object.getPrototypeOf(new Machine({ memoryBytes: 1 << 20 }).cpu(0)) as Cpu;
     withPatched(proto, 'invlpg', function (this: Cpu) {
@@ -729,13 +725,8 @@ describe('TLB and paging-structure-cache differential property (seeded fast-chec
       { t: 'invpcid', type: 1, pcid: 0, page: 0 },
       { t: 'invpcid', type: 3, pcid: 0, page: 0 },
     ];
-    const scenario = (inv: Op): Scenario => ({
-      psc: true,
-      pcide: false,
-      geometry: 'skylake',
-      pscGeometry: 'default',
-      slots: [0, 1],
-      ops: [
+    const scenario = (inv: Op): Scenario =>
+      fixedScenario([
         { t: 'set', root: 0, page: 0, leaf: { frame: 0, ...RWX } },
         { t: 'set', root: 0, page: 1, leaf: { frame: 1, ...RWX } },
         { t: 'access', page: 0, kind: 'read', cpl: 0, off: 0 },
@@ -743,8 +734,7 @@ describe('TLB and paging-structure-cache differential property (seeded fast-chec
         { t: 'upper', root: 0, page: 0, level: 2, change: { k: 'table', target: 3, f: TABLE_RWX } },
         inv,
         { t: 'access', page: 1, kind: 'read', cpl: 0, off: 0 },
-      ],
-    });
+      ]);
     for (const inv of via) expect(() => runScenario(scenario(inv))).not.toThrow();
     // Without the invalidation the stale PDE-cache entry may be used, and is: page 1 still
     // translates through the old page table.
