@@ -29,6 +29,7 @@ import { BinderDevice } from '../../drivers/android/binder/binder.ts';
 import { DESIGNS, IDENTITY_VARIANTS, type DesignName, type DesignOptions, type IdentityVariant } from '../../drivers/android/binder/page_mapping.ts';
 import { insertCounters, zapCounters } from '../../kernel/mm/memory.ts';
 import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
+import { binder_check_device } from '../../drivers/android/binder/binder_alloc_debug.ts';
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import { C_ENTRIES_FLUSHED } from '../../hw/layout.ts';
 import { spawnThroughput, type ThroughputOptions } from '../workloads/binder_throughput.ts';
@@ -201,6 +202,9 @@ export function runAbCase(o: AbRunOptions): AbMetrics {
   };
   const r = k.run({ maxSteps: 200_000_000 });
   if (r.reason !== 'done') throw new Error(`${o.config.label}/${o.workload}/seed ${o.seed}: the run ended with "${r.reason}" instead of finishing`);
+  // At the end, with every process gone: the mm books again, and binder's (no allocator, page or
+  // LRU entry may outlive its process).
+  problems.push(...check_vm_invariants(k).problems, ...binder_check_device(dev));
   const lat = res.latencies.map((c) => k.micros(c)).sort((a, b) => a - b);
   let driverSuccess = 0, driverFallback = 0;
   for (const [caller, s] of k.locks.vmaStats.byCaller) {
