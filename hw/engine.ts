@@ -153,8 +153,6 @@ export class DeterministicEngine implements EngineContext {
   private readonly slots: Slot[];
   /** Per CPU, its event time at the last scheduling decision (Infinity: nothing to do). */
   private readonly times: Float64Array;
-  /** Per CPU, whether it could run at the last scheduling decision. */
-  private readonly live: Uint8Array;
   /** Per CPU, whether its event at the last scheduling decision was taking an IPI (not running). */
   private readonly ipiKind: Uint8Array;
   /** Per CPU, whether its agent's status was 'run' when its event time was last computed. */
@@ -188,7 +186,6 @@ export class DeterministicEngine implements EngineContext {
     this.window = window;
     this.rng = new Random(options.seed ?? 1);
     this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
-    this.live = new Uint8Array(machine.cpus.length);
     this.ipiKind = new Uint8Array(machine.cpus.length);
     this.running = new Uint8Array(machine.cpus.length);
     this.parked = new Uint8Array(machine.cpus.length);
@@ -244,7 +241,6 @@ export class DeterministicEngine implements EngineContext {
     const apic = this.machine.apic;
     const cpus = this.machine.cpus;
     const slots = this.slots;
-    const live = this.live;
     const times = this.times;
     const ipiKind = this.ipiKind;
     const running = this.running;
@@ -265,7 +261,6 @@ export class DeterministicEngine implements EngineContext {
       let t = Infinity;
       ipiKind[i] = 0;
       const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
-      live[i] = runnable ? 1 : 0;
       running[i] = slot.status === 'run' ? 1 : 0;
       // A waiting agent that is ready again was readied by an action of an earlier turn, taken
       // at that turn's time or later: it resumes then, not at the clock it stopped with (which
