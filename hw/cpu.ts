@@ -259,7 +259,7 @@ export class Cpu {
     this.c = new Float64Array(sab, blockByte + layout.countersByte, N_COUNTERS);
     this.m = mem.i32;
     this.watch = mem.watch;
-    this.noWatch = new Uint8Array(mem.watch.length);
+    this.noWatch = mem.noWatch;
     this.memSize = mem.size;
     this.memWords = mem.size / 4;
     this.features = { maxPhyAddr: cfg.maxPhyAddr, la57: cfg.la57, pku: cfg.pku, pcid: cfg.pcid };

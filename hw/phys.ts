@@ -34,6 +34,11 @@ export class PhysicalMemory {
   readonly u8: Uint8Array;
   /** One byte per frame: non-zero marks a watched frame. */
   readonly watch: Uint8Array;
+  /**
+   * A watch map in which no frame is watched (private to this thread, never written): the fast
+   * walkers read it instead of `watch` when a CPU's walks are not watched, to keep one code path.
+   */
+  readonly noWatch: Uint8Array;
 
   constructor(sab: SharedArrayBuffer, physBase: number, size: number, watchBase: number) {
     this.size = size;
@@ -41,6 +46,7 @@ export class PhysicalMemory {
     this.i32 = new Int32Array(sab, physBase, size / 4);
     this.u8 = new Uint8Array(sab, physBase, size);
     this.watch = new Uint8Array(sab, watchBase, this.frames);
+    this.noWatch = new Uint8Array(this.frames);
   }
 
   /** Validate a physical address for an access of `bytes` bytes and return it as a number. */
