@@ -104,7 +104,10 @@ relative margin of error of that round's batch times; the notes list every round
 
 The machines these run on are shared 2-core virtual machines: with the other virtual CPU busy
 a single-threaded figure can drop to about half (the two evidently share physical resources),
-and figures vary by ±20% or more between runs. The best round is the one least disturbed.
+and figures vary by ±20% or more between runs. Whole runs have also been seen to come out about a
+third lower for several minutes at a time (every single-threaded figure at once: a slower period
+of the host), so a figure near its target should be judged over several runs. The best round is
+the one least disturbed.
 Targets come from the issues named in the table.
 
 ${markdownTable(results)}
