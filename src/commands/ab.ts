@@ -112,7 +112,7 @@ Examples:
         bar.stop();
       }
       const results: AbCaseResult[] = cases.map((c, i) => ({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: metrics[i]! }));
-      const options: AbFile['options'] = { configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations, ...(o.costModel ? { costModel: o.costModel } : {}), costs: effectiveCostModel(kernel) };
+      const options: AbFile['options'] = { configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations, ...(o.costModel ? { costModel: o.costModel } : {}), costs: effectiveCostModel(kernel), attack: o.attack };
       const result: AbFile = summarise(options, results);
       if (attacks.length) {
         result.attackCpus = attackCpus;

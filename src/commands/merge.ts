@@ -76,12 +76,16 @@ const AB: ShardKind = {
     const top = missing(d, { options: isObject, cases: isArray });
     if (top) return top;
     const o = d.options as Record<string, unknown>;
-    const opt = missing(o, { configs: isArray, workloads: isArray, seeds: isArray, cpus: Number.isInteger, iterations: Number.isInteger, costs: isObject }, 'options.');
+    const opt = missing(o, { configs: isArray, workloads: isArray, seeds: isArray, cpus: Number.isInteger, iterations: Number.isInteger, costs: isObject, attack: (v) => typeof v === 'boolean' }, 'options.');
     if (opt) return opt;
     if (d.attack !== undefined) {
       const att = missing(d, { attack: isArray, attackCpus: Number.isInteger });
       if (att) return att;
+      if (o.attack === false) return 'it holds security verdicts although options.attack is false';
     }
+    // The security scenarios run with the first shard (or the whole run).
+    const first = !isObject(d.shard) || d.shard.index === 1;
+    if (o.attack === true && first && d.attack === undefined) return 'options.attack is true but the security verdicts of its first shard are missing';
     const bad = (d.cases as unknown[]).findIndex((c) => !isObject(c) || typeof c.config !== 'string' || typeof c.workload !== 'string' || !Number.isInteger(c.seed) || !isObject(c.metrics));
     return bad >= 0 ? `cases[${bad}] is not a case (config, workload, seed, metrics)` : null;
   },

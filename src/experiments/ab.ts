@@ -317,6 +317,8 @@ export interface AbResult {
     costModel?: string;
     /** Every cost the run's machines used (merge refuses shards whose costs differ). */
     costs: EffectiveCostModel;
+    /** Whether the run includes the security scenarios (false with --no-attack); shard 1 holds them. */
+    attack: boolean;
   };
   cases: AbCaseResult[];
   summary: AbSummaryRow[];
@@ -377,12 +379,12 @@ export function summarise(options: AbResult['options'], cases: AbCaseResult[]): 
   return { schema: 'mmulab.ab/1', options, cases, summary };
 }
 
-/** Run every case here, in order, calling `tick` after each. */
+/** Run every case here, in order, calling `tick` after each (no security scenarios: see mmulab ab). */
 export function runAb(o: AbOptions, tick: () => void = () => {}): AbResult {
   const cases: AbCaseResult[] = [];
   for (const c of abCases(o)) {
     cases.push({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: runAbCase(c) });
     tick();
   }
-  return summarise({ configs: o.configs.map((c) => c.label), workloads: o.workloads, seeds: o.seeds, cpus: o.cpus, iterations: o.iterations, costs: effectiveCostModel(o.kernel) }, cases);
+  return summarise({ configs: o.configs.map((c) => c.label), workloads: o.workloads, seeds: o.seeds, cpus: o.cpus, iterations: o.iterations, costs: effectiveCostModel(o.kernel), attack: false }, cases);
 }
