@@ -119,7 +119,7 @@ Examples:
       let summary: FuzzSummary;
       if (o.jobs > 1) {
         summary = await fuzzParallel({ seed, shape, ops: o.ops, timeMs, shrinkMs: o.shrinkTime * 1000, jobs: o.jobs });
-        report(io, seed, summary, o.json);
+        report(io, seed, summary, o.json, settings(o, shape));
         return;
       }
       const bar = await progressBar(io, o.ops ?? Math.round((timeMs ?? 0) / 1000), 'fuzz');
@@ -142,14 +142,30 @@ Examples:
       } finally {
         bar.stop();
       }
-      report(io, seed, summary, o.json);
+      report(io, seed, summary, o.json, settings(o, shape));
     });
 }
 
-function report(io: Io, seed: number, summary: FuzzSummary, json: boolean): void {
+/** What the run was asked to do, as its --json records it (with the seed, enough to run it again). */
+function settings(o: FuzzCliOptions, shape: CaseShape): Record<string, unknown> {
+  return {
+    ...(o.ops !== undefined ? { ops: o.ops } : {}),
+    ...(o.time !== undefined || o.ops === undefined ? { timeSeconds: o.time ?? 60 } : {}),
+    jobs: o.jobs,
+    opsPerRun: shape.opsPerRun,
+    roundOps: shape.roundOps,
+    checkEvery: shape.checkEvery,
+    plant: shape.plant,
+    cpus: shape.cpus ?? null,
+    costModel: o.costModel ?? null,
+    debugVm: shape.debugVm === true,
+  };
+}
+
+function report(io: Io, seed: number, summary: FuzzSummary, json: boolean, runSettings: Record<string, unknown>): void {
   const c = summary.counterexample;
   if (json) {
-    io.out(JSON.stringify({ schema: FUZZ_SCHEMA, seed, ...summary, opsPerSecond: Math.round(summary.ops / Math.max(summary.ms / 1000, 1e-9)), counterexample: c ? { ...c, token: `${c.token.seed}:${c.token.path}` } : null }, null, 2) + '\n');
+    io.out(JSON.stringify({ schema: FUZZ_SCHEMA, seed, settings: runSettings, ...summary, opsPerSecond: Math.round(summary.ops / Math.max(summary.ms / 1000, 1e-9)), counterexample: c ? { ...c, token: `${c.token.seed}:${c.token.path}` } : null }, null, 2) + '\n');
   } else {
     io.out(formatSummary(seed, summary) + '\n');
     if (c) io.out('\n' + formatCounterexample(c) + '\n');

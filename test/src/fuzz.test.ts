@@ -55,6 +55,8 @@ describe('mmulab fuzz', () => {
     const doc = JSON.parse(r.out) as { schema: string; seed: number; ops: number; cases: number; counterexample: unknown; byOp: Record<string, number>; outcomes: { errnos: Record<string, number> } };
     expect(doc.schema).toBe('mmulab.fuzz/1'); // docs/schemas/fuzz.schema.json, validated in schemas.test.ts
     expect(doc.seed).toBe(8);
+    // What the run was asked to do, as given on the command line.
+    expect((doc as unknown as { settings: unknown }).settings).toEqual({ ops: 1000, jobs: 2, opsPerRun: 100, roundOps: 16, checkEvery: 64, plant: null, cpus: null, costModel: null, debugVm: false });
     expect(doc.ops).toBeGreaterThanOrEqual(1000);
     expect(doc.counterexample).toBeNull();
     expect(Object.keys(doc.byOp).length).toBeGreaterThan(5);
