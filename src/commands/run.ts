@@ -21,6 +21,7 @@ import { measure, runTable, type RunResult } from '../experiments/run.ts';
 import { LackeyError, parseLackey } from '../workloads/lackey.ts';
 import { ModuleError, loadProgramModule } from '../workloads/module.ts';
 import { DESIGNS } from '../../drivers/android/binder/page_mapping.ts';
+import { effectiveCostModel } from '../experiments/cost_model.ts';
 import { addCommonOptions, EXIT_FINDING, kernelOptions, loadCosts, parseIntOption, UsageError, type CommonOptions, type Io } from './common.ts';
 
 /** Options of every command that builds a scenario. */
@@ -144,6 +145,7 @@ export async function scenarioOptions(positional: string | undefined, o: Scenari
 export function recordedOptions(so: ScenarioOptions, o: ScenarioCliOptions): Record<string, unknown> {
   const r: Record<string, unknown> = { seed: so.seed, cpus: so.cpus, engine: o.engine, memoryMiB: o.memory };
   if (o.costModel) r.costModel = o.costModel;
+  r.costs = effectiveCostModel(so.kernel);
   if (so.kernel?.debugVm) r.debugVm = true;
   switch (so.workload) {
     case 'sequential':

@@ -271,7 +271,7 @@ describe('docs/schemas/demo.schema.json', { timeout: 120_000 }, () => {
 describe('the cost model in ab, attack and shootdown results', () => {
   it('is described once, the same way in each schema, with every cost of the built-in model', () => {
     const fragment = JSON.parse(JSON.stringify(COST_MODEL_JSON_SCHEMA)) as { properties: { hw: { required: string[] }; kernel: { required: string[] } } };
-    for (const f of ['ab.schema.json', 'attack.schema.json', 'shootdown.schema.json']) expect((load(f).$defs as Record<string, unknown>).costModel, f).toEqual(fragment);
+    for (const f of ['ab.schema.json', 'attack.schema.json', 'shootdown.schema.json', 'run.schema.json']) expect((load(f).$defs as Record<string, unknown>).costModel, f).toEqual(fragment);
     expect(JSON.parse(JSON.stringify(SHOOTDOWN_JSON_SCHEMA.$defs.costModel))).toEqual(fragment);
     expect(fragment.properties.hw.required).toEqual(Object.keys(DEFAULT_HW_COSTS));
     expect(fragment.properties.kernel.required).toEqual(Object.keys(DEFAULT_KERNEL_COSTS));
