@@ -75,7 +75,8 @@ export function runDemo(opts: DemoOptions): { rows: Row[]; text: string } {
   step('PTE cleared, no INVLPG: the stale TLB entry still answers', 3, 'read', DATA, pteData);
   cpu.invlpg(DATA);
   step('after INVLPG the page faults', 3, 'read', DATA, pteData);
-  const text = opts.json ? JSON.stringify({ schema: 'mmulab.demo/1', rows, counters: cpu.counters() }, null, 2) : renderRows(rows, cpu.counters());
+  const costs = { clockGhz: m.config.cost.clockGhz, hw: m.config.cost.hw };
+  const text = opts.json ? JSON.stringify({ schema: 'mmulab.demo/1', rows, counters: cpu.counters(), costs }, null, 2) : renderRows(rows, cpu.counters());
   return { rows, text };
 }
 

@@ -245,7 +245,14 @@ describe('docs/schemas/demo.schema.json', { timeout: 120_000 }, () => {
     const doc = await json(['demo']);
     expect(errorsOf(validateDemo, doc)).toEqual([]);
     expect(doc.schema).toBe('mmulab.demo/1');
-    expect(errorsOf(validateDemo, await json(['demo', '--cost-model', costs]))).toEqual([]);
+    const withCosts = await json(['demo', '--cost-model', costs]);
+    expect(errorsOf(validateDemo, withCosts)).toEqual([]);
+    // The costs the demo machine ran with: the file's where it set them.
+    const file = JSON.parse(readFileSync(costs, 'utf8')) as { clockGhz?: number; hw?: Record<string, number> };
+    const recorded = (withCosts as { costs: { clockGhz: number; hw: Record<string, number> } }).costs;
+    if (file.clockGhz !== undefined) expect(recorded.clockGhz).toBe(file.clockGhz);
+    for (const [k, v] of Object.entries(file.hw ?? {})) expect(recorded.hw[k]).toBe(v);
+    expect(Object.keys(file.hw ?? {}).length + (file.clockGhz !== undefined ? 1 : 0)).toBeGreaterThan(0);
   });
 
   it('rejects a missing, mistyped or unknown field', async () => {
