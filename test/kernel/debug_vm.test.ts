@@ -172,8 +172,8 @@ function leafIn(k: Kernel, prot: number): [number, number] {
 
 describe('checking mode (KernelOptions.debugVm): the audit after every engine step', () => {
   /**
-   * Two CPUs: a process writes pages, forks a child that breaks copy-on-write, and a thread on the
-   * other CPU touches the pages while the parent unmaps half of them (a TLB shootdown).
+   * Two CPUs: a process writes pages, forks a child that breaks copy-on-write while a thread on
+   * the other CPU reads half of the pages, then unmaps them all (a TLB shootdown to that CPU).
    */
   function busy(debugVm: boolean, plant?: (k: Kernel, pfn: number) => void): Kernel {
     const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20, seed: 3, debugVm });
