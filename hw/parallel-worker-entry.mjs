@@ -1,6 +1,5 @@
-// Worker entry of the parallel engine: load TypeScript through tsx, then run the worker.
-// (Node 20 does not pass --import loaders on to worker threads.)
-import { register } from 'tsx/esm/api';
+// Worker entry of the parallel engine: register the TypeScript loader, then run the worker.
+// (Node 20 does not pass loaders on to worker threads.)
+import './ts-register.mjs';
 
-register();
 await import('./parallel-worker.ts');

@@ -23,7 +23,7 @@ describe('README examples', () => {
       writeFileSync(file, ex.code);
       let out: string;
       try {
-        out = execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: root, encoding: 'utf8' });
+        out = execFileSync(process.execPath, ['--import', './hw/ts-register.mjs', file], { cwd: root, encoding: 'utf8' });
       } finally {
         rmSync(file, { force: true });
       }

@@ -1,6 +1,5 @@
-// Worker entry of the job pool: load TypeScript through tsx, then run the job worker.
-// (Node 20 does not pass --import loaders on to worker threads.)
-import { register } from 'tsx/esm/api';
+// Worker entry of the job pool: register the TypeScript loader, then run the job worker.
+// (Node 20 does not pass loaders on to worker threads.)
+import '../../hw/ts-register.mjs';
 
-register();
 await import('./worker.ts');

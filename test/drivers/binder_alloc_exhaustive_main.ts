@@ -2,7 +2,7 @@
  * test/drivers/binder_alloc_exhaustive_main.ts — runs the exhaustive binder_alloc test of one
  * design in a process of its own and prints its result as JSON on stdout:
  *
- *   node --import tsx test/drivers/binder_alloc_exhaustive_main.ts eager
+ *   node --import ./hw/ts-register.mjs test/drivers/binder_alloc_exhaustive_main.ts eager
  *
  * The per-design test files start it as a child process: as plain ES modules the emulator runs
  * two to three times faster than under the test runner's module transform (every imported

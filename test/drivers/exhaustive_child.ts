@@ -16,7 +16,7 @@ const root = fileURLToPath(new URL('../..', import.meta.url));
 
 export function exhaustiveTest(design: DesignName): void {
   it(`binder_alloc exhaustive test, ${design}: ${TOTAL_EXHAUSTIVE_CASES} runs, every invariant holds`, async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', main, design], { cwd: root, maxBuffer: 64 << 20 });
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', './hw/ts-register.mjs', main, design], { cwd: root, maxBuffer: 64 << 20 });
     const r = JSON.parse(stdout) as ExhaustiveResult;
     console.log(`binder_alloc exhaustive (${design}): ${r.runs} runs in ${(r.ms / 1000).toFixed(1)} s (${(r.cpuMs / 1000).toFixed(1)} s CPU), ${r.pagesInstalled} pages installed and reclaimed`);
     expect(r.messages).toEqual([]);
