@@ -9,7 +9,8 @@
  * control registers, the local-APIC mailbox, the counters and virtual clock, the TLB and
  * paging-structure-cache arrays, and the PCID→root table used by the stale-entry inspector.
  * The frame watch map has one byte per physical frame (see hw/phys.ts). Physical memory starts
- * on a 4 KiB boundary, so frame n is at byte offset physBase + n * 4096.
+ * on a 64 KiB boundary (a WebAssembly page, see hw/phys.ts), so frame n is at byte offset
+ * physBase + n * 4096.
  *
  * All offsets are computed here once; nothing else hard-codes a position.
  */
@@ -17,7 +18,7 @@
 import type { ArrayGeometry, MachineConfig } from './config.ts';
 
 export const MAGIC = 0x4c554d4d; // "MMUL" little-endian
-export const LAYOUT_VERSION = 2;
+export const LAYOUT_VERSION = 3;
 export const HEADER_BYTES = 65536;
 /** Header words (Int32 indices). */
 export const H_MAGIC = 0;
@@ -267,7 +268,9 @@ export function computeLayout(cfg: MachineConfig): MachineLayout {
   const cpuBase = HEADER_BYTES;
   const watchBase = cpuBase + blockBytes * cfg.cpus;
   const frames = cfg.memoryBytes / 4096;
-  const physBase = align(watchBase + frames, 4096);
+  // Physical memory starts on a 64 KiB boundary, so a machine whose memory is whole 64 KiB pages
+  // spans whole WebAssembly pages and can live in a wasm memory (see allocateMachineBuffer).
+  const physBase = align(watchBase + frames, 65536);
   return {
     cpu: { blockBytes, countersByte, ackTimesByte, pcidRoots, watchRing, arrays },
     cpuBase,

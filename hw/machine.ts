@@ -14,7 +14,7 @@
 
 import { resolveConfig, ConfigError, type MachineConfig, type MachineOptions } from './config.ts';
 import { computeLayout, H_JSON_LENGTH, H_JSON_OFFSET, H_MAGIC, H_VERSION, HEADER_BYTES, LAYOUT_VERSION, MAGIC, R_RNG, type MachineLayout } from './layout.ts';
-import { PhysicalMemory } from './phys.ts';
+import { PhysicalMemory, allocateMachineBuffer } from './phys.ts';
 import { Cpu } from './cpu.ts';
 import { Apic } from './apic.ts';
 import { RESET_LONG_MODE } from './control-registers.ts';
@@ -37,7 +37,7 @@ export class Machine {
     this.layout = computeLayout(this.config);
     if (fresh) {
       try {
-        this.sab = new SharedArrayBuffer(this.layout.totalBytes);
+        this.sab = allocateMachineBuffer(this.layout.totalBytes);
       } catch (e) {
         throw new ConfigError(`cannot allocate a ${this.layout.totalBytes}-byte machine: ${(e as Error).message}`);
       }
