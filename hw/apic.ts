@@ -172,6 +172,20 @@ export class Apic {
     return best;
   }
 
+  /**
+   * Visible time of the oldest undelivered message to `cpu` (Infinity: none, or not published
+   * yet): the earliest time deliver() without force takes anything, since it takes messages in
+   * the order they were sent — a later one that is visible sooner waits behind it.
+   */
+  headVisible(cpu: Cpu): number {
+    const r = cpu.r;
+    const head = Atomics.load(r, A_HEAD);
+    if (head === Atomics.load(r, A_TAIL)) return Infinity;
+    const slot = A_RING + (head % RING_CAPACITY) * MSG_WORDS;
+    if (Atomics.load(r, slot + M_STATE) !== 1) return Infinity;
+    return new Float64Array(r.buffer, r.byteOffset + slot * 4, MSG_WORDS / 2)[M_SEND_TIME_F64]! + cpu.cost.ipiLatency;
+  }
+
   /** Undelivered messages to `cpu`. */
   pending(cpu: Cpu): number {
     return Atomics.load(cpu.r, A_TAIL) - Atomics.load(cpu.r, A_HEAD);

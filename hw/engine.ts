@@ -26,6 +26,12 @@
  * parked agent (a finished one, or Agent.parked: an idle kernel CPU) stays as it is until an IPI
  * is sent to it or EngineContext.recheck names it. So a step costs O(log CPUs), not O(CPUs),
  * with the same choices a full scan would make.
+ *
+ * Timed agents: an agent that waits for a time of its own (Agent.wakeAt: a kernel CPU idle until
+ * a sleeper's timer, or running a task that computes until some time) is one event at that time,
+ * not a clock advanced one lookahead at a time; it counts for the lookahead from that time only
+ * (it sends nothing before), and IPIs sent to it meanwhile are taken when they become visible.
+ * With hundreds of CPUs mostly idle or computing, that is most of the steps saved.
  */
 
 import type { Machine } from './machine.ts';
@@ -68,6 +74,14 @@ export interface Agent {
    * a waiting agent is asked at every step.
    */
   parked?(cpu: Cpu, ctx: EngineContext): boolean;
+  /**
+   * For a waiting agent that is not ready: the virtual time at which it will be ready by itself
+   * (a timer expiring, a computation ending), or Infinity. Until then it stays as it is unless
+   * EngineContext.recheck names its CPU or an IPI is sent to it, and it sends nothing: the engine
+   * keeps it out of the lookahead until that time, takes its IPIs when they become visible, and
+   * steps it once, at that time, instead of advancing an idle or computing CPU's clock in steps.
+   */
+  wakeAt?(cpu: Cpu, ctx: EngineContext): number;
 }
 
 export interface EngineOptions {
@@ -153,14 +167,27 @@ export class DeterministicEngine implements EngineContext {
   private readonly slots: Slot[];
   /** Per CPU, its event time at the last scheduling decision (Infinity: nothing to do). */
   private readonly times: Float64Array;
-  /** Per CPU, whether its event at the last scheduling decision was taking an IPI (not running). */
+  /**
+   * Per CPU, what its event at the last scheduling decision was: 0 running (or resuming), 1 taking
+   * the IPIs of an idle or waiting CPU, 2 a timed agent's wake-up (Agent.wakeAt), 3 taking an IPI
+   * that becomes visible before a timed agent's wake-up.
+   */
   private readonly ipiKind: Uint8Array;
   /** Per CPU, whether its agent's status was 'run' when its event time was last computed. */
   private readonly running: Uint8Array;
-  /** Per CPU, whether its agent waits parked (Agent.parked) since its event time was computed. */
+  /**
+   * Per CPU, whether its agent waits settled since its event time was computed: parked
+   * (Agent.parked: no event until a recheck or an IPI) or timed (Agent.wakeAt: its wake-up).
+   */
   private readonly parked: Uint8Array;
-  /** CPUs neither running nor parked: looked at in every step (all of them at first). */
-  private unsettled: number;
+  /**
+   * The unsettled CPUs (neither running nor settled, or rechecked since): looked at again at the
+   * next step. A list with membership flags, and a spare list the next scan fills.
+   */
+  private unsettledList: Int32Array;
+  private spareList: Int32Array;
+  private unsettledCount = 0;
+  private readonly listed: Uint8Array;
   /**
    * Minimum trees (see setLeaf) over the CPUs' event times: of every CPU (the next event and its
    * ties), and of the live ones only (the lookahead). Updated as event times are recomputed, so a
@@ -189,7 +216,9 @@ export class DeterministicEngine implements EngineContext {
     this.ipiKind = new Uint8Array(machine.cpus.length);
     this.running = new Uint8Array(machine.cpus.length);
     this.parked = new Uint8Array(machine.cpus.length);
-    this.unsettled = machine.cpus.length;
+    this.unsettledList = new Int32Array(machine.cpus.length);
+    this.spareList = new Int32Array(machine.cpus.length);
+    this.listed = new Uint8Array(machine.cpus.length);
     machine.apic.onSend = (target) => this.recheck(target);
     this.evTree = minTree(machine.cpus.length);
     this.liveTree = minTree(machine.cpus.length);
@@ -200,7 +229,7 @@ export class DeterministicEngine implements EngineContext {
   recheck(index: number): void {
     if (this.parked[index] === 1) {
       this.parked[index] = 0;
-      this.unsettled++;
+      this.list(index);
     }
   }
 
@@ -237,57 +266,92 @@ export class DeterministicEngine implements EngineContext {
     return this.stepWith(cached);
   }
 
+  /** Compute CPU i's event time (and what the event is) afresh. */
+  private rescan(i: number): void {
+    const cpu = this.machine.cpus[i]!;
+    const apic = this.machine.apic;
+    const slot = this.slots[i]!;
+    const running = this.running;
+    const parked = this.parked;
+    let t = Infinity;
+    let kind = 0;
+    const agent = slot.agent!;
+    const runnable = slot.status === 'run' || (slot.status === 'wait' && (agent.ready ? agent.ready(cpu, this) : true));
+    running[i] = slot.status === 'run' ? 1 : 0;
+    // A waiting agent that is ready again was readied by an action of an earlier turn, taken
+    // at that turn's time or later: it resumes then, not at the clock it stopped with (which
+    // the lookahead below ignored while it waited).
+    const clock = cpu.cycles;
+    // A timed agent's wake-up: it sends nothing before, so it is live from then on.
+    const due = !runnable && slot.status === 'wait' && agent.wakeAt !== undefined ? agent.wakeAt(cpu, this) : Infinity;
+    if (runnable) {
+      t = clock;
+      if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
+    } else if (apic.pending(cpu) > 0) {
+      if (due === Infinity) {
+        // Taken all at once (deliver with force), each at its visible time.
+        t = Math.max(clock, apic.nextVisible(cpu));
+        kind = 1;
+      } else {
+        // A timed agent takes them one by one, in order, as they become visible.
+        const v = Math.max(clock, apic.headVisible(cpu));
+        kind = v < due ? 3 : 2;
+        t = kind === 3 ? v : Math.max(clock, due);
+      }
+    } else if (due < Infinity) {
+      t = Math.max(clock, due);
+      kind = 2;
+    }
+    this.ipiKind[i] = kind;
+    // Settled: no event until an IPI or a recheck (a finished agent, or a waiting one that says
+    // so), or none but its own wake-up.
+    parked[i] = !runnable && (kind === 0 || kind === 2) && (slot.status === 'done' || (slot.status === 'wait' && (kind === 2 || (agent.parked !== undefined && agent.parked(cpu, this))))) ? 1 : 0;
+    if (running[i] === 0 && parked[i] === 0) this.list(i);
+    this.times[i] = t;
+    setLeaf(this.evTree, i, t);
+    setLeaf(this.liveTree, i, runnable ? t : due);
+  }
+
+  /** Put CPU i on the unsettled list (looked at again at the next step). */
+  private list(i: number): void {
+    if (this.listed[i] === 1) return;
+    this.listed[i] = 1;
+    this.unsettledList[this.unsettledCount++] = i;
+  }
+
   private stepWith(cached: boolean): boolean {
     const apic = this.machine.apic;
     const cpus = this.machine.cpus;
-    const slots = this.slots;
     const times = this.times;
     const ipiKind = this.ipiKind;
-    const running = this.running;
-    const parked = this.parked;
     const ev = this.evTree;
-    const lv = this.liveTree;
     const n = cpus.length;
     const last = this.lastPick;
-    // With every CPU running or parked, only the CPU stepped last needs a look.
-    const from = cached && this.unsettled === 0 ? last : 0;
-    const to = cached && this.unsettled === 0 ? last + 1 : n;
-    for (let i = from; i < to; i++) {
-      // Event time unchanged: a running CPU not stepped, or a parked one not rechecked.
-      if (cached && (running[i] === 1 || parked[i] === 1) && i !== last) continue;
-      const slot = slots[i]!;
-      if (running[i] === 0 && parked[i] === 0) this.unsettled--;
-      const cpu = cpus[i]!;
-      let t = Infinity;
-      ipiKind[i] = 0;
-      const runnable = slot.status === 'run' || (slot.status === 'wait' && (slot.agent!.ready ? slot.agent!.ready(cpu, this) : true));
-      running[i] = slot.status === 'run' ? 1 : 0;
-      // A waiting agent that is ready again was readied by an action of an earlier turn, taken
-      // at that turn's time or later: it resumes then, not at the clock it stopped with (which
-      // the lookahead below ignored while it waited).
-      const clock = cpu.cycles;
-      if (runnable) {
-        t = clock;
-        if (slot.status === 'wait' && clock < this.now) cpu.cycles = t = this.now;
-      } else if (apic.pending(cpu) > 0) {
-        t = Math.max(clock, apic.nextVisible(cpu));
-        ipiKind[i] = 1;
-      }
-      // Parked: nothing to do until an IPI or a recheck — a finished agent, or a waiting one
-      // that says so.
-      parked[i] = !runnable && ipiKind[i] === 0 && (slot.status === 'done' || (slot.status === 'wait' && slot.agent!.parked !== undefined && slot.agent!.parked(cpu, this))) ? 1 : 0;
-      if (running[i] === 0 && parked[i] === 0) this.unsettled++;
-      times[i] = t;
-      setLeaf(ev, i, t);
-      setLeaf(lv, i, runnable ? t : Infinity);
+    if (!cached) {
+      this.listed.fill(0);
+      this.unsettledCount = 0;
+      for (let i = 0; i < n; i++) this.rescan(i);
+    } else {
+      // Event times unchanged but for the CPU stepped last and the unsettled ones: a running CPU
+      // not stepped, or a settled one not rechecked, is as the last scan found it.
+      const list = this.unsettledList;
+      const m = this.unsettledCount;
+      this.unsettledList = this.spareList;
+      this.spareList = list;
+      this.unsettledCount = 0;
+      const lastListed = last >= 0 && this.listed[last] === 1;
+      for (let j = 0; j < m; j++) this.listed[list[j]!] = 0;
+      if (last >= 0 && !lastListed) this.rescan(last);
+      for (let j = 0; j < m; j++) this.rescan(list[j]!);
     }
     const best = ev[1]!;
-    // The exact ties, in CPU order: usually one CPU (found in O(log CPUs)); with ties, a pass.
+    // The exact ties, in CPU order: usually one CPU (found in O(log CPUs)); with ties, the
+    // subtrees holding the minimum.
     let cands: number[] = [];
     if (best !== Infinity) {
       const first = firstLeafOf(ev, best);
       if (minExcept(ev, first) !== best) cands = [first];
-      else for (let i = first; i < n; i++) if (times[i] === best) cands.push(i);
+      else leavesOf(ev, best, cands);
     }
     if (cands.length === 0) {
       const stuck = this.slots.map((s, i) => (s.status === 'wait' && !(s.agent!.quiescent && s.agent!.quiescent(cpus[i]!, this)) ? i : -1)).filter((i) => i >= 0);
@@ -318,22 +382,32 @@ export class DeterministicEngine implements EngineContext {
     this.lastPick = i;
     const chosenTime = candTimes ? candTimes[pick]! : best;
     if (chosenTime > this.now) this.now = chosenTime;
-    if (ipiKind[i] === 1) {
+    const kind = ipiKind[i]!;
+    if (kind === 1) {
       // An idle or waiting CPU takes the interrupt when it becomes visible.
       apic.deliver(cpu, true);
+      return true;
+    }
+    // A timed agent's CPU idled or computed until now: it takes the IPIs visible by then, and
+    // at its wake-up it runs.
+    if (kind !== 0 && cpu.cycles < chosenTime) cpu.cycles = chosenTime;
+    if (kind === 3) {
+      apic.deliver(cpu, false);
       return true;
     }
     const slot = this.slots[i]!;
     apic.deliver(cpu, false);
     let until = cpu.cycles + this.quantum + (this.jitter > 0 ? this.rng.below(Math.floor(this.jitter) + 1) : 0);
-    if (apic.pending(cpu) > 0) until = Math.min(until, apic.nextVisible(cpu));
+    // Messages are taken in order: the next one can be taken once the oldest is visible.
+    if (apic.pending(cpu) > 0) until = Math.min(until, apic.headVisible(cpu));
     // Lookahead: another CPU can reach this one only by an IPI, which is not visible before its
     // send time plus the IPI latency. Running no further than that keeps every interrupt on time.
     // CPUs that are done, or waiting and not ready, cannot send until another CPU's action
-    // readies them — and their clock then moves to that action's time — so they do not count.
-    // The event time of a live CPU is its clock: only the chosen CPU's own actions (above, and
-    // its step) move a clock between the scan and here. The earliest live CPU other than this one:
-    const horizon = minExcept(lv, i) + cpu.cost.ipiLatency;
+    // readies them — and their clock then moves to that action's time — so they do not count;
+    // a timed one counts from its wake-up. The event time of a running CPU is its clock: only
+    // the chosen CPU's own actions (above, and its step) move a clock between the scan and here.
+    // The earliest live CPU other than this one:
+    const horizon = minExcept(this.liveTree, i) + cpu.cost.ipiLatency;
     if (horizon < until) until = horizon;
     if (until <= cpu.cycles) until = cpu.cycles + 1;
     slot.status = slot.agent!.step(cpu, until, this);
@@ -344,7 +418,8 @@ export class DeterministicEngine implements EngineContext {
   /**
    * Has every CPU that could do something reached `cycles`? A waiting agent that is ready again
    * counts too, at the time it would resume (the engine's current time, see step()); so does a
-   * CPU with nothing to run but an IPI to take, at the time the IPI becomes visible.
+   * CPU with nothing to run but an IPI to take, at the time the IPI becomes visible, and a timed
+   * agent (Agent.wakeAt), at its wake-up.
    */
   private reached(cycles: number): boolean {
     const cpus = this.machine.cpus;
@@ -353,6 +428,8 @@ export class DeterministicEngine implements EngineContext {
       const cpu = cpus[i]!;
       if (s.status === 'run') return cpu.cycles >= cycles;
       if (s.status === 'wait' && (s.agent!.ready ? s.agent!.ready(cpu, this) : true)) return Math.max(cpu.cycles, this.now) >= cycles;
+      const due = s.status === 'wait' && s.agent!.wakeAt !== undefined ? s.agent!.wakeAt(cpu, this) : Infinity;
+      if (due < cycles) return false;
       if (apic.pending(cpu) > 0) return Math.max(cpu.cycles, apic.nextVisible(cpu)) >= cycles;
       return true;
     });
@@ -408,6 +485,27 @@ function firstLeafOf(tree: Float64Array, v: number): number {
   while (k < leaves) k = tree[2 * k] === v ? 2 * k : 2 * k + 1;
   return k - leaves;
 }
+
+/** Every leaf holding `v`, the minimum of the whole tree, in index order, appended to `out`. */
+function leavesOf(tree: Float64Array, v: number, out: number[]): void {
+  const leaves = tree.length >> 1;
+  const stack = LEAF_STACK;
+  let sp = 0;
+  stack[sp++] = 1;
+  while (sp > 0) {
+    const k = stack[--sp]!;
+    if (tree[k] !== v) continue;
+    if (k >= leaves) {
+      out.push(k - leaves);
+      continue;
+    }
+    stack[sp++] = 2 * k + 1;
+    stack[sp++] = 2 * k;
+  }
+}
+
+/** leavesOf's stack: depth-first, at most one pending right sibling per level plus one. */
+const LEAF_STACK = new Int32Array(64);
 
 /** The minimum over every leaf but leaf i. */
 function minExcept(tree: Float64Array, i: number): number {

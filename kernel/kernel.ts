@@ -540,6 +540,7 @@ export class Kernel {
   /** Fire the timers of tasks on `cpu` that expired by `now`. */
   fireTimers(cpu: number, now: number): void {
     this.trace.schedOut(cpu, now); // the scheduler calls this once the CPU's task has left it
+    if (this.nextTimer(cpu) > now) return;
     for (let i = 0; i < this.timers.length; ) {
       const x = this.timers[i]!;
       if (x.task.cpu === cpu && x.at <= now) {

@@ -11,9 +11,10 @@
  *   { kind:'spin' }  the CPU busy-waits (interrupts enabled) until a condition holds, e.g. the
  *                    IPI acknowledgements of a TLB shootdown; nothing else runs on that CPU.
  *   { kind:'busy' }  the task computes without touching memory until a virtual time (user code
- *                    working in registers and caches): the CPU stays busy in the task's mm, its
- *                    clock runs on in steps no longer than the engine allows, so interrupts and
- *                    ticks arrive on time, and the task may be preempted meanwhile.
+ *                    working in registers and caches): the CPU stays busy in the task's mm and
+ *                    waits as a timed agent (Agent.wakeAt) for the end of the computation, the
+ *                    next tick or the end of its slice, so interrupts are taken when they become
+ *                    visible, ticks on time, and the task may be preempted meanwhile.
  * Plain (non-generator) kernel functions never sleep, which is how the code shows where
  * might_sleep() holds.
  *
@@ -21,8 +22,8 @@
  * CPUs by virtual clock; the scheduler runs its current task until the CPU's quantum ends,
  * switching on sleep, exit or an expired time slice (round robin within a CPU, FIFO wake-up
  * order). A task woken on an idle CPU runs there no earlier than the waker's clock; a remote idle
- * CPU is kicked with a reschedule IPI, and an idle CPU's clock never runs ahead of what the engine
- * lets it (so a wake-up is not missed while it waits for a timer). A sleeper whose timer expired
+ * CPU is kicked with a reschedule IPI; an idle CPU waits for its next timer as one engine event
+ * (a wake-up before it resumes the CPU at the waker's time). A sleeper whose timer expired
  * while another task kept the CPU gets it at the end of that task's slice (its timer fires then).
  * Going idle is a switch to the idle task: lazy TLB mode. Each context switch names its real
  * previous task, as __schedule's prev: the task that ran last on the CPU, although it has left
@@ -151,6 +152,8 @@ export class CpuScheduler implements Agent {
   private turnEnd = 0;
   /** The clock when the running task was last resumed: its run time is counted from there. */
   private resumedAt = 0;
+  /** The clock when the CPU began to wait for a computing task (-1: it does not). */
+  private busySince = -1;
 
   constructor(
     readonly kernel: Kernel,
@@ -161,19 +164,38 @@ export class CpuScheduler implements Agent {
     return this.kernel.machine.cpu(this.index);
   }
 
-  /** Is there anything for this CPU to do? (The engine asks while it waits.) */
-  ready(): boolean {
+  /** Is there anything for this CPU to do now? (The engine asks while it waits.) */
+  ready(cpu: Cpu): boolean {
     if (this.spin) return this.spin.until();
-    return this.rq.length > 0 || (this.curr !== null && this.curr.state === 'running') || this.kernel.nextTimer(this.index) < Infinity;
+    return this.wakeAt(cpu) <= cpu.cycles;
   }
 
   /**
-   * Idle and not spinning (Agent.parked): only a task put on this CPU's run queue (enqueue tells
-   * the engine) or an IPI can change that; a timer here belongs to a task of this CPU, which
-   * cannot add one while the CPU idles.
+   * Agent.wakeAt: when step() next has something to do by itself, with the state as it is (the
+   * engine asks again after a recheck, which enqueue() makes). A task computing ('busy') needs
+   * the CPU again at the end of its computation, at the next tick, and at the end of its slice if
+   * another task waits or a sleeper's timer here has expired by then; an idle CPU at the next
+   * timer of a task here. Spinning CPUs are asked ready() instead (Infinity).
    */
-  parked(): boolean {
-    return this.spin === null && !this.ready();
+  wakeAt(cpu: Cpu): number {
+    if (this.spin) return Infinity;
+    const t = this.curr;
+    const now = cpu.cycles;
+    if (t !== null) {
+      if (t.state !== 'running' || t.busyUntil <= now) return now;
+      const slice = this.rq.length > 0 ? this.sliceEnd : Math.max(this.sliceEnd, this.kernel.nextTimer(this.index));
+      return Math.min(t.busyUntil, this.nextTick, slice);
+    }
+    return this.rq.length > 0 ? now : this.kernel.nextTimer(this.index);
+  }
+
+  /**
+   * Idle, not spinning and no timer of a task here (Agent.parked): only a task put on this
+   * CPU's run queue (enqueue tells the engine) or an IPI can change that; a timer here belongs
+   * to a task of this CPU, which cannot add one while the CPU idles.
+   */
+  parked(cpu: Cpu): boolean {
+    return this.spin === null && this.wakeAt(cpu) === Infinity;
   }
 
   /** Idle with no task alive anywhere: nothing can ever wake this CPU. */
@@ -201,6 +223,12 @@ export class CpuScheduler implements Agent {
   step(cpu: Cpu, until: number): AgentStatus {
     const k = this.kernel;
     this.turnEnd = until;
+    if (this.busySince >= 0) {
+      // The task computed while the CPU waited for its wake-up: the time is the task's (with any
+      // IPI handler that ran meanwhile, as Linux accounts it without IRQ_TIME_ACCOUNTING).
+      if (this.curr !== null) this.curr.stats.runCycles += cpu.cycles - this.busySince;
+      this.busySince = -1;
+    }
     for (;;) {
       if (this.spin) {
         if (!this.spin.until()) return 'wait';
@@ -238,14 +266,9 @@ export class CpuScheduler implements Agent {
             this.last = null;
             k.cpuIdle(this.index);
           }
-          const timer = k.nextTimer(this.index);
-          if (timer < Infinity) {
-            // Idle until the next timer of a task here, but no further than this turn may run:
-            // another CPU can still wake a task here before the timer (Linux's idle CPU takes the
-            // reschedule IPI), and that task must not start after a clock that leapt ahead.
-            cpu.cycles = Math.max(now, Math.min(timer, until));
-            continue;
-          }
+          // Idle until the next timer of a task here (wakeAt), or until another CPU wakes a task
+          // here (Linux's idle CPU takes the reschedule IPI): the engine resumes this CPU at the
+          // waker's time then, so the task does not start after a clock that leapt ahead.
           return 'wait';
         }
         if (this.idleSince >= 0) {
@@ -274,12 +297,11 @@ export class CpuScheduler implements Agent {
         this.nextTick = (Math.floor(cpu.cycles / period) + 1) * period;
         k.runCpuHooks(k.tickHooks, this.index);
       }
-      // A computation in progress: the clock runs on, no further than this turn may run.
+      // A computation in progress: the CPU waits for its end, the next tick or the end of the
+      // slice (wakeAt), taking IPIs meanwhile; the time is the task's (see the top).
       if (t.busyUntil > cpu.cycles) {
-        const to = Math.min(t.busyUntil, until);
-        t.stats.runCycles += to - cpu.cycles;
-        cpu.cycles = to;
-        if (to < t.busyUntil) continue;
+        this.busySince = cpu.cycles;
+        return 'wait';
       }
       // Run the task up to its next yield.
       this.resumedAt = cpu.cycles;

@@ -4,7 +4,8 @@
  * shoots them down with VEC_INVALIDATE IPIs) run twice with the same seed on fresh machines gives
  * byte-identical SharedArrayBuffers, and other seeds give another interleaving; scheduling in
  * virtual-time order with ties broken by the chooser; deadlock detection; run limits (maxSteps,
- * untilCycles); the errors for bad options, bad agents and unhandled faults.
+ * untilCycles); timed agents (Agent.wakeAt: one event at the wake-up, IPIs on time meanwhile);
+ * the errors for bad options, bad agents and unhandled faults.
  */
 
 import { describe, expect, it } from 'vitest';
@@ -227,6 +228,126 @@ describe('parked agents (Agent.parked)', () => {
     expect(parked.steps).toBe(polled.steps);
     expect(parked.log).toHaveLength(3);
     expect(parked.asked).toBeLessThan(polled.asked);
+  });
+});
+
+describe('timed agents (Agent.wakeAt)', () => {
+  /**
+   * CPU 0 waits until `wake` (Agent.wakeAt), logging every step; CPU 1 runs 1,000 cycles a turn
+   * for `turns` turns, logging the `until` of each; `more` sets up anything else.
+   */
+  function timed(wake: number, turns: number, more?: (m: Machine, e: DeterministicEngine, log: string[], cpu0: { readyAlso: () => boolean }) => void) {
+    const m = bare(3);
+    for (const c of m.cpus) c.cycles = 0;
+    const log: string[] = [];
+    const untils: number[] = [];
+    const e = new DeterministicEngine(m, { seed: 1, quantum: 50_000 });
+    const cpu0 = { readyAlso: () => false };
+    e.attach(0, {
+      step: (cpu) => {
+        log.push(`0 steps at ${cpu.cycles}`);
+        if (cpu.cycles < wake && !cpu0.readyAlso()) return 'wait';
+        return 'done';
+      },
+      ready: (cpu) => cpu.cycles >= wake || cpu0.readyAlso(),
+      wakeAt: () => wake,
+    });
+    let n = 0;
+    e.attach(1, {
+      step: (cpu, until) => {
+        untils.push(until);
+        cpu.charge(1000);
+        return ++n < turns ? 'run' : 'done';
+      },
+    });
+    more?.(m, e, log, cpu0);
+    return { m, e, log, untils };
+  }
+
+  it('a timed agent is one event at its wake-up, and counts for the lookahead from then', () => {
+    const wake = 100_000;
+    const { m, e, log, untils } = timed(wake, 300);
+    expect(e.run().reason).toBe('done');
+    // Stepped at the start (it waits) and once at its wake-up, not in steps of the lookahead.
+    expect(log).toEqual(['0 steps at 0', `0 steps at ${wake}`]);
+    // Meanwhile CPU 1 ran ahead of CPU 0's clock, but never past the wake-up plus the latency.
+    const lat = m.config.cost.hw.ipiLatency;
+    const before = untils.slice(0, 95);
+    expect(Math.max(...before)).toBeGreaterThan(lat);
+    expect(Math.max(...before)).toBeLessThanOrEqual(wake + lat);
+  });
+
+  it('an IPI sent to a timed agent is taken when it becomes visible; the agent still wakes at its time', () => {
+    const wake = 200_000;
+    const hw = bare(1).config.cost.hw;
+    let sentAt = -1;
+    let takenAt = -1;
+    const { e, log } = timed(wake, 1, (m, e2) => {
+      m.apic.on(0x47, (cpu) => {
+        takenAt = cpu.cycles - hw.ipiHandlerEntry;
+      });
+      e2.attach(2, new ScriptAgent(function* (cpu) {
+        cpu.charge(50_000);
+        yield 'run';
+        m.apic.send(cpu, 0, 0x47);
+        sentAt = cpu.cycles;
+      }));
+    });
+    expect(e.run().reason).toBe('done');
+    expect(sentAt).toBeGreaterThanOrEqual(50_000);
+    expect(takenAt).toBe(sentAt + hw.ipiLatency);
+    expect(log).toEqual(['0 steps at 0', `0 steps at ${wake}`]);
+  });
+
+  it('IPIs are taken in the order they were sent: one visible sooner waits behind the oldest', () => {
+    const hw = bare(1).config.cost.hw;
+    const taken: string[] = [];
+    let sent1 = -1;
+    let sent2 = -1;
+    const { e, log } = timed(400_000, 1, (m, e2) => {
+      m.apic.on(0x48, (cpu, msg) => {
+        taken.push(`from ${msg.sender} at ${cpu.cycles - hw.ipiHandlerEntry}`);
+      });
+      // CPU 2 sends first, from a clock far ahead; CPU 1 later, from an earlier clock.
+      e2.attach(2, new ScriptAgent(function* (cpu) {
+        cpu.charge(100_000);
+        m.apic.send(cpu, 0, 0x48);
+        sent2 = cpu.cycles;
+      }));
+      e2.attach(1, new ScriptAgent(function* (cpu) {
+        cpu.charge(50_000);
+        yield 'run';
+        m.apic.send(cpu, 0, 0x48);
+        sent1 = cpu.cycles;
+      }));
+    });
+    expect(e.run({ maxSteps: 10_000 }).reason).toBe('done');
+    expect(sent1 + hw.ipiLatency).toBeLessThan(sent2 + hw.ipiLatency);
+    const first = sent2 + hw.ipiLatency;
+    expect(taken).toEqual([`from 2 at ${first}`, `from 1 at ${first + hw.ipiHandlerEntry}`]);
+    expect(log).toEqual(['0 steps at 0', '0 steps at 400000']);
+  });
+
+  it('a recheck before the wake-up resumes the agent at the time of the step that made it', () => {
+    let flag = false;
+    const { e, log } = timed(1_000_000, 1, (m, e2, _log, cpu0) => {
+      cpu0.readyAlso = () => flag;
+      e2.attach(2, new ScriptAgent(function* (cpu, _agent, ctx) {
+        cpu.charge(60_000);
+        yield 'run';
+        flag = true;
+        ctx.recheck(0);
+      }));
+    });
+    expect(e.run().reason).toBe('done');
+    expect(log).toEqual(['0 steps at 0', '0 steps at 60000']);
+  });
+
+  it('untilCycles does not stop before a timed agent due earlier has run', () => {
+    // CPU 1 passes 40,000 in the turn that starts at 39,000, before CPU 0's wake-up is taken.
+    const { e, log } = timed(39_500, 100);
+    expect(e.run({ untilCycles: 40_000 }).reason).toBe('until');
+    expect(log).toEqual(['0 steps at 0', '0 steps at 39500']);
   });
 });
 
