@@ -68,7 +68,14 @@ export class Apic {
   /** Called with each target as a message to it is published (the deterministic engine's hook). */
   onSend: ((target: number) => void) | null = null;
 
+  /**
+   * Per CPU, a Float64Array over its message ring, for the send times (word M_SEND_TIME_F64 of
+   * slot k is element k * MSG_WORDS / 2 + M_SEND_TIME_F64): made once, not per message.
+   */
+  private readonly rings: Float64Array[];
+
   constructor(private readonly cpus: readonly Cpu[]) {
+    this.rings = cpus.map((c) => new Float64Array(c.r.buffer, c.r.byteOffset + A_RING * 4, (RING_CAPACITY * MSG_WORDS) / 2));
     for (const cpu of cpus) cpu.deliverIpis = (c) => this.deliver(c, false);
     this.on(VEC_INVALIDATE, invalidateHandler);
   }
@@ -107,7 +114,7 @@ export class Apic {
       tr[slot + M_VECTOR] = vector;
       tr[slot + M_SEQ] = seq;
       for (let k = 0; k < M_PAYLOAD_WORDS; k++) tr[slot + M_PAYLOAD + k] = payload && k < payload.length ? payload[k]! | 0 : 0;
-      new Float64Array(tr.buffer, tr.byteOffset + slot * 4, MSG_WORDS / 2)[M_SEND_TIME_F64] = from.cycles;
+      this.rings[t]![sendTimeIndex(seq)] = from.cycles;
       Atomics.store(tr, slot + M_STATE, 1);
       Atomics.add(tr, R_ATTN, 1);
       Atomics.notify(tr, A_TAIL);
@@ -162,11 +169,12 @@ export class Apic {
     const r = cpu.r;
     const head = Atomics.load(r, A_HEAD);
     const tail = Atomics.load(r, A_TAIL);
+    const ring = this.rings[cpu.index]!;
     let best = Infinity;
     for (let s = head; s < tail; s++) {
       const slot = A_RING + (s % RING_CAPACITY) * MSG_WORDS;
       if (Atomics.load(r, slot + M_STATE) !== 1) continue;
-      const t = new Float64Array(r.buffer, r.byteOffset + slot * 4, MSG_WORDS / 2)[M_SEND_TIME_F64]! + cpu.cost.ipiLatency;
+      const t = ring[sendTimeIndex(s)]! + cpu.cost.ipiLatency;
       if (t < best) best = t;
     }
     return best;
@@ -183,7 +191,7 @@ export class Apic {
     if (head === Atomics.load(r, A_TAIL)) return Infinity;
     const slot = A_RING + (head % RING_CAPACITY) * MSG_WORDS;
     if (Atomics.load(r, slot + M_STATE) !== 1) return Infinity;
-    return new Float64Array(r.buffer, r.byteOffset + slot * 4, MSG_WORDS / 2)[M_SEND_TIME_F64]! + cpu.cost.ipiLatency;
+    return this.rings[cpu.index]![sendTimeIndex(head)]! + cpu.cost.ipiLatency;
   }
 
   /** Undelivered messages to `cpu`. */
@@ -200,6 +208,7 @@ export class Apic {
     const c = cpu.c;
     cpu.sync();
     let head = Atomics.load(r, A_HEAD);
+    const ring = this.rings[cpu.index]!;
     let taken = 0;
     while (head !== Atomics.load(r, A_TAIL)) {
       const slot = A_RING + (head % RING_CAPACITY) * MSG_WORDS;
@@ -207,8 +216,7 @@ export class Apic {
       while (Atomics.load(r, slot + M_STATE) !== 1) {
         if (++spins > 1e8) throw new IpiError(`IPI slot ${head} of CPU ${cpu.index} was reserved but never published`);
       }
-      const f64 = new Float64Array(r.buffer, r.byteOffset + slot * 4, MSG_WORDS / 2);
-      const sendTime = f64[M_SEND_TIME_F64]!;
+      const sendTime = ring[sendTimeIndex(head)]!;
       const visible = sendTime + cpu.cost.ipiLatency;
       if (this.timed && !force && c[C_CLOCK]! < visible) break;
       const msg: IpiMessage = {
@@ -243,6 +251,11 @@ function checkVector(vector: number): void {
 }
 
 const ackViews = new WeakMap<Cpu, Float64Array>();
+/** Index of message `seq`'s send time in its target's ring view (Apic.rings). */
+function sendTimeIndex(seq: number): number {
+  return ((seq % RING_CAPACITY) * MSG_WORDS) / 2 + M_SEND_TIME_F64;
+}
+
 function ackTimes(cpu: Cpu): Float64Array {
   let v = ackViews.get(cpu);
   if (!v) {
