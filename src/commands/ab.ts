@@ -2,7 +2,7 @@
  * src/commands/ab.ts — `mmulab ab`, the default command: binder page-mapping designs compared
  * on the same workloads across seeds (src/experiments/ab.ts), printed as a table, as JSON
  * (docs/schemas/ab.schema.json) or as a self-contained HTML report. Sweeps run on local
- * worker threads (--jobs) and split across machines (--shard i/n); `mmulab merge`
+ * worker processes (--jobs) and split across machines (--shard i/n); `mmulab merge`
  * (src/commands/merge.ts) joins the shards' JSON into one result. The JSON records the effective
  * cost model (options.costs), which merge compares across shards. The security scenarios of
  * `mmulab attack` run against each design on a machine of --cpus CPUs (at least ATTACK_MIN_CPUS,
@@ -62,7 +62,7 @@ export function register(program: Command, io: Io): void {
     .option('--workload <names>', `workloads (${WORKLOADS.join(', ')})`, listOption('workload', WORKLOADS))
     .option('--seeds <n>', 'number of seeds, starting at --seed', parseIntOption('--seeds', 1, 1000), 3)
     .option('--iterations <n>', 'transactions per worker per run', parseIntOption('--iterations', 1, 1_000_000), 100)
-    .option('--jobs <n>', 'worker threads', parseIntOption('--jobs', 1, 256), defaultJobs())
+    .option('--jobs <n>', 'worker processes', parseIntOption('--jobs', 1, 256), defaultJobs())
     .option('--shard <i/n>', 'run only every n-th case starting at the i-th (for batch schedulers); join the --json outputs with mmulab merge', parseShard)
     .option('--html <file>', 'also write a self-contained HTML report')
     .option('--no-attack', 'skip the security scenarios (mmulab attack) run against each design')

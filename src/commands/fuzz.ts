@@ -73,7 +73,7 @@ export function register(program: Command, io: Io): void {
     .option('--debug-vm', 'checking mode: also audit the mm invariants after every scheduling step, inside the rounds (slow)')
     .option('--plant <bug>', `plant a bug to see the fuzzer catch it (${PLANTS.join(', ')})`, plantOption)
     .option('--shrink-time <seconds>', 'time limit for shrinking a failure', parseIntOption('--shrink-time', 1, 24 * 3600), 60)
-    .option('--jobs <n>', 'worker threads, each fuzzing its own seeds (seed + i, seed + i + n, …) with a share of --ops', parseIntOption('--jobs', 1, 256), defaultJobs())
+    .option('--jobs <n>', 'worker processes, each fuzzing its own seeds (seed + i, seed + i + n, …) with a share of --ops', parseIntOption('--jobs', 1, 256), defaultJobs())
     .option('--json', 'print the result as JSON', false)
     .addHelpText(
       'after',

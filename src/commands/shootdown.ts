@@ -3,7 +3,7 @@
  * (src/experiments/shootdown.ts). Sweeps CPUs, pages per flush, flush policy (Linux, always
  * full, always per page, LATR), lazy TLB, PCIDs, batching and the operation, and prints a table
  * (or --json, docs/schemas/shootdown.schema.json), with --csv and --html files. Points run on
- * local worker threads (--jobs) and can be split across machines (--shard i/n; `mmulab merge`,
+ * local worker processes (--jobs) and can be split across machines (--shard i/n; `mmulab merge`,
  * src/commands/merge.ts, joins the shards and reports them with emitShootdown). Exit code 1 when a
  * correctness check fails (a usable stale entry after a synchronous flush, a page LATR released
  * while still reachable, a KASAN report, a broken mm invariant); 2 for bad usage. The former
@@ -109,7 +109,7 @@ export function register(program: Command, io: Io): void {
     .option('--hz <n>', 'scheduler ticks per second (LATR flushes at ticks)', parseIntOption('--hz', 10, 10_000), DEFAULT_CONFIG.hz)
     .option('--csv <file>', 'also write one CSV row per point')
     .option('--html <file>', 'also write a self-contained HTML report with charts')
-    .option('--jobs <n>', 'worker threads', parseIntOption('--jobs', 1, 256), defaultJobs())
+    .option('--jobs <n>', 'worker processes', parseIntOption('--jobs', 1, 256), defaultJobs())
     .option('--shard <i/n>', 'run only every n-th point starting at the i-th (for batch schedulers); join the --json outputs with mmulab merge', parseShard)
     .addOption(
       new Option('--merge <files...>').hideHelp().argParser(() => {
@@ -160,7 +160,8 @@ Examples:
       const bar = await progressBar(io, points.length, 'shootdown');
       let results: PointResult[];
       try {
-        results = await runJobs<PointResult>(points.map((point) => ({ kind: 'shootdown', args: { point, config } satisfies ShootdownJobArgs })), o.jobs, () => bar.tick());
+        // A point's run time grows with its CPUs and with the pages every CPU reads.
+        results = await runJobs<PointResult>(points.map((point) => ({ kind: 'shootdown', args: { point, config } satisfies ShootdownJobArgs, cost: point.cpus * (64 + point.pages * point.batch) })), o.jobs, () => bar.tick());
       } finally {
         bar.stop();
       }

@@ -144,7 +144,7 @@ export function fuzz(o: FuzzOptions): FuzzSummary {
 export type FuzzJobArgs = Omit<FuzzOptions, 'progress'>;
 
 /**
- * fuzz() on `jobs` worker threads (src/jobs/pool.ts), each a lane with its own seeds (lane j of J
+ * fuzz() in `jobs` worker processes (src/jobs/pool.ts), each a lane with its own seeds (lane j of J
  * runs seeds seed + j, seed + j + J, …) and an equal share of the operations; the summaries are
  * added up and the first lane's counterexample (in lane order) is reported. With one job, fuzz()
  * itself.

@@ -1,5 +1,5 @@
-// Worker entry of the job pool: register the TypeScript loader, then run the job worker.
-// (Node 20 does not pass loaders on to worker threads.)
+// Worker entry of the job pool (a forked process): register the TypeScript loader, then run the
+// job worker.
 import '../../hw/ts-register.mjs';
 
 await import('./worker.ts');

@@ -1,5 +1,5 @@
 // The CI share of the fuzzing: each test/fuzz/ci_*.test.ts runs CI_SHARE operations from its own
-// seeds on CI_LANES worker threads (src/jobs/pool.ts), so the files together run more than a
+// seeds in CI_LANES worker processes (src/jobs/pool.ts), so the files together run more than a
 // million operations and use every core even when vitest runs one file at a time (its default
 // on a 2-core machine: availableParallelism() - 1 workers). A failure prints the shrunk case and
 // the command that replays it.

@@ -73,7 +73,7 @@ describe('mmulab ab', { timeout: 120_000 }, () => {
     }
   });
 
-  it('prints a table with one row per design and gives the same numbers with worker threads', async () => {
+  it('prints a table with one row per design and gives the same numbers with worker processes', async () => {
     const [a, b] = await Promise.all([run(['ab', ...SMALL, '--jobs', '1']), run(['ab', ...SMALL, '--jobs', '2'])]);
     expect(a.code).toBe(0);
     expect(a.out).toContain('== pressure');

@@ -49,7 +49,7 @@ describe('mmulab fuzz', () => {
     expect(clean.out).toMatch(/the case passed: \d+ operations, \d+ checks/);
   }, 300_000);
 
-  it('prints JSON, and splits the work over worker threads with --jobs', async () => {
+  it('prints JSON, and splits the work over worker processes with --jobs', async () => {
     const r = await run(['fuzz', '--seed', '8', '--ops', '1000', '--ops-per-run', '100', '--json', '--jobs', '2']);
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.out) as { schema: string; seed: number; ops: number; cases: number; counterexample: unknown; byOp: Record<string, number>; outcomes: { errnos: Record<string, number> } };

@@ -181,7 +181,7 @@ describe('docs/schemas/fuzz.schema.json', { timeout: 120_000 }, () => {
     expect(doc).toMatchObject({ schema: 'mmulab.fuzz/1', seed: 5, counterexample: null });
   });
 
-  it('validates a run on worker threads, with --cpus and --cost-model', async () => {
+  it('validates a run on worker processes, with --cpus and --cost-model', async () => {
     const doc = await json(['fuzz', '--seed', '5', '--ops', '2', '--ops-per-run', '20', '--jobs', '2', '--cpus', '3', '--cost-model', costs], { code: 0, err: /^mmulab fuzz: seed 5, 2 operations, 2 jobs, 3 CPUs, cost model / });
     expect(errorsOf(validateFuzz, doc)).toEqual([]);
   });

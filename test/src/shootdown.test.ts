@@ -139,7 +139,7 @@ describe('mmulab shootdown', () => {
     expect(page.replace(/xmlns="http:\/\/www\.w3\.org\/2000\/svg"/g, '')).not.toMatch(/https?:\/\//);
   });
 
-  it('gives the same numbers on worker threads and across shards merged back', async () => {
+  it('gives the same numbers on worker processes and across shards merged back', async () => {
     const one = await smallJson();
     const two = await run([...SMALL, '--jobs', '2', '--json']);
     expect(two.code).toBe(0);
