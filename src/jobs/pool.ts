@@ -77,7 +77,17 @@ export async function runJobs<T>(jobs: Job[], n: number, onDone: () => void = ()
     );
   } finally {
     finished = true;
-    for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill();
+    // Wait for every worker to be gone (and reaped, so its CPU time counts as this process's).
+    await Promise.all(
+      workers.map((w) =>
+        w.exitCode !== null || w.signalCode !== null
+          ? undefined
+          : new Promise<void>((done) => {
+              w.once('exit', () => done());
+              w.kill();
+            }),
+      ),
+    );
   }
   return results;
 }
