@@ -172,21 +172,21 @@ function parallelScaling(): BenchDef {
     name: 'parallel engine, hit-heavy stream: throughput of 2 workers ÷ 1 worker',
     unit: '×',
     run: async () => {
-      const rates: number[] = [];
-      for (const workers of [1, 2]) {
-        let best = 0;
-        for (let r = 0; r < 3; r++) {
+      // Five rounds, each measuring 1 worker then 2 (alternating, so a disturbed stretch of the
+      // host hits both alike); the best round of each, as for the micro benchmarks.
+      const rates = [0, 0];
+      for (let r = 0; r < 5; r++) {
+        for (const workers of [1, 2]) {
           const { m, b } = mappedMachine({ cpus: 2 });
           const pe = new ParallelEngine(m, { workers });
           for (let c = 0; c < 2; c++) pe.assign(c, { module: agentsUrl, export: 'hotStream', args: { base: '0x' + BASE.toString(16), pages: 32, count: 4_000_000, seed: c + 1, cr3: String(b.root) } });
           const res = await pe.run();
           // Agent time excludes worker start-up (module loading); the slowest worker bounds the run.
           const rate = 8_000_000 / (Math.max(...res.workerMs) / 1000);
-          best = Math.max(best, rate);
+          rates[workers - 1] = Math.max(rates[workers - 1]!, rate);
         }
-        rates.push(best);
       }
-      return { value: rates[1]! / rates[0]!, detail: `1 worker ${(rates[0]! / 1e6).toFixed(1)} M/s, 2 workers ${(rates[1]! / 1e6).toFixed(1)} M/s (agent time, best of 3)` };
+      return { value: rates[1]! / rates[0]!, detail: `1 worker ${(rates[0]! / 1e6).toFixed(1)} M/s, 2 workers ${(rates[1]! / 1e6).toFixed(1)} M/s (agent time, best of 5 alternating rounds)` };
     },
     target: { atLeast: 1.6, source: 'issue 3 §7' },
   };
