@@ -40,7 +40,11 @@ export function forkCounters(k: Kernel): ForkCounters {
 export function mm_alloc(k: Kernel): MmStruct | null {
   const mm = new MmStruct(k);
   k.locks.init(mm);
-  if (k.pt.pgd_alloc(mm) < 0) return null;
+  if (k.pt.pgd_alloc(mm) < 0) {
+    // mm_init's failure path: the half-made mm is freed (free_mm), not left among the live ones.
+    k.mms.delete(mm);
+    return null;
+  }
   return mm;
 }
 

@@ -31,6 +31,7 @@ import { mm_alloc, mmdrop, mmgrab } from './fork.ts';
 import { ThreadGroup, FdTable, do_exit, groupOf } from './exit.ts';
 import { ExitRequest, User, type Program } from './uapi.ts';
 import { SignalError, reportFatalSignal } from './signal.ts';
+import { ENOMEM, SyscallError } from './errno.ts';
 import type { File } from './fs/file.ts';
 import { WaitQueue } from './sched/wait.ts';
 import { check_vm_invariants } from './mm/debug_vm.ts';
@@ -437,7 +438,12 @@ export class Kernel {
     if (typeof program !== 'function') throw new TypeError('spawn: a program is a generator function (u) => …');
     this.checkPlacement(opts.comm ?? (program.name || 'prog'), opts.cpu, opts.allowed);
     const mm = mm_alloc(this);
-    if (!mm) throw new Error('spawn: out of memory for a new address space');
+    if (!mm) {
+      // As fork or exec would fail: ENOMEM, which a caller (the fuzzer's init) may expect.
+      const e = new SyscallError('spawn', ENOMEM);
+      e.message = 'spawn: ENOMEM (out of memory for a new address space)';
+      throw e;
+    }
     return this.startProcess(program, { comm: opts.comm ?? (program.name || 'prog'), mm, files: new FdTable(), parent: 0, cpu: opts.cpu, allowed: opts.allowed ?? null });
   }
 

@@ -433,7 +433,16 @@ class World {
     const slot = this.nextSlot++;
     const proc: Proc = { slot, tgid: 0, alive: true, threads: new Set(), view: null, views: [], insts: new Set(), pipe: null };
     const actor = this.newActor(proc);
-    const t = this.k.spawn(this.actorProgram(actor, 'new'), { comm: commOf(slot), cpu: actor.cpu });
+    let t: Task;
+    try {
+      t = this.k.spawn(this.actorProgram(actor, 'new'), { comm: commOf(slot), cpu: actor.cpu });
+    } catch (e) {
+      // No memory for the new address space (ENOMEM, as fork would say): the process never
+      // existed; the error is counted as an expected outcome by the caller.
+      actor.dead = true;
+      proc.threads.delete(actor);
+      throw e;
+    }
     proc.tgid = t.tgid;
     actor.task = t;
     this.procs.push(proc);

@@ -11,6 +11,7 @@ import { VM_DONTCOPY, VM_MIXEDMAP, vmFlagNames } from '../../kernel/mm/mm_types.
 import { faultCounters, remap_pfn_range, vm_insert_page } from '../../kernel/mm/memory.ts';
 import { _PAGE_RW } from '../../kernel/arch/x86/pgtable.ts';
 import { PAGE, PagePool, boot, eventsOf, expectClean, fakeDevice, pfnAt, pteAt, ranges, run, signalOf } from './util.ts';
+import { SyscallError } from '../../kernel/errno.ts';
 
 const RW = PROT_READ | PROT_WRITE;
 const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
@@ -301,6 +302,35 @@ describe('fork and the kinds of VMAs', () => {
       yield* u.munmap(a, PAGE);
     });
     pool.release();
+    expectClean(k);
+  });
+});
+
+describe('a new address space without memory', () => {
+  it('spawn fails with ENOMEM as fork would, and leaves no half-made mm behind', () => {
+    const k = boot();
+    const mmsBefore = k.mms.size;
+    // Take every free frame, so pgd_alloc fails.
+    const taken: number[] = [];
+    for (;;) {
+      const pfn = k.pages.allocPages(0, 0, 'test');
+      if (pfn < 0) break;
+      taken.push(pfn);
+    }
+    expect(taken.length).toBeGreaterThan(0);
+    let err: unknown = null;
+    try {
+      k.spawn(function* idle() {});
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(SyscallError);
+    expect((err as SyscallError).code).toBe('ENOMEM');
+    expect(k.mms.size).toBe(mmsBefore);
+    for (const pfn of taken) k.pages.putPage(pfn, 'test');
+    // With memory back, the same call works.
+    run(k, function* () {});
+    expect(k.mms.size).toBe(mmsBefore);
     expectClean(k);
   });
 });
