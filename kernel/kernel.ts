@@ -395,6 +395,24 @@ export class Kernel {
     else this.tlb.enter_lazy_tlb(cpu, null);
   }
 
+  /**
+   * What each idle CPU's next context switch would do with a dead mm it still has loaded: drop it
+   * and its lazy-TLB mm_count reference (finish_task_switch's mmdrop_lazy_tlb). Linux keeps such
+   * an mm until the CPU runs something else; a run that ends with every task gone calls this
+   * before counting leaked mm_structs and frames, so that reference is not taken for a leak.
+   * Returns the number of CPUs that dropped one.
+   */
+  dropDeadLazyMms(): number {
+    let dropped = 0;
+    for (let cpu = 0; cpu < this.machine.cpuCount; cpu++) {
+      const st = this.tlb.cpuState[cpu]!;
+      if (this.sched[cpu]!.curr !== null || st.loaded_mm === this.init_mm || st.loaded_mm.mm_users !== 0) continue;
+      this.switchLoadedMm(cpu, this.init_mm, null);
+      dropped++;
+    }
+    return dropped;
+  }
+
   /** A task returned from its body. */
   taskExited(t: Task, code: number): void {
     t.exitCode = code;

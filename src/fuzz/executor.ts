@@ -411,6 +411,8 @@ class World {
       else throw e;
       return;
     }
+    // An idle CPU may still hold the last process's mm lazily; its next switch would drop it.
+    k.dropDeadLazyMms();
     const inv = check_vm_invariants(k, { limit: 10 });
     if (!inv.ok) return fail('invariant', `mm invariants violated after every process exited:\n  ${inv.problems.join('\n  ')}`);
     if (liveMms(k).length) return fail('leak', `${liveMms(k).length} address spaces still live after every process exited`);

@@ -334,3 +334,37 @@ describe('a new address space without memory', () => {
     expectClean(k);
   });
 });
+
+describe('the lazy-TLB reference of an idle CPU', () => {
+  it('an idle CPU keeps the dead mm it last ran until its next switch; dropDeadLazyMms is that switch', () => {
+    const k = boot();
+    const framesAtBoot = k.pages.usedFrames;
+    const mmsAtBoot = k.mms.size;
+    let go = false;
+    run(k, function* (u) {
+      const a = yield* u.mmap(0, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+      yield* u.store32(a, 1);
+      yield* u.clone(
+        function* (t) {
+          while (!go) yield* t.sleep(1000);
+        },
+        { cpu: 1 },
+      );
+      // Everything unmapped (page tables freed, CPU 1 flushed while it still runs the thread),
+      // then the thread leaves CPU 1, which idles lazily with this mm loaded; the exit frees no
+      // page table, so no IPI makes CPU 1 let go of it.
+      yield* u.munmap(0, 0x7ffffffff000);
+      go = true;
+      yield* u.sleep(50_000);
+    });
+    const dead = [...k.mms].filter((m) => m !== k.init_mm);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]!.mm_users).toBe(0);
+    expect(k.tlb.cpuState[1]!.loaded_mm).toBe(dead[0]);
+    expect(k.dropDeadLazyMms()).toBe(1);
+    expect(k.mms.size).toBe(mmsAtBoot);
+    expect(k.pages.usedFrames).toBe(framesAtBoot);
+    expect(k.dropDeadLazyMms()).toBe(0);
+    expectClean(k);
+  });
+});
