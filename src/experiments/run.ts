@@ -112,6 +112,9 @@ function sideStlb(s: TlbSide): TlbLevel {
  */
 function endOfRunCheck(s: Scenario): void {
   const k = s.k;
+  // An idle CPU may still hold a dead process's mm lazily (Linux drops it at that CPU's next
+  // switch): let it go first, or its page tables would count as frames still in use.
+  if (k.liveTasks() === 0) k.dropDeadLazyMms();
   const problems = check_vm_invariants(k, { limit: 20 }).problems;
   if (s.binder) problems.push(...binder_check_device(s.binder.device, 20));
   const leaked = k.pages.usedFrames - s.bootFrames;
