@@ -153,6 +153,16 @@ interface Slot {
   status: AgentStatus;
 }
 
+// What a CPU's next event is (DeterministicEngine.eventKind).
+/** Running, or resuming after a wait. */
+const EV_RUN = 0;
+/** An idle or waiting CPU takes its pending IPIs, all at once, each at its visible time. */
+const EV_IPIS = 1;
+/** A timed agent's wake-up (Agent.wakeAt). */
+const EV_WAKE = 2;
+/** A timed agent takes its oldest IPI, visible before its wake-up. */
+const EV_IPI = 3;
+
 export class DeterministicEngine implements EngineContext {
   readonly rng: Random;
   readonly quantum: number;
@@ -167,12 +177,8 @@ export class DeterministicEngine implements EngineContext {
   private readonly slots: Slot[];
   /** Per CPU, its event time at the last scheduling decision (Infinity: nothing to do). */
   private readonly times: Float64Array;
-  /**
-   * Per CPU, what its event at the last scheduling decision was: 0 running (or resuming), 1 taking
-   * the IPIs of an idle or waiting CPU, 2 a timed agent's wake-up (Agent.wakeAt), 3 taking an IPI
-   * that becomes visible before a timed agent's wake-up.
-   */
-  private readonly ipiKind: Uint8Array;
+  /** Per CPU, what its event at the last scheduling decision was (EV_RUN, EV_IPIS, EV_WAKE, EV_IPI). */
+  private readonly eventKind: Uint8Array;
   /** Per CPU, whether its agent's status was 'run' when its event time was last computed. */
   private readonly running: Uint8Array;
   /**
@@ -213,7 +219,7 @@ export class DeterministicEngine implements EngineContext {
     this.window = window;
     this.rng = new Random(options.seed ?? 1);
     this.slots = machine.cpus.map(() => ({ agent: null, status: 'done' as AgentStatus }));
-    this.ipiKind = new Uint8Array(machine.cpus.length);
+    this.eventKind = new Uint8Array(machine.cpus.length);
     this.running = new Uint8Array(machine.cpus.length);
     this.parked = new Uint8Array(machine.cpus.length);
     this.unsettledList = new Int32Array(machine.cpus.length);
@@ -274,7 +280,7 @@ export class DeterministicEngine implements EngineContext {
     const running = this.running;
     const parked = this.parked;
     let t = Infinity;
-    let kind = 0;
+    let kind = EV_RUN;
     const agent = slot.agent!;
     const runnable = slot.status === 'run' || (slot.status === 'wait' && (agent.ready ? agent.ready(cpu, this) : true));
     running[i] = slot.status === 'run' ? 1 : 0;
@@ -291,21 +297,21 @@ export class DeterministicEngine implements EngineContext {
       if (due === Infinity) {
         // Taken all at once (deliver with force), each at its visible time.
         t = Math.max(clock, apic.nextVisible(cpu));
-        kind = 1;
+        kind = EV_IPIS;
       } else {
         // A timed agent takes them one by one, in order, as they become visible.
         const v = Math.max(clock, apic.headVisible(cpu));
-        kind = v < due ? 3 : 2;
-        t = kind === 3 ? v : Math.max(clock, due);
+        kind = v < due ? EV_IPI : EV_WAKE;
+        t = kind === EV_IPI ? v : Math.max(clock, due);
       }
     } else if (due < Infinity) {
       t = Math.max(clock, due);
-      kind = 2;
+      kind = EV_WAKE;
     }
-    this.ipiKind[i] = kind;
+    this.eventKind[i] = kind;
     // Settled: no event until an IPI or a recheck (a finished agent, or a waiting one that says
     // so), or none but its own wake-up.
-    parked[i] = !runnable && (kind === 0 || kind === 2) && (slot.status === 'done' || (slot.status === 'wait' && (kind === 2 || (agent.parked !== undefined && agent.parked(cpu, this))))) ? 1 : 0;
+    parked[i] = !runnable && (kind === EV_RUN || kind === EV_WAKE) && (slot.status === 'done' || (slot.status === 'wait' && (kind === EV_WAKE || (agent.parked !== undefined && agent.parked(cpu, this))))) ? 1 : 0;
     if (running[i] === 0 && parked[i] === 0) this.list(i);
     this.times[i] = t;
     setLeaf(this.evTree, i, t);
@@ -323,7 +329,7 @@ export class DeterministicEngine implements EngineContext {
     const apic = this.machine.apic;
     const cpus = this.machine.cpus;
     const times = this.times;
-    const ipiKind = this.ipiKind;
+    const eventKind = this.eventKind;
     const ev = this.evTree;
     const n = cpus.length;
     const last = this.lastPick;
@@ -382,16 +388,16 @@ export class DeterministicEngine implements EngineContext {
     this.lastPick = i;
     const chosenTime = candTimes ? candTimes[pick]! : best;
     if (chosenTime > this.now) this.now = chosenTime;
-    const kind = ipiKind[i]!;
-    if (kind === 1) {
+    const kind = eventKind[i]!;
+    if (kind === EV_IPIS) {
       // An idle or waiting CPU takes the interrupt when it becomes visible.
       apic.deliver(cpu, true);
       return true;
     }
     // A timed agent's CPU idled or computed until now: it takes the IPIs visible by then, and
     // at its wake-up it runs.
-    if (kind !== 0 && cpu.cycles < chosenTime) cpu.cycles = chosenTime;
-    if (kind === 3) {
+    if (kind !== EV_RUN && cpu.cycles < chosenTime) cpu.cycles = chosenTime;
+    if (kind === EV_IPI) {
       apic.deliver(cpu, false);
       return true;
     }
