@@ -26,6 +26,9 @@ export class PageTableBuilder {
     private readonly to: number,
     levels = 4,
   ) {
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to)) {
+      throw new TypeError(`table range must be two integer physical addresses, got ${String(from)} and ${String(to)}`);
+    }
     if (from % 4096 !== 0 || to % 4096 !== 0 || from >= to || to > machine.phys.size) {
       throw new RangeError(`table range 0x${from.toString(16)}..0x${to.toString(16)} must be 4 KiB aligned and inside installed memory`);
     }

@@ -110,6 +110,19 @@ describe('Machine.attach on the same thread', () => {
   });
 });
 
+describe('PageTableBuilder', () => {
+  it('rejects a missing, unaligned, empty or out-of-memory table range with an error naming it', () => {
+    const m = new Machine({ memoryBytes: 4 << 20, cpus: 1 });
+    const untyped = PageTableBuilder as unknown as new (m: Machine, ...a: unknown[]) => PageTableBuilder;
+    expect(() => new untyped(m)).toThrow(/table range must be two integer physical addresses, got undefined and undefined/);
+    expect(() => new untyped(m, '0x1000', 0x2000)).toThrow(/two integer physical addresses/);
+    expect(() => new PageTableBuilder(m, 0x1001, 0x4000)).toThrow(/0x1001\.\.0x4000 must be 4 KiB aligned/);
+    expect(() => new PageTableBuilder(m, 0x4000, 0x4000)).toThrow(/must be 4 KiB aligned and inside installed memory/);
+    expect(() => new PageTableBuilder(m, 0x1000, 8 << 20)).toThrow(/inside installed memory/);
+    expect(new PageTableBuilder(m, 0x1000, 0x4000).root).toBe(0x1000);
+  });
+});
+
 describe('a 4 GiB machine', () => {
   it('can be built; touching a few frames grows resident memory by well under 100 MiB', () => {
     const before = process.memoryUsage().rss;
