@@ -9,7 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { Machine } from './machine.ts';
 import type { Agent, AgentStatus, EngineContext } from './engine.ts';
 import { Random } from './random.ts';
-import { P_ABORT, P_DONE, type AgentSpec } from './parallel.ts';
+import { P_ABORT, P_DONE, P_READY, type AgentSpec } from './parallel.ts';
 import { A_TAIL } from './layout.ts';
 
 interface Init {
@@ -33,6 +33,13 @@ async function main(): Promise<void> {
     if (typeof factory !== 'function') throw new Error(`${spec.module} does not export a function "${spec.export}"`);
     const agent = (factory as (args: unknown, cpu: number, m: Machine) => Agent)(spec.args, index, machine);
     runs.push({ cpu: machine.cpu(index), agent, status: 'run' });
+  }
+  // The start barrier: every worker's agents are built before any CPU runs.
+  Atomics.add(coord, P_READY, 1);
+  Atomics.notify(coord, P_READY);
+  for (let ready = Atomics.load(coord, P_READY); ready < init.workers; ready = Atomics.load(coord, P_READY)) {
+    if (Atomics.load(coord, P_ABORT) !== 0) return;
+    Atomics.wait(coord, P_READY, ready, 50);
   }
   const t0 = performance.now();
   let active = runs.length;

@@ -9,6 +9,10 @@
  * arguments. Each worker imports the module and calls `factory(args, cpuIndex, machine)`.
  * The same hw/ code runs in every worker; only the engine differs from the deterministic one.
  *
+ * Every worker builds its agents (imports, factories) first; then all start together, so no CPU
+ * runs while another worker is still loading code (that start-up would both skew the race and
+ * share the host's cores with the CPUs already running).
+ *
  * Wall-clock time in this engine is real; virtual clocks still advance by the cost model but
  * interleavings are whatever the host scheduler makes them, so results are not reproducible by
  * seed (use the deterministic engine for that).
@@ -46,6 +50,7 @@ export interface ParallelResult {
 /** Words of the coordination buffer shared with the workers. */
 export const P_DONE = 0; // workers whose agents have all finished
 export const P_ABORT = 1; // set by the main thread to stop everything
+export const P_READY = 2; // workers that have built their agents (the start barrier)
 export const P_WORDS = 4;
 
 export class ParallelEngine {

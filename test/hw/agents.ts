@@ -27,6 +27,49 @@ export function hotStream(args: { base: string; pages: number; count: number; se
   return new StreamAgent(s);
 }
 
+/**
+ * hotStream's accesses, `count` in all, made by running a stream of `distinct` accesses over and
+ * over: a long run (steady-state throughput, JIT warm-up amortised) without an access array of
+ * `count` entries to build and to stream from memory.
+ */
+export function hotLoop(args: { base: string; pages: number; count: number; distinct: number; seed: number; writes?: number; cr3: string }, cpu: number, machine: Machine): Agent {
+  const inner = hotStream({ ...args, count: args.distinct }, cpu, machine) as StreamAgent;
+  let left = args.count;
+  return {
+    step(c: Cpu, until: number): AgentStatus {
+      for (;;) {
+        const start = inner.pos;
+        const status = inner.step(c, until);
+        left -= inner.pos - start;
+        if (left <= 0) return 'done';
+        if (status !== 'done') return status;
+        inner.pos = 0;
+        inner.stream.length = Math.min(args.distinct, left);
+        if (c.cycles >= until) return 'run';
+      }
+    },
+  };
+}
+
+/**
+ * For the start barrier: the factory of the CPU with `slow` set waits `ms` before it returns and
+ * then sets the word at physical `flag`; every agent's first step records that word, at
+ * physical `flag` + 4 + 4 × CPU (1: set, 2: not set yet).
+ */
+export function lateStarter(args: { flag: number; slow?: boolean; ms: number }, cpu: number, machine: Machine): Agent {
+  const i32 = machine.phys.i32;
+  if (args.slow === true) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, args.ms);
+    Atomics.store(i32, args.flag >>> 2, 1);
+  }
+  return {
+    step(): AgentStatus {
+      Atomics.store(i32, (args.flag >>> 2) + 1 + cpu, Atomics.load(i32, args.flag >>> 2) === 1 ? 1 : 2);
+      return 'done';
+    },
+  };
+}
+
 /** Sends `rounds` invalidation IPIs to `target` and waits for each acknowledgement. */
 export function pinger(args: { target: number; rounds: number; cr3: string }, cpu: number, machine: Machine): Agent & { waits: number } {
   const c = machine.cpu(cpu);

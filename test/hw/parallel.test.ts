@@ -54,6 +54,29 @@ describe('parallel engine (worker threads)', () => {
     expect(walkCycles()).toBe(oneWalk);
   });
 
+  it('starts no CPU before every worker has built its agents', async () => {
+    const m = new Machine({ memoryBytes: 8 << 20, cpus: 2 });
+    const flag = 0x3ff000;
+    const e = new ParallelEngine(m, { workers: 2, timeoutMs: 60_000 });
+    e.assign(0, { module: AGENTS, export: 'lateStarter', args: { flag, ms: 0 } });
+    e.assign(1, { module: AGENTS, export: 'lateStarter', args: { flag, slow: true, ms: 300 } });
+    await e.run();
+    // CPU 0's first step came after CPU 1's factory returned, 300 ms after CPU 0's.
+    expect([1, 2].map((w) => Atomics.load(m.phys.i32, (flag >>> 2) + w))).toEqual([1, 1]);
+  });
+
+  it('hotLoop makes exactly `count` accesses, repeating a stream of `distinct`', async () => {
+    const m = new Machine({ memoryBytes: 8 << 20, cpus: 1 });
+    const b = new PageTableBuilder(m, 0x100000, 0x200000);
+    for (let i = 0; i < 8; i++) b.map(0x400000 + i * 4096, 0x300000 + i * 4096, { A: true, D: true });
+    const e = new ParallelEngine(m, { workers: 1, timeoutMs: 60_000, quantum: 500 });
+    e.assign(0, { module: AGENTS, export: 'hotLoop', args: { base: '0x400000', pages: 8, count: 100_003, distinct: 1000, seed: 1, cr3: String(b.root) } });
+    await e.run();
+    const c = m.cpu(0).counters();
+    expect(c.accesses).toBe(100_003);
+    expect(c.walks).toBe(8);
+  });
+
   it('(a) concurrent A/D updates on the same PTEs never lose a bit, theirs or another writer’s', async () => {
     const m = new Machine({ memoryBytes: 8 << 20, cpus: 3 });
     const b = new PageTableBuilder(m, 0x100000, 0x200000);
