@@ -135,7 +135,7 @@ export function* dup_mm(k: Kernel, oldmm: MmStruct): KGen<MmStruct | number> {
       tmp.vm_flags = (tmp.vm_flags & ~(VM_UFFD_MISSING | VM_UFFD_WP)) >>> 0;
     }
     if (vma.vm_flags & VM_WIPEONFORK) tmp.anon_vma = null;
-    else if (vma.anon_vma) tmp.anon_vma = new AnonVma(vma.anon_vma);
+    else if (vma.anon_vma) tmp.anon_vma = new AnonVma(k, vma.anon_vma);
     if (tmp.vm_file) tmp.vm_file.get();
     yield* k.vmaOps.link(tmp);
     if (tmp.vm_ops?.open) {

@@ -35,6 +35,7 @@ import { ENOMEM, SyscallError } from './errno.ts';
 import type { File } from './fs/file.ts';
 import { WaitQueue } from './sched/wait.ts';
 import { check_vm_invariants } from './mm/debug_vm.ts';
+import { KernelIds } from './ids.ts';
 
 /** CONFIG_HZ: scheduler ticks per second; 250 is Kconfig's default (kernel/Kconfig.hz, HZ_250). */
 export const HZ = 250;
@@ -126,6 +127,8 @@ export class Kernel {
   private nextPid = 1;
   /** Subsystems register here so others can reach them without import cycles. */
   readonly subsystems = new Map<string, unknown>();
+  /** The numbers this kernel gives its objects (inodes, mm contexts, VMAs, …; drivers' through next()). */
+  readonly ids = new KernelIds();
   /** Hooks run on every context switch. */
   readonly switchHooks: ((cpu: number, prev: Task | null, next: Task) => void)[] = [];
   /**
@@ -269,7 +272,7 @@ export class Kernel {
   createTask(opts: { pid?: number; tgid?: number; comm: string; kthread: boolean; cpu?: number; allowed?: number[] | null }, body: (t: Task) => KGen<number | void>): Task {
     this.checkPlacement(opts.comm, opts.cpu, opts.allowed);
     const pid = opts.pid ?? this.allocPid();
-    const t = new Task(pid, opts.tgid ?? pid, opts.comm, opts.kthread);
+    const t = new Task(pid, opts.tgid ?? pid, opts.comm, opts.kthread, this.ids.task++);
     t.allowed = opts.allowed ?? null;
     const cpu = opts.cpu ?? this.pickCpu(t);
     t.cpu = cpu;

@@ -15,13 +15,10 @@ import type { VmArea } from '../mm/mm_types.ts';
 import { IntervalTree } from '../lib/interval_tree.ts';
 import { RwSemaphore } from '../locking/rwsem.ts';
 
-let nextIno = 1000;
-let nextMappingId = 1;
-
 export const I_MMAP_CLASS = '&mapping->i_mmap_rwsem';
 
 export class AddressSpace {
-  readonly id = nextMappingId++;
+  readonly id: number;
   /** VMAs mapping this object, keyed by [vm_pgoff, last pgoff]. */
   readonly i_mmap = new IntervalTree<VmArea>();
   readonly i_mmap_rwsem: RwSemaphore;
@@ -33,6 +30,7 @@ export class AddressSpace {
     k: Kernel,
     readonly host: Inode,
   ) {
+    this.id = k.ids.mapping++;
     this.i_mmap_rwsem = new RwSemaphore(k, I_MMAP_CLASS, k.lockdep);
     k.pageRefHolders.add(this);
   }
@@ -48,7 +46,7 @@ export class AddressSpace {
 }
 
 export class Inode {
-  readonly i_ino = nextIno++;
+  readonly i_ino: number;
   readonly i_mapping: AddressSpace;
   i_size = 0;
   /** Open files on this inode (iput evicts at zero). */
@@ -60,6 +58,7 @@ export class Inode {
     /** Device numbers shown in /proc/PID/maps (major, minor). */
     readonly dev: [number, number] = [0, 0],
   ) {
+    this.i_ino = k.ids.ino++;
     this.i_mapping = new AddressSpace(k, this);
   }
 
@@ -94,10 +93,8 @@ export interface FileOperations {
   write?(file: File, data: Uint8Array): KGen<number> | number;
 }
 
-let nextFileId = 1;
-
 export class File {
-  readonly id = nextFileId++;
+  readonly id: number;
   f_count = 1;
   /** The address_space its mappings use (defaults to the inode's). */
   f_mapping: AddressSpace;
@@ -113,6 +110,7 @@ export class File {
     /** The path shown in /proc/PID/maps. */
     readonly path: string,
   ) {
+    this.id = k.ids.file++;
     this.f_mapping = f_inode.i_mapping;
     f_inode.i_count++;
   }

@@ -60,11 +60,9 @@ export interface PipeCounters {
   splicedPages: number;
 }
 
-let nextPipe = 1;
-
 /** pipe_inode_info. */
 export class PipeInodeInfo {
-  readonly id = nextPipe++;
+  readonly id: number;
   readonly bufs: PipeBuffer[] = [];
   readers = 0;
   writers = 0;
@@ -78,6 +76,7 @@ export class PipeInodeInfo {
     private readonly k: Kernel,
     readonly max_usage = PIPE_DEF_BUFFERS,
   ) {
+    this.id = k.ids.pipe++;
     this.refs = new PageRefs(k, `pipe:[${this.id}]`);
   }
 

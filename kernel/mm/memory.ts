@@ -246,11 +246,11 @@ function vmf_anon_prepare(k: Kernel, vmf: VmFault): number {
       k.locks.vma_end_read(vma);
       return VM_FAULT_RETRY;
     }
-    vma.anon_vma = new AnonVma();
+    vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
     k.locks.mmap_read_unlock(vma.vm_mm);
     return 0;
   }
-  vma.anon_vma = new AnonVma();
+  vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
   return 0;
 }
 
@@ -479,7 +479,7 @@ function* hugetlb_fault(k: Kernel, vmf: VmFault): KGen<number> {
   let [lo, hi] = mk_pte(head, prot);
   lo |= _PAGE_PSE | _PAGE_ACCESSED;
   if (vma.vm_flags & VM_WRITE && (vma.vm_flags & VM_SHARED || vmf.flags & FAULT_FLAG_WRITE)) lo |= _PAGE_RW | _PAGE_DIRTY;
-  if (!vma.anon_vma) vma.anon_vma = new AnonVma();
+  if (!vma.anon_vma) vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
   folio_add_new_anon_rmap(k, head, vma, base);
   // Hugetlb pages are not RSS: they count in hugetlb_usage (hugetlb_count_add).
   mm.hugetlb_usage += 512;

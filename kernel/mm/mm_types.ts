@@ -169,11 +169,9 @@ export interface VmOperations {
   nameOf?(vma: VmArea): string | null;
 }
 
-let nextVmaId = 1;
-
 /** vm_area_struct. */
 export class VmArea {
-  readonly id = nextVmaId++;
+  readonly id: number;
   vm_start: number;
   vm_end: number;
   vm_pgoff = 0;
@@ -212,6 +210,7 @@ export class VmArea {
     end: number,
     flags: number,
   ) {
+    this.id = vm_mm.kernel.ids.vma++;
     this.vm_start = start;
     this.vm_end = end;
     this.vm_flags = flags;
@@ -240,14 +239,16 @@ export class VmArea {
   }
 }
 
-let nextAnonVmaId = 1;
-
 /** anon_vma: ties the anonymous pages of a VMA and its fork children together (mm/rmap.c). */
 export class AnonVma {
-  readonly id = nextAnonVmaId++;
+  readonly id: number;
   /** Root anon_vma of the fork tree. */
   root: AnonVma = this;
-  constructor(readonly parent: AnonVma | null = null) {
+  constructor(
+    k: Kernel,
+    readonly parent: AnonVma | null = null,
+  ) {
+    this.id = k.ids.anonVma++;
     if (parent) this.root = parent.root;
   }
 }
@@ -259,8 +260,6 @@ export interface RssStat {
   swap: number;
   shmem: number;
 }
-
-let nextCtxId = 1;
 
 /** mm_struct. */
 export class MmStruct {
@@ -278,7 +277,7 @@ export class MmStruct {
   mmap_lock!: RwSemaphore;
   mm_lock_seq = 0;
   /** context.ctx_id / context.tlb_gen (arch/x86/include/asm/mmu.h). */
-  readonly ctx_id = nextCtxId++;
+  readonly ctx_id: number;
   tlb_gen = 1;
   /** mm_cpumask. */
   readonly cpumask = new Set<number>();
@@ -319,6 +318,7 @@ export class MmStruct {
   write_protect_seq = 0;
 
   constructor(readonly kernel: Kernel) {
+    this.ctx_id = kernel.ids.ctx++;
     kernel.mms.add(this);
     // Augmented with the largest gap below any VMA of the subtree (the old rbtree mm's
     // rb_subtree_gap), so get_unmapped_area finds a hole in O(log n).

@@ -313,7 +313,7 @@ export class MmapLocking {
     if (!v) r = -ENOENT;
     else {
       // find_vma_and_prepare_anon: anon_vma_prepare under the mmap read lock.
-      if (!(v.vm_flags & VM_SHARED) && !v.anon_vma) v.anon_vma = new AnonVma();
+      if (!(v.vm_flags & VM_SHARED) && !v.anon_vma) v.anon_vma = new AnonVma(v.vm_mm.kernel);
       r = this.vma_start_read_locked(v, caller) ? v : -EAGAIN;
     }
     this.mmap_read_unlock(mm);

@@ -79,8 +79,6 @@ export interface TaskStats {
   faults: number;
 }
 
-let nextTaskSerial = 1;
-
 export class Task {
   state: TaskState = 'runnable';
   body: KGen<number | void> | null = null;
@@ -112,7 +110,8 @@ export class Task {
   resume: unknown = undefined;
   /** Exception to throw into the generator at its next resumption (signals). */
   pendingThrow: unknown = null;
-  readonly serial = nextTaskSerial++;
+  /** Creation order within its kernel (KernelIds.task). */
+  readonly serial: number;
   /** Subsystem-private per-task data (signal state, user context…). */
   readonly ext = new Map<string, unknown>();
   /** The locks lockdep records as held by this task (kernel/locking/lockdep.ts owns it). */
@@ -126,7 +125,10 @@ export class Task {
     public comm: string,
     /** A kernel thread (no user mm of its own). */
     readonly kthread: boolean,
-  ) {}
+    serial: number,
+  ) {
+    this.serial = serial;
+  }
 }
 
 /** One CPU's scheduler: its run queue and its loop, as an engine agent. */

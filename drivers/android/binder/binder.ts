@@ -64,11 +64,9 @@ const BINDER_LOOPER_STATE_REGISTERED = 0x01;
 const BINDER_LOOPER_STATE_ENTERED = 0x02;
 const BINDER_LOOPER_STATE_EXITED = 0x04;
 
-let nextDebugId = 1;
-
 /** A binder object owned by a process (binder_node). */
 export class BinderNode {
-  readonly debug_id = nextDebugId++;
+  readonly debug_id: number;
   has_async_transaction = false;
   readonly async_todo: BinderWork[] = [];
 
@@ -76,7 +74,9 @@ export class BinderNode {
     readonly proc: BinderProc,
     readonly ptr: number,
     readonly cookie: number,
-  ) {}
+  ) {
+    this.debug_id = binderLastId(proc.device.k);
+  }
 }
 
 /** A process's handle to a node (binder_ref). */
@@ -87,7 +87,7 @@ export interface BinderRef {
 
 /** binder_transaction. */
 export class BinderTransaction {
-  readonly debug_id = nextDebugId++;
+  readonly debug_id: number;
   buffer: BinderBuffer | null = null;
   /** The sending thread for synchronous transactions (null for oneway and replies). */
   from: BinderThread | null;
@@ -108,9 +108,15 @@ export class BinderTransaction {
     readonly sender_euid: number,
     readonly target_node: BinderNode | null,
   ) {
+    this.debug_id = binderLastId(to_proc.device.k);
     this.from = from;
     this.to_proc = to_proc;
   }
+}
+
+/** binder_last_id: the debug ids of nodes and transactions, one sequence per kernel. */
+function binderLastId(k: Kernel): number {
+  return k.ids.next('binder_last_id');
 }
 
 type BinderWork =

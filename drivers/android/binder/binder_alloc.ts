@@ -44,10 +44,8 @@ const pageAlign = (n: number): number => Math.ceil(n / PAGE_SIZE) * PAGE_SIZE;
 const pageMask = (n: number): number => n - (n % PAGE_SIZE);
 const isSize = (x: number): boolean => Number.isSafeInteger(x) && x >= 0;
 
-let nextBufferDebugId = 1;
-
 export class BinderBuffer {
-  debug_id = nextBufferDebugId++;
+  debug_id: number;
   free = true;
   /** The receiver may free it (set when delivered, cleared by prepare_to_free). */
   allow_user_free = false;
@@ -68,7 +66,12 @@ export class BinderBuffer {
   next: BinderBuffer | null = null;
   freeNode: RbNode<number, BinderBuffer> | null = null;
 
-  constructor(public user_data: number) {}
+  constructor(
+    k: Kernel,
+    public user_data: number,
+  ) {
+    this.debug_id = k.ids.next('binder_buffer');
+  }
 }
 
 /** One entry of the global LRU: page `index` of `alloc`. */
@@ -178,8 +181,6 @@ export interface BinderAllocStats {
   failures: Record<string, number>;
 }
 
-let nextAllocId = 1;
-
 /** The global binder_alloc_mmap_lock: serialises the "already mapped" check of every alloc. */
 function mmapLock(k: Kernel): Mutex {
   let m = k.subsystems.get('binder_alloc_mmap_lock') as Mutex | undefined;
@@ -191,7 +192,7 @@ function mmapLock(k: Kernel): Mutex {
 }
 
 export class BinderAlloc implements PageRefHolder {
-  readonly id = nextAllocId++;
+  readonly id: number;
   vm_start = 0;
   buffer_size = 0;
   /** Frame of each page of the mapping, -1 when none. */
@@ -220,6 +221,7 @@ export class BinderAlloc implements PageRefHolder {
     public mm: MmStruct | null,
     readonly mapping: PageMapping,
   ) {
+    this.id = k.ids.next('binder_alloc');
     this.mutex = new Mutex(k, '&alloc->mutex', k.lockdep);
     this.lru = binderLru(k);
   }
@@ -314,7 +316,7 @@ export class BinderAlloc implements PageRefHolder {
       this.buffer_size = Math.min(vma.vm_end - vma.vm_start, SZ_4M);
       this.vm_start = vma.vm_start;
       this.pages = new Int32Array(this.buffer_size / PAGE_SIZE).fill(-1);
-      const b = new BinderBuffer(vma.vm_start);
+      const b = new BinderBuffer(this.k, vma.vm_start);
       this.head = b;
       this.insertFree(b);
       this.free_async_space = this.buffer_size / 2;
@@ -396,7 +398,7 @@ export class BinderAlloc implements PageRefHolder {
     buffer.allow_user_free = false;
     this.allocated.set(buffer.user_data, buffer);
     if (buffer_size !== size) {
-      const nb = new BinderBuffer(buffer.user_data + size);
+      const nb = new BinderBuffer(this.k, buffer.user_data + size);
       nb.prev = buffer;
       nb.next = buffer.next;
       if (buffer.next) buffer.next.prev = nb;
