@@ -225,12 +225,19 @@ export class DeterministicEngine implements EngineContext {
     this.unsettledList = new Int32Array(machine.cpus.length);
     this.spareList = new Int32Array(machine.cpus.length);
     this.listed = new Uint8Array(machine.cpus.length);
-    machine.apic.onSend = (target) => this.recheck(target);
+    machine.apic.onSend = this.onSend;
     this.evTree = minTree(machine.cpus.length);
     this.liveTree = minTree(machine.cpus.length);
     this.times = new Float64Array(machine.cpus.length);
     machine.apic.timed = true;
   }
+
+  /**
+   * The APIC's send hook: an IPI readies its target's parked agent. Claimed again by every full
+   * scan (the first step of each run, every step() called alone), so of several engines built on
+   * one machine, the one running owns it; sends while none runs are covered by that scan.
+   */
+  private readonly onSend = (target: number): void => this.recheck(target);
 
   recheck(index: number): void {
     if (this.parked[index] === 1) {
@@ -334,6 +341,7 @@ export class DeterministicEngine implements EngineContext {
     const n = cpus.length;
     const last = this.lastPick;
     if (!cached) {
+      apic.onSend = this.onSend;
       this.listed.fill(0);
       this.unsettledCount = 0;
       for (let i = 0; i < n; i++) this.rescan(i);

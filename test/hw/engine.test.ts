@@ -231,6 +231,32 @@ describe('parked agents (Agent.parked)', () => {
   });
 });
 
+describe('several engines on one machine', () => {
+  it('the engine that runs owns the APIC send hook: an IPI still readies its parked agent', () => {
+    const m = bare(2);
+    for (const c of m.cpus) c.cycles = 0;
+    const log: string[] = [];
+    const e = new DeterministicEngine(m, { seed: 1, quantum: 1000 });
+    let woke = false;
+    e.attach(0, new ScriptAgent(function* (cpu) {
+      for (let i = 0; i < 5; i++) {
+        cpu.charge(1000);
+        yield 'run';
+      }
+      m.apic.send(cpu, 1, 0x47);
+    }));
+    m.apic.on(0x47, (cpu) => {
+      woke = true;
+      log.push(`1 takes the IPI at ${cpu.cycles}`);
+    });
+    e.attach(1, { step: () => (woke ? 'done' : 'wait'), ready: () => woke, parked: () => !woke });
+    // Another engine built on the same machine afterwards (and never run).
+    new DeterministicEngine(m, { seed: 2 });
+    expect(e.run().reason).toBe('done');
+    expect(log).toHaveLength(1);
+  });
+});
+
 describe('timed agents (Agent.wakeAt)', () => {
   /**
    * CPU 0 waits until `wake` (Agent.wakeAt), logging every step; CPU 1 runs 1,000 cycles a turn
