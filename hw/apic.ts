@@ -100,13 +100,21 @@ export class Apic {
     for (const t of list) {
       const target = this.cpus[t]!;
       const tr = target.r;
-      const seq = Atomics.add(tr, A_TAIL, 1);
-      if (seq - Atomics.load(tr, A_HEAD) >= RING_CAPACITY) {
-        Atomics.sub(tr, A_TAIL, 1);
-        // The messages already published to earlier targets will be acknowledged: count them as
-        // sent, or the acknowledgements would satisfy a later ticket early.
-        if (published > 0) Atomics.add(fr, A_SENT, published);
-        throw new IpiError(`APIC mailbox of CPU ${t} is full (${RING_CAPACITY} undelivered IPIs)`);
+      // Reserve slot `seq` only while the ring has room: a compare-and-exchange on the tail, so a
+      // full ring is refused without touching it (an add that a refused sender took back could
+      // hand its slot to a later sender while another had reserved the next one, losing that
+      // message behind a slot nobody publishes).
+      let seq = Atomics.load(tr, A_TAIL);
+      for (;;) {
+        if (seq - Atomics.load(tr, A_HEAD) >= RING_CAPACITY) {
+          // The messages already published to earlier targets will be acknowledged: count them
+          // as sent, or the acknowledgements would satisfy a later ticket early.
+          if (published > 0) Atomics.add(fr, A_SENT, published);
+          throw new IpiError(`APIC mailbox of CPU ${t} is full (${RING_CAPACITY} undelivered IPIs)`);
+        }
+        const seen = Atomics.compareExchange(tr, A_TAIL, seq, seq + 1);
+        if (seen === seq) break;
+        seq = seen;
       }
       from.charge(from.cost.ipiSend);
       const slot = A_RING + (seq % RING_CAPACITY) * MSG_WORDS;

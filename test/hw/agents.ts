@@ -9,7 +9,7 @@ import { StreamAgent, type AccessStream } from '../../hw/engine.ts';
 import type { Cpu } from '../../hw/cpu.ts';
 import { Random } from '../../hw/random.ts';
 import { toVa } from '../../hw/address.ts';
-import { VEC_INVALIDATE, invalidatePagesPayload, type IpiTicket } from '../../hw/apic.ts';
+import { IpiError, VEC_INVALIDATE, invalidatePagesPayload, type IpiTicket } from '../../hw/apic.ts';
 
 /** Reads (and optionally writes) `count` accesses over `pages` consecutive pages from `base`. */
 export function hotStream(args: { base: string; pages: number; count: number; seed: number; writes?: number; cr3: string }, cpu: number, machine: Machine): Agent {
@@ -66,6 +66,62 @@ export function lateStarter(args: { flag: number; slow?: boolean; ms: number }, 
     step(): AgentStatus {
       Atomics.store(i32, (args.flag >>> 2) + 1 + cpu, Atomics.load(i32, args.flag >>> 2) === 1 ? 1 : 2);
       return 'done';
+    },
+  };
+}
+
+/** Word offsets (Int32) in the control block of the mailbox flood. */
+export const FLOOD = { FULL: 0, RECEIVED: 1, OUT_OF_ORDER: 2, DONE_SENDERS: 3 } as const;
+const FLOOD_VECTOR = 0x50;
+
+/**
+ * Sends `count` IPIs (vector 0x50, payload [its own CPU, sequence number]) to `target` without
+ * waiting for acknowledgements; a full mailbox is counted at ctrl FLOOD.FULL and retried.
+ */
+export function flooder(args: { ctrl: number; target: number; count: number }, cpu: number, machine: Machine): Agent {
+  const i32 = machine.phys.i32;
+  const w = args.ctrl >>> 2;
+  let sent = 0;
+  return {
+    step(c: Cpu): AgentStatus {
+      for (let n = 0; n < 256 && sent < args.count; n++) {
+        try {
+          machine.apic.send(c, args.target, FLOOD_VECTOR, [cpu, sent]);
+          sent++;
+        } catch (e) {
+          if (!(e instanceof IpiError) || !/is full/.test(e.message)) throw e;
+          Atomics.add(i32, w + FLOOD.FULL, 1);
+        }
+      }
+      if (sent < args.count) return 'run';
+      Atomics.add(i32, w + FLOOD.DONE_SENDERS, 1);
+      return 'done';
+    },
+  };
+}
+
+/**
+ * Takes the flood slowly (a short spin per turn, so the mailbox fills up) until `expected`
+ * messages have come; checks that each sender's sequence numbers arrive in order, none missing.
+ */
+export function drainer(args: { ctrl: number; expected: number; senders: number }, _cpu: number, machine: Machine): Agent {
+  const i32 = machine.phys.i32;
+  const w = args.ctrl >>> 2;
+  const next = new Array<number>(args.senders).fill(0);
+  let received = 0;
+  machine.apic.on(FLOOD_VECTOR, (_c, msg) => {
+    const from = msg.payload[0]!;
+    if (msg.payload[1] !== next[from]) Atomics.add(i32, w + FLOOD.OUT_OF_ORDER, 1);
+    next[from] = msg.payload[1]! + 1;
+    received++;
+    Atomics.store(i32, w + FLOOD.RECEIVED, received);
+  });
+  return {
+    step(c: Cpu): AgentStatus {
+      const until = performance.now() + 0.02;
+      while (performance.now() < until);
+      machine.apic.deliver(c, true);
+      return received >= args.expected ? 'done' : 'run';
     },
   };
 }

@@ -18,7 +18,7 @@
 import { describe, expect, it } from 'vitest';
 import { LEVEL_PTE, Machine, PageTableBuilder } from '../../hw/index.ts';
 import { ParallelEngine } from '../../hw/parallel.ts';
-import { AD, SD, SDH } from './agents.ts';
+import { AD, FLOOD, SD, SDH } from './agents.ts';
 
 const AGENTS = new URL('./agents.ts', import.meta.url).href;
 
@@ -76,6 +76,24 @@ describe('parallel engine (worker threads)', () => {
     expect(c.accesses).toBe(100_003);
     expect(c.walks).toBe(8);
   });
+
+  it('two senders flooding one mailbox past full lose no IPI, and each one arrives once, in order', async () => {
+    const m = new Machine({ memoryBytes: 8 << 20, cpus: 3 });
+    const ctrl = 0x3ff000;
+    const count = 40_000;
+    const e = new ParallelEngine(m, { workers: 3, timeoutMs: 60_000 });
+    e.assign(0, { module: AGENTS, export: 'flooder', args: { ctrl, target: 2, count } });
+    e.assign(1, { module: AGENTS, export: 'flooder', args: { ctrl, target: 2, count } });
+    e.assign(2, { module: AGENTS, export: 'drainer', args: { ctrl, expected: 2 * count, senders: 2 } });
+    await e.run();
+    const word = (i: number) => Atomics.load(m.phys.i32, (ctrl >>> 2) + i);
+    expect(word(FLOOD.RECEIVED)).toBe(2 * count);
+    expect(word(FLOOD.OUT_OF_ORDER)).toBe(0);
+    expect(word(FLOOD.DONE_SENDERS)).toBe(2);
+    // The mailbox was full again and again (the case the senders race on).
+    expect(word(FLOOD.FULL)).toBeGreaterThan(0);
+    expect(m.totals().ipisSent).toBe(2 * count);
+  }, 90_000);
 
   it('(a) concurrent A/D updates on the same PTEs never lose a bit, theirs or another writer’s', async () => {
     const m = new Machine({ memoryBytes: 8 << 20, cpus: 3 });
