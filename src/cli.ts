@@ -6,6 +6,7 @@
  * Each command lives in src/commands/<name>.ts and registers itself here.
  */
 
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { runDemo } from './demo.ts';
 import { COST_MODEL_HELP, EXIT_OK, EXIT_USAGE, loadCosts, refuseSharedOptions, UsageError, type Io } from './commands/common.ts';
@@ -13,10 +14,14 @@ import { COMMANDS } from './commands/index.ts';
 
 export { EXIT_FINDING, EXIT_OK, EXIT_USAGE, UsageError } from './commands/common.ts';
 
+/** mmulab's version, from its package.json. */
+export const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
 export function buildProgram(io: Io): Command {
   const program = new Command();
   program
     .name('mmulab')
+    .version(VERSION, '-V, --version', 'print the mmulab version')
     .description('A laboratory for x86-64 memory management: a bit-accurate MMU, a Linux-like mm layer, and binder page-mapping designs.')
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
     .exitOverride()

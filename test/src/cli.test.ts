@@ -3,7 +3,7 @@
  * shared options it refuses, and exit code 2 with one clear line for bad usage.
  */
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -63,5 +63,14 @@ describe('mmulab command line', () => {
     const r = await run(['--help']);
     expect(r.code).toBe(0);
     expect(r.out).toContain('Usage: mmulab');
+  });
+
+  it('prints its version (package.json) with --version and -V, exit code 0', async () => {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-V']) {
+      const r = await run([flag]);
+      expect(r.code).toBe(0);
+      expect(r.out).toBe(`${pkg.version}\n`);
+    }
   });
 });
