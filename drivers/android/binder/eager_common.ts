@@ -45,8 +45,9 @@ export function setupEagerVma(alloc: BinderAlloc, vma: VmArea): number {
 }
 
 /**
- * What the designs that insert pages with vm_insert_page (eager, eager-writelock) share: the
- * options, binder_mmap's flags, nothing to do before delivery, and dropping the mm handle at
+ * What the designs that insert pages with vm_insert_page (eager, eager-writelock,
+ * eager-deferred) share: the options, binder_mmap's flags, nothing to do before delivery (unless
+ * the design says otherwise: eager-deferred installs there), and dropping the mm handle at
  * release. Each design says how it installs and reclaims a page.
  */
 export abstract class EagerMappingBase implements PageMapping {

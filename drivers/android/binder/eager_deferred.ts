@@ -13,12 +13,10 @@
  */
 
 import type { KGen } from '../../../kernel/sched/core.ts';
-import type { VmArea } from '../../../kernel/mm/mm_types.ts';
-import type { File } from '../../../kernel/fs/file.ts';
 import { EBUSY } from '../../../kernel/errno.ts';
-import { registerDesign, type DesignOptions, type IdentityVariant, type LruStatus, type PageMapping, type PlantedBugs } from './page_mapping.ts';
+import { registerDesign, type LruStatus } from './page_mapping.ts';
 import { PAGE_SIZE, type BinderAlloc, type BinderBuffer } from './binder_alloc.ts';
-import { freePageC, insertC, setupEagerVma } from './eager_common.ts';
+import { EagerMappingBase, freePageC, insertC } from './eager_common.ts';
 import { traceLruPage } from './binder_trace.ts';
 
 export interface DeferredCounters {
@@ -45,19 +43,10 @@ export function deferredCounters(alloc: BinderAlloc): DeferredCounters {
   return state(alloc).counters;
 }
 
-class EagerDeferredMapping implements PageMapping {
+class EagerDeferredMapping extends EagerMappingBase {
   readonly design = 'eager-deferred' as const;
-  readonly identity: IdentityVariant;
-  private readonly bugs: PlantedBugs;
-
-  constructor(opts: DesignOptions) {
-    this.identity = opts.identity ?? 'mapped';
-    this.bugs = opts.bugs ?? {};
-  }
-
-  setupVma(alloc: BinderAlloc, vma: VmArea, _file: File): number {
-    return setupEagerVma(alloc, vma);
-  }
+  /** In the receiver, just before the buffer's address is returned to it: receiverInstall. */
+  override beforeDeliver = (alloc: BinderAlloc, buffer: BinderBuffer): KGen<number> => this.receiverInstall(alloc, buffer);
 
   /** The sender only gives the page a frame; the PTE waits for the receiver. */
   *installSinglePage(alloc: BinderAlloc, index: number, _addr: number): KGen<number> {
@@ -68,7 +57,7 @@ class EagerDeferredMapping implements PageMapping {
   }
 
   /** In the receiver: map every page of the buffer that has no PTE yet. */
-  *beforeDeliver(alloc: BinderAlloc, buffer: BinderBuffer): KGen<number> {
+  private *receiverInstall(alloc: BinderAlloc, buffer: BinderBuffer): KGen<number> {
     const k = alloc.k;
     const mm = k.current?.mm;
     const st = state(alloc);
