@@ -38,7 +38,8 @@ import { toVa, vaFromHalves, vaNumberFromHalves, type LinearAddress } from './ad
 // a hole check) at every use; a module-local const is folded to its value, which matters on the
 // translation paths below.
 const {
-  A_HEAD, A_TAIL, C_CLOCK, C_CR3_NOFLUSH, C_CR3_WRITES, C_D_REWALKS, C_ENTRIES_FLUSHED, C_FLUSH_ALL, C_FLUSH_PCID,
+  A_HEAD, A_TAIL, C_CLOCK, C_CR3_NOFLUSH, C_CR3_WRITES, C_D_REWALKS, C_ENTRIES_FLUSHED, C_FETCH_L1_MISS, C_FETCH_LOOKUPS,
+  C_FETCH_STLB_HIT, C_FETCH_STLB_MISS, C_FETCH_WALKS, C_FLUSH_ALL, C_FLUSH_PCID,
   C_GP_FAULTS, C_INVLPG, C_INVPCID, C_L1_HIT, C_L1_HIT_1G, C_L1_HIT_2M, C_L1_MISS, C_MACHINE_CHECKS, C_PAGE_FAULTS,
   C_PSC_HIT_PDE, C_PSC_HIT_PDPTE, C_PSC_HIT_PML4E, C_PSC_HIT_PML5E, C_RIGHTS_REWALKS, C_SS_FAULTS, C_STLB_HIT, C_STLB_MISS, C_WATCH_HITS,
   C_UNTRANSLATED, C_WALK_REFS, COUNTER_NAMES, ENTRY_WORDS, N_COUNTERS, R_CPL, R_HELD, R_CR0_HI, R_CR0_LO, R_CR2_HI, R_CR2_LO, R_CR3_HI, R_CR3_LO, R_CR4_HI, R_CR4_LO,
@@ -856,6 +857,7 @@ export class Cpu {
     if (top !== 0 && top !== -1) return this.nonCanonical(stack);
     const user = this.cpl3 === true && !implicit;
     const ai = user ? 3 + kind : implicit ? 6 + kind : kind;
+    if (kind === K_FETCH) this.c[C_FETCH_LOOKUPS]!++;
     // ---- L1 TLB, 4 KiB array of this side (global entries and every access kind) -------------
     const t = kind === K_FETCH ? this.i4k : this.d4k;
     const e = t.lookup((vaLo >>> 12) | (vaHi << 20), (vaHi >>> 12) & 0x1fff, this.pcid, SIZE_4K);
@@ -925,7 +927,10 @@ export class Cpu {
     this.c[C_CLOCK]! += this.cost.access;
     if (kind === K_WRITE && (w3 & W3_D) === 0 && this.perm[ai * 8 + ((w3 >>> W3_RIGHTS_SHIFT) & 7)] === 0) this.c[C_D_REWALKS]!++;
     else this.c[C_RIGHTS_REWALKS]!++;
-    if (countMiss) this.c[C_L1_MISS]!++;
+    if (countMiss) {
+      this.c[C_L1_MISS]!++;
+      if (kind === K_FETCH) this.c[C_FETCH_L1_MISS]!++;
+    }
     this.dropPage(vaHi, vaLo);
     return this.walkAndFill(vaHi, vaLo, kind, ai, user);
   }
@@ -943,6 +948,7 @@ export class Cpu {
       return this.probeResult;
     }
     c[C_L1_MISS]!++;
+    if (fetch) c[C_FETCH_L1_MISS]!++;
     // ---- second-level TLB ---------------------------------------------------------------------
     const st = this.stlb;
     if (
@@ -953,6 +959,7 @@ export class Cpu {
       return this.probeResult;
     }
     c[C_STLB_MISS]!++;
+    if (fetch) c[C_FETCH_STLB_MISS]!++;
     c[C_CLOCK]! += this.cost.access;
     return this.walkAndFill(vaHi, vaLo, kind, ai, user);
   }
@@ -982,6 +989,7 @@ export class Cpu {
       this.c[C_CLOCK]! += this.cost.access + this.cost.tlbL1Hit;
     } else {
       this.c[C_STLB_HIT]!++;
+      if (kind === K_FETCH) this.c[C_FETCH_STLB_HIT]!++;
       this.c[C_CLOCK]! += this.cost.access + this.cost.stlbHit;
       const w1 = r[e + 1]!;
       this.fillL1(vaHi, vaLo, kind === K_FETCH, size, (w1 & W1_GLOBAL) !== 0, r[e + 2]!, w3, (w1 & W1_PCID_MASK) >>> W1_PCID_SHIFT);
@@ -1035,6 +1043,7 @@ export class Cpu {
 
   private walkAndFill(vaHi: number, vaLo: number, kind: number, ai: number, user: boolean): number {
     const pa = walk(this, vaHi, vaLo, kind, ai, user, true);
+    if (kind === K_FETCH) this.c[C_FETCH_WALKS]!++;
     this.chargeWalk();
     if (pa < 0) {
       if (pa === WALK_MC_RESULT) {

@@ -130,6 +130,13 @@ export const C_MACHINE_CHECKS = 35;
 export const C_SS_FAULTS = 36;
 /** Accesses that never reached the TLB: paging disabled, or a non-canonical address. */
 export const C_UNTRANSLATED = 37;
+// The instruction side's share of the translation counters above (as perf's iTLB events): its
+// lookups are fetches that reached the TLB; the data side's share is the total minus these.
+export const C_FETCH_LOOKUPS = 38;
+export const C_FETCH_L1_MISS = 39;
+export const C_FETCH_STLB_HIT = 40;
+export const C_FETCH_STLB_MISS = 41;
+export const C_FETCH_WALKS = 42;
 export const N_COUNTERS = 64;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -169,6 +176,11 @@ export const COUNTER_NAMES: Record<number, string> = {
   [C_MACHINE_CHECKS]: 'machineChecks',
   [C_SS_FAULTS]: 'ssFaults',
   [C_UNTRANSLATED]: 'untranslated',
+  [C_FETCH_LOOKUPS]: 'fetchLookups',
+  [C_FETCH_L1_MISS]: 'fetchL1Misses',
+  [C_FETCH_STLB_HIT]: 'fetchStlbHits',
+  [C_FETCH_STLB_MISS]: 'fetchStlbMisses',
+  [C_FETCH_WALKS]: 'fetchWalks',
 };
 
 /** Words per TLB / PSC entry. */

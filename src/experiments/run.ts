@@ -7,8 +7,10 @@
  * (schema "mmulab.run/1", described on RunResult below).
  *
  * Where each number comes from: L1, STLB, walk and #PF counts are the CPUs' hardware counters
- * (hw/cpu.ts counters(), summed over CPUs); the L1 dTLB/iTLB split is the scenario's TLB side
- * probe, and the two sides add up to the L1 counters exactly. A hit rate is hits / lookups,
+ * (hw/cpu.ts counters(), summed over CPUs); the L1 dTLB/iTLB split comes from the instruction
+ * side's own counters (fetchLookups, fetchL1Misses, …: every translated fetch is one lookup of
+ * the instruction TLB, ending in one L1 hit or one L1 miss), the data side being the rest, so the
+ * two sides add up to the L1 counters exactly. A hit rate is hits / lookups,
  * null (printed "-") when there were no lookups. Page faults are perf's page-faults event of
  * each thread (Task.stats.faults: one per #PF that reached do_user_addr_fault), and `byKind` is
  * the kernel's own tally of resolved faults (kernel/mm/memory.ts faultCounters). The hardware #PF
@@ -24,7 +26,7 @@
 import type { CpuCounters } from '../../hw/cpu.ts';
 import { faultCounters, type FaultCounters } from '../../kernel/mm/memory.ts';
 import { percentile } from './stats.ts';
-import type { RunOutcome, Scenario, TlbSide, WorkloadName } from './scenario.ts';
+import type { RunOutcome, Scenario, WorkloadName } from './scenario.ts';
 import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import { binder_check_device } from '../../drivers/android/binder/binder_alloc_debug.ts';
 
@@ -100,6 +102,29 @@ function stlbLevel(hits: number, misses: number): TlbLevel {
   return { lookups, hits, misses, hitRate: lookups > 0 ? hits / lookups : null };
 }
 
+/** One L1 TLB side's share of the translation counters. */
+export interface TlbSide {
+  /** Translations that looked this side's L1 TLB up. */
+  lookups: number;
+  l1Misses: number;
+  stlbHits: number;
+  stlbMisses: number;
+  walks: number;
+}
+
+/** The two sides' shares: the instruction side's from its own counters, the data side's the rest. */
+function tlbSides(sum: (name: string) => number): { data: TlbSide; inst: TlbSide } {
+  const inst: TlbSide = { lookups: sum('fetchLookups'), l1Misses: sum('fetchL1Misses'), stlbHits: sum('fetchStlbHits'), stlbMisses: sum('fetchStlbMisses'), walks: sum('fetchWalks') };
+  const data: TlbSide = {
+    lookups: sum('l1Hits') + sum('l1Misses') - inst.lookups,
+    l1Misses: sum('l1Misses') - inst.l1Misses,
+    stlbHits: sum('stlbHits') - inst.stlbHits,
+    stlbMisses: sum('stlbMisses') - inst.stlbMisses,
+    walks: sum('walks') - inst.walks,
+  };
+  return { data, inst };
+}
+
 function sideStlb(s: TlbSide): TlbLevel {
   return stlbLevel(s.stlbHits, s.stlbMisses);
 }
@@ -130,7 +155,7 @@ export function measure(s: Scenario, outcome: RunOutcome, options: Record<string
   const sum = (name: string) => perCpu.reduce((a, c) => a + (c[name] ?? 0), 0);
   const l1Hits = sum('l1Hits');
   const l1Misses = sum('l1Misses');
-  const { data, inst } = s.probe;
+  const { data, inst } = tlbSides(sum);
   const processes: RunProcess[] = [...s.monitor.processes.values()].map((p) => ({
     pid: p.pid,
     comm: p.comm,

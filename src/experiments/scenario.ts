@@ -6,24 +6,14 @@
  * run it until its processes have finished their programs, or to a given scheduling step, and
  * look at one process's address space.
  *
- * Two instruments are attached to the kernel of a scenario:
- *
- *  - The program monitor wraps every program the kernel starts (Kernel.startProcess and
- *    startThread: spawn, fork and clone all go through them). When a thread's program returns it
- *    records the thread's page faults and run time and its process's RSS at that moment, then,
- *    if the scenario parks, pauses the thread (a sleep on a wait queue, like pause(2)) until the
- *    monitor releases it. So at the end of a parked run every process still has its address
- *    space, exactly as it was when its program finished, and the engine stops with nothing
- *    runnable (it reports that as a deadlock, which the monitor recognises by its parked threads).
- *
- *  - The TLB side probe splits the L1 TLB counters by side. The hardware keeps one L1 hit and
- *    one L1 miss counter for both L1 TLBs (hw/cpu.ts counts a 4 KiB hit only by advancing its LRU
- *    clock, to keep the hit path short), so the probe wraps each CPU's translate() and gives the
- *    change of the miss, STLB and walk counters to the side of the access: the instruction TLB
- *    for fetches, the data TLB for loads and stores. Every translate() that reaches the L1 arrays
- *    ends in exactly one L1 hit or one L1 miss, so a side's hits are its lookups minus its
- *    misses, and the two sides add up to the CPUs' counters exactly. (Accesses that are not
- *    translated — a non-canonical address — touch no TLB and are not counted.)
+ * A program monitor is attached to the kernel of a scenario: it wraps every program the kernel
+ * starts (Kernel.startProcess and startThread: spawn, fork and clone all go through them). When a
+ * thread's program returns it records the thread's page faults and run time and its process's RSS
+ * at that moment, then, if the scenario parks, pauses the thread (a sleep on a wait queue, like
+ * pause(2)) until the monitor releases it. So at the end of a parked run every process still has
+ * its address space, exactly as it was when its program finished, and the engine stops with
+ * nothing runnable (it reports that as a deadlock, which the monitor recognises by its parked
+ * threads).
  */
 
 import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
@@ -32,9 +22,6 @@ import type { Task, KGen } from '../../kernel/sched/core.ts';
 import type { ThreadGroup } from '../../kernel/exit.ts';
 import { WaitQueue } from '../../kernel/sched/wait.ts';
 import { EngineError } from '../../hw/engine.ts';
-import type { Cpu } from '../../hw/cpu.ts';
-import { K_FETCH } from '../../hw/walk.ts';
-import { C_L1_MISS, C_STLB_HIT, C_STLB_MISS, C_UNTRANSLATED, C_WALKS } from '../../hw/layout.ts';
 import type { DesignOptions } from '../../drivers/android/binder/page_mapping.ts';
 import { TOUCH_PATTERNS, touchProgram, type TouchPattern } from '../workloads/touch.ts';
 import { FORK_CHILD, FORK_PARENT, forkProgram } from '../workloads/fork_cow.ts';
@@ -85,7 +72,6 @@ export interface Scenario {
   k: Kernel;
   options: ScenarioOptions;
   monitor: Monitor;
-  probe: TlbSideProbe;
   /** One line saying what runs. */
   description: string;
   /** The process inspected when none is named. */
@@ -124,10 +110,9 @@ export function describeWorkload(o: ScenarioOptions): string {
 /** Build the kernel and start the workload's processes (run it with runScenario). */
 export function buildScenario(o: ScenarioOptions): Scenario {
   const k = new Kernel({ memoryBytes: 128 << 20, ...o.kernel, cpus: o.cpus, seed: o.seed });
-  const probe = new TlbSideProbe(k);
   const monitor = new Monitor(k, o.park, o.workload === 'module' ? programLib(o.seed) : undefined);
   const spawn = (p: Program, comm: string) => void k.spawn(p, { comm });
-  const s: Scenario = { k, options: o, monitor, probe, description: describeWorkload(o), defaultProcess: o.workload, bootFrames: k.pages.usedFrames };
+  const s: Scenario = { k, options: o, monitor, description: describeWorkload(o), defaultProcess: o.workload, bootFrames: k.pages.usedFrames };
   switch (o.workload) {
     case 'sequential':
     case 'strided':
@@ -267,58 +252,5 @@ export class Monitor {
     rec.runCycles += t.stats.runCycles;
     if (t.mm) rec.rss = { anon: t.mm.rss.anon, file: t.mm.rss.file, shmem: t.mm.rss.shmem };
     if (error !== undefined && rec.error === undefined) rec.error = error instanceof Error ? error.message : String(error);
-  }
-}
-
-// ================================================================================================
-// The TLB side probe
-// ================================================================================================
-
-/** One L1 TLB side's share of the translation counters. */
-export interface TlbSide {
-  /** Translations that looked this side's L1 TLB up. */
-  lookups: number;
-  l1Misses: number;
-  stlbHits: number;
-  stlbMisses: number;
-  walks: number;
-}
-
-function emptySide(): TlbSide {
-  return { lookups: 0, l1Misses: 0, stlbHits: 0, stlbMisses: 0, walks: 0 };
-}
-
-export class TlbSideProbe {
-  /** Loads and stores (and the kernel's accesses to user memory). */
-  readonly data = emptySide();
-  /** Instruction fetches. */
-  readonly inst = emptySide();
-
-  constructor(k: Kernel) {
-    for (const cpu of k.machine.cpus) this.attach(cpu);
-  }
-
-  private attach(cpu: Cpu): void {
-    const c = cpu.c;
-    const translate = cpu.translate;
-    const data = this.data;
-    const inst = this.inst;
-    cpu.translate = function (this: Cpu, vaHi: number, vaLo: number, kind: number, implicit: boolean, stack: boolean): number {
-      const miss = c[C_L1_MISS]!;
-      const stlbHit = c[C_STLB_HIT]!;
-      const stlbMiss = c[C_STLB_MISS]!;
-      const walks = c[C_WALKS]!;
-      const untranslated = c[C_UNTRANSLATED]!;
-      const r = translate.call(this, vaHi, vaLo, kind, implicit, stack);
-      if (c[C_UNTRANSLATED] === untranslated) {
-        const s = kind === K_FETCH ? inst : data;
-        s.lookups++;
-        s.l1Misses += c[C_L1_MISS]! - miss;
-        s.stlbHits += c[C_STLB_HIT]! - stlbHit;
-        s.stlbMisses += c[C_STLB_MISS]! - stlbMiss;
-        s.walks += c[C_WALKS]! - walks;
-      }
-      return r;
-    };
   }
 }

@@ -224,6 +224,33 @@ describe('counters and clocks', () => {
     expect(cpu.counters().cycles).toBe(0);
   });
 
+  it('the fetch* counters are the instruction side\'s share of lookups, L1 and STLB misses and walks', () => {
+    const { cpu, b } = mapped();
+    b.map(0x401000, 0x202000, { A: true, D: true });
+    const fetchCounts = () => {
+      const c = cpu.counters();
+      return { lookups: c.fetchLookups, l1: c.fetchL1Misses, stlbHit: c.fetchStlbHits, stlbMiss: c.fetchStlbMisses, walks: c.fetchWalks };
+    };
+    // Data accesses leave the instruction side's counters alone.
+    expect(cpu.access(0x400000, 'read').ok).toBe(true);
+    expect(cpu.access(0x400008, 'write').ok).toBe(true);
+    expect(fetchCounts()).toEqual({ lookups: 0, l1: 0, stlbHit: 0, stlbMiss: 0, walks: 0 });
+    // A fetch from a page the data side loaded: L1 iTLB miss, second-level TLB hit (it is shared).
+    expect(cpu.access(0x400010, 'fetch').ok).toBe(true);
+    expect(fetchCounts()).toEqual({ lookups: 1, l1: 1, stlbHit: 1, stlbMiss: 0, walks: 0 });
+    // Again: an L1 iTLB hit. A fetch from a new page: misses both and walks.
+    expect(cpu.access(0x400020, 'fetch').ok).toBe(true);
+    expect(cpu.access(0x401000, 'fetch').ok).toBe(true);
+    expect(fetchCounts()).toEqual({ lookups: 3, l1: 2, stlbHit: 1, stlbMiss: 1, walks: 1 });
+    // A fetch that faults is a lookup, a miss and a walk; a non-canonical one reaches no TLB.
+    expect(cpu.access(0x9000, 'fetch').ok).toBe(false);
+    expect(cpu.access(0x0000800000000000n, 'fetch').ok).toBe(false);
+    expect(fetchCounts()).toEqual({ lookups: 4, l1: 3, stlbHit: 1, stlbMiss: 2, walks: 2 });
+    const c = cpu.counters();
+    expect(c).toMatchObject({ l1Misses: 4, stlbHits: 1, stlbMisses: 3, walks: 3 });
+    expect(c.l1Hits! + c.l1Misses!).toBe(6);
+  });
+
   it('a walk after resetCounters() charges its own memory references, no more and no less', () => {
     const { cpu } = mapped();
     // Walks before the reset, so the walk-reference counter is well above zero when it is reset.
