@@ -129,6 +129,13 @@ export class Kernel {
   readonly subsystems = new Map<string, unknown>();
   /** The numbers this kernel gives its objects (inodes, mm contexts, VMAs, …; drivers' through next()). */
   readonly ids = new KernelIds();
+  /**
+   * An instrument's hook on every user program the kernel starts (spawn and fork go through
+   * startProcess, clone through startThread): told the process, and whether this is a new thread
+   * of it, it returns the program to run — the same one or a wrapper around it. mmulab's
+   * experiments use it to see each program end (src/experiments/scenario.ts). null: none.
+   */
+  programHook: ((program: Program, started: { tgid: number; comm: string; thread: boolean }) => Program) | null = null;
   /** Hooks run on every context switch. */
   readonly switchHooks: ((cpu: number, prev: Task | null, next: Task) => void)[] = [];
   /**
@@ -476,7 +483,9 @@ export class Kernel {
     this.groups.set(pid, g);
     this.groups.get(o.parent)?.children.add(pid);
     o.mm.owner = null;
-    const t = this.createTask({ pid, tgid: pid, comm: o.comm.slice(0, 15), kthread: false, cpu: o.cpu, allowed: o.allowed }, (task) => this.userBody(task, program));
+    const comm = o.comm.slice(0, 15);
+    const run = this.programHook !== null ? this.programHook(program, { tgid: pid, comm, thread: false }) : program;
+    const t = this.createTask({ pid, tgid: pid, comm, kthread: false, cpu: o.cpu, allowed: o.allowed }, (task) => this.userBody(task, run));
     t.mm = o.mm;
     o.mm.owner = t;
     t.ext.set('group', g);
@@ -486,7 +495,9 @@ export class Kernel {
 
   /** A new thread in process `g` (clone with CLONE_VM): the caller took the mm reference. */
   startThread(g: ThreadGroup, program: Program, o: { comm: string; mm: MmStruct; cpu?: number }): Task {
-    const t = this.createTask({ tgid: g.tgid, comm: o.comm.slice(0, 15), kthread: false, cpu: o.cpu }, (task) => this.userBody(task, program));
+    const comm = o.comm.slice(0, 15);
+    const run = this.programHook !== null ? this.programHook(program, { tgid: g.tgid, comm, thread: true }) : program;
+    const t = this.createTask({ tgid: g.tgid, comm, kthread: false, cpu: o.cpu }, (task) => this.userBody(task, run));
     t.mm = o.mm;
     t.ext.set('group', g);
     g.threads.add(t);

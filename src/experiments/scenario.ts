@@ -7,9 +7,9 @@
  * look at one process's address space.
  *
  * A program monitor is attached to the kernel of a scenario: it wraps every program the kernel
- * starts (Kernel.startProcess and startThread: spawn, fork and clone all go through them). When a
- * thread's program returns it records the thread's page faults and run time and its process's RSS
- * at that moment, then, if the scenario parks, pauses the thread (a sleep on a wait queue, like
+ * starts (through Kernel.programHook, which spawn, fork and clone all reach). When a thread's
+ * program returns it records the thread's page faults and run time and its process's RSS at that
+ * moment, then, if the scenario parks, pauses the thread (a sleep on a wait queue, like
  * pause(2)) until the monitor releases it. So at the end of a parked run every process still has
  * its address space, exactly as it was when its program finished, and the engine stops with
  * nothing runnable (it reports that as a deadlock, which the monitor recognises by its parked
@@ -18,8 +18,7 @@
 
 import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
 import type { Program, User } from '../../kernel/uapi.ts';
-import type { Task, KGen } from '../../kernel/sched/core.ts';
-import type { ThreadGroup } from '../../kernel/exit.ts';
+import type { KGen } from '../../kernel/sched/core.ts';
 import { WaitQueue } from '../../kernel/sched/wait.ts';
 import { EngineError } from '../../hw/engine.ts';
 import type { DesignOptions } from '../../drivers/android/binder/page_mapping.ts';
@@ -199,18 +198,13 @@ export class Monitor {
     /** Passed to every program as its second argument (module programs). */
     readonly lib?: Record<string, unknown>,
   ) {
-    const startProcess = k.startProcess.bind(k);
-    const startThread = k.startThread.bind(k);
-    k.startProcess = (program: Program, o: Parameters<Kernel['startProcess']>[1]): Task => {
-      const t = startProcess(this.wrap(program), o);
-      this.processes.set(t.tgid, { pid: t.tgid, comm: t.comm, threads: 1, ended: 0, faults: 0, runCycles: 0, rss: { anon: 0, file: 0, shmem: 0 } });
-      return t;
-    };
-    k.startThread = (g: ThreadGroup, program: Program, o: Parameters<Kernel['startThread']>[2]): Task => {
-      const t = startThread(g, this.wrap(program), o);
-      const rec = this.processes.get(g.tgid);
-      if (rec) rec.threads++;
-      return t;
+    k.programHook = (program, started) => {
+      if (!started.thread) this.processes.set(started.tgid, { pid: started.tgid, comm: started.comm, threads: 1, ended: 0, faults: 0, runCycles: 0, rss: { anon: 0, file: 0, shmem: 0 } });
+      else {
+        const rec = this.processes.get(started.tgid);
+        if (rec) rec.threads++;
+      }
+      return this.wrap(program);
     };
   }
 
