@@ -1072,7 +1072,13 @@ class World {
         ptr = held[op.i % held.length]!;
         break;
       case 'again': {
-        const again = v.inst.freed.filter((p) => !v.inst.held.has(p));
+        // A double free: an address this instance freed that is no buffer now. The kernel's
+        // allocator is asked which addresses start a buffer again (choosing the operation, not
+        // judging it): a reused address can belong to a buffer another thread of the process
+        // has just received but not yet counted as held, and freeing that is legal, not a
+        // double free (the oracle would then wrongly expect the buffer to stay).
+        const live = v.base !== 0 ? [...this.dev.procs].find((bp) => bp.pid === v.inst.owner && bp.alloc.vm_start === v.base)?.alloc.allocated : undefined;
+        const again = v.inst.freed.filter((p) => !v.inst.held.has(p) && !live?.has(p));
         if (again.length === 0) return false;
         ptr = again[op.i % again.length]!;
         if (v.inst.reading.has(ptr)) return false;
