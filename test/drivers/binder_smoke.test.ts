@@ -4,6 +4,7 @@ import type { User } from '../../kernel/uapi.ts';
 import { BinderDevice } from '../../drivers/android/binder/binder.ts';
 import { IPCThreadState, Parcel, ProcessState, addService, getService, runServiceManager } from '../../src/workloads/libbinder.ts';
 import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
+import { spawnThroughput } from '../../src/workloads/binder_throughput.ts';
 
 for (const design of ['eager', 'eager-writelock', 'eager-deferred', 'fault', 'pfnmap'] as const) {
   it(`round trip via servicemanager (${design})`, () => {
@@ -42,3 +43,25 @@ for (const design of ['eager', 'eager-writelock', 'eager-deferred', 'fault', 'pf
     expect(dev.stats.transactions).toBe(3);
   });
 }
+
+it('binder_transaction_alloc_buf and binder_transaction_buffer_release name the transaction the buffer carries (buffer->debug_id = t->debug_id)', () => {
+  const k = new Kernel({ cpus: 4, memoryBytes: 64 << 20, trace: true });
+  new BinderDevice(k, { design: { design: 'eager' } });
+  const res = spawnThroughput(k, { workers: 2, iterations: 20, payload: 64 });
+  expect(k.run({ maxSteps: 1e7 }).reason).toBe('done');
+  expect(res.failures).toBe(0);
+  const txIds = new Set<number>();
+  const allocIds: number[] = [];
+  const releaseIds: number[] = [];
+  for (const e of k.trace.events) {
+    if (e.name === 'binder:binder_transaction') txIds.add(e.fields.debug_id as number);
+    else if (e.name === 'binder:binder_transaction_alloc_buf') allocIds.push(e.fields.debug_id as number);
+    else if (e.name === 'binder:binder_transaction_buffer_release') releaseIds.push(e.fields.debug_id as number);
+  }
+  // Every transaction allocated a buffer, each alloc names a transaction, and no two allocs the same one.
+  expect(allocIds.length).toBe(txIds.size);
+  expect(new Set(allocIds).size).toBe(allocIds.length);
+  for (const id of allocIds) expect(txIds.has(id)).toBe(true);
+  expect(releaseIds.length).toBeGreaterThan(0);
+  for (const id of releaseIds) expect(txIds.has(id)).toBe(true);
+});

@@ -552,6 +552,7 @@ function* binder_transaction_to(proc: BinderProc, thread: BinderThread, tr: Tran
     if (reply && target_thread) returnError(target_thread, buf === -ESRCH ? BR_DEAD_REPLY : BR_FAILED_REPLY);
     return returnError(thread, buf === -ESRCH ? BR_DEAD_REPLY : BR_FAILED_REPLY);
   }
+  buf.debug_id = t.debug_id;
   buf.transaction = t;
   buf.target_node = target_node;
   buf.clear_on_free = (tr.flags & TF_CLEAR_BUF) !== 0;

@@ -45,7 +45,8 @@ const pageMask = (n: number): number => n - (n % PAGE_SIZE);
 const isSize = (x: number): boolean => Number.isSafeInteger(x) && x >= 0;
 
 export class BinderBuffer {
-  debug_id: number;
+  /** The debug id of the transaction it was last allocated for (binder_transaction sets it); 0 before. */
+  debug_id = 0;
   free = true;
   /** The receiver may free it (set when delivered, cleared by prepare_to_free). */
   allow_user_free = false;
@@ -66,12 +67,7 @@ export class BinderBuffer {
   next: BinderBuffer | null = null;
   freeNode: RbNode<number, BinderBuffer> | null = null;
 
-  constructor(
-    k: Kernel,
-    public user_data: number,
-  ) {
-    this.debug_id = k.ids.next('binder_buffer');
-  }
+  constructor(public user_data: number) {}
 }
 
 /** One entry of the global LRU: page `index` of `alloc`. */
@@ -316,7 +312,7 @@ export class BinderAlloc implements PageRefHolder {
       this.buffer_size = Math.min(vma.vm_end - vma.vm_start, SZ_4M);
       this.vm_start = vma.vm_start;
       this.pages = new Int32Array(this.buffer_size / PAGE_SIZE).fill(-1);
-      const b = new BinderBuffer(this.k, vma.vm_start);
+      const b = new BinderBuffer(vma.vm_start);
       this.head = b;
       this.insertFree(b);
       this.free_async_space = this.buffer_size / 2;
@@ -398,7 +394,7 @@ export class BinderAlloc implements PageRefHolder {
     buffer.allow_user_free = false;
     this.allocated.set(buffer.user_data, buffer);
     if (buffer_size !== size) {
-      const nb = new BinderBuffer(this.k, buffer.user_data + size);
+      const nb = new BinderBuffer(buffer.user_data + size);
       nb.prev = buffer;
       nb.next = buffer.next;
       if (buffer.next) buffer.next.prev = nb;
