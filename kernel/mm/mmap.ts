@@ -26,7 +26,10 @@
  * MAP_SYNC is always refused by MAP_SHARED_VALIDATE; no overcommit accounting (VM_ACCOUNT is
  * set and kept as Linux keeps it, but no vm_committed_as is charged, so security_vm_enough_memory
  * never fails); no RLIMIT_MEMLOCK (can_do_mlock and mlock_future_ok pass, as for a task with
- * CAP_IPC_LOCK), and no PG_mlocked/unevictable state on the pages of a VM_LOCKED VMA.
+ * CAP_IPC_LOCK), and no PG_mlocked/unevictable state on the pages of a VM_LOCKED VMA. The
+ * kernel is configured without CONFIG_MEM_SOFT_DIRTY (mm/Kconfig: default n; VM_SOFTDIRTY is then
+ * 0 in Linux): new VMAs get no VM_SOFTDIRTY and PTEs no _PAGE_SOFT_DIRTY, so smaps shows no "sd"
+ * and pagemap no bit 55 (task_mmu.ts still reads both, as Linux's pagemap code does).
  *
  * munmap: the first and last VMAs are split, the VMAs in range detached, the mmap lock
  * downgraded to read (as the munmap syscall does), the PTEs zapped and empty page tables freed
