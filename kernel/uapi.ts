@@ -351,7 +351,8 @@ export class User {
       const n = Math.min(data.length - done, 4096 - (a & 4095));
       const pa = yield* this.translate(a, K_WRITE, n);
       this.checkPa(pa, n, a);
-      phys.u8.set(data.subarray(done, done + n), pa);
+      // The whole array when it fits one page: a subarray of a small array costs more than the copy.
+      phys.u8.set(n === data.length ? data : data.subarray(done, done + n), pa);
       done += n;
       this.k.charge(n * this.k.costs.copyPerByte);
     }

@@ -116,7 +116,8 @@ export function* copy_to_user(k: Kernel, to: number, data: Uint8Array): KGen<num
         r = pa;
         break;
       }
-      phys.u8.set(data.subarray(done, done + n), pa);
+      // The whole array when it fits one page: a subarray of a small array costs more than the copy.
+      phys.u8.set(n === data.length ? data : data.subarray(done, done + n), pa);
       done += n;
     }
   } finally {
