@@ -40,7 +40,7 @@ import { File, Inode, type FileOperations } from '../../../kernel/fs/file.ts';
 import { WaitQueue } from '../../../kernel/sched/wait.ts';
 import { VM_WRITE, type VmArea } from '../../../kernel/mm/mm_types.ts';
 import { mmdrop, mmgrab } from '../../../kernel/fork.ts';
-import { copy_from_user, copy_to_user } from '../../../kernel/arch/x86/uaccess.ts';
+import { access_ok, copy_from_user, copy_from_user_into, copy_to_user } from '../../../kernel/arch/x86/uaccess.ts';
 import { EAGAIN, EFAULT, EINVAL, EPERM, ESRCH } from '../../../kernel/errno.ts';
 import { BinderAlloc, type BinderBuffer } from './binder_alloc.ts';
 import { createPageMapping, designLabel, nothingBeforeDeliver, type DesignOptions } from './page_mapping.ts';
@@ -142,6 +142,9 @@ export class BinderThread {
   readPrefixes: Uint8Array[] = [];
   readonly bwrBuf = new Uint8Array(BWR_SIZE);
   readonly bwrView = new DataView(this.bwrBuf.buffer);
+  /** The command stream binder_thread_write copies in and parses, reused likewise (up to READ_BUF_REUSE). */
+  writeBuf: Uint8Array = new Uint8Array(256);
+  writeView: DataView = new DataView(this.writeBuf.buffer);
   /** write_consumed / read_consumed while binder_ioctl runs (reused as bwrBuf is). */
   readonly writeConsumed = { value: 0 };
   readonly readConsumed = { value: 0 };
@@ -335,14 +338,28 @@ function* binder_thread_write(proc: BinderProc, thread: BinderThread, buf: numbe
   const k = proc.device.k;
   const st = proc.device.stats;
   if (consumed.value >= size) return 0;
-  const bytes = yield* copy_from_user(k, buf + consumed.value, size - consumed.value);
-  if (typeof bytes === 'number') return -EFAULT;
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const len = size - consumed.value;
+  if (!access_ok(buf + consumed.value, len)) return -EFAULT;
+  // The thread's own buffer up to READ_BUF_REUSE bytes; a larger stream gets one of its own.
+  let v: DataView;
+  let bytes: Uint8Array;
+  if (len <= READ_BUF_REUSE) {
+    if (thread.writeBuf.length < len) {
+      thread.writeBuf = new Uint8Array(Math.max(len, 2 * thread.writeBuf.length));
+      thread.writeView = new DataView(thread.writeBuf.buffer);
+    }
+    bytes = thread.writeBuf;
+    v = thread.writeView;
+  } else {
+    bytes = new Uint8Array(len);
+    v = new DataView(bytes.buffer);
+  }
+  if ((yield* copy_from_user_into(k, bytes, buf + consumed.value, len)) < 0) return -EFAULT;
   let p = 0;
-  while (p + 4 <= bytes.length) {
+  while (p + 4 <= len) {
     const cmd = v.getUint32(p, true);
     const need = cmdPayloadSize(cmd);
-    if (p + 4 + need > bytes.length) return -EFAULT;
+    if (p + 4 + need > len) return -EFAULT;
     traceCommand(k, cmd);
     switch (cmd) {
       case BC_TRANSACTION:

@@ -75,6 +75,18 @@ function user_access_end(k: Kernel, t: Task): void {
 export function* copy_from_user(k: Kernel, from: number, len: number): KGen<Uint8Array | number> {
   if (!access_ok(from, len)) return -EFAULT;
   const out = new Uint8Array(len);
+  const r = yield* copy_from_user_into(k, out, from, len);
+  return r < 0 ? r : out;
+}
+
+/**
+ * copy_from_user as Linux spells it, copy_from_user(to, from, n): `len` bytes at `from` into
+ * `to` (at least `len` long); 0 or -EFAULT (bytes before the fault are copied). For callers that
+ * reuse a buffer: a fresh small typed array, and a DataView over it, cost more than the copy.
+ */
+export function* copy_from_user_into(k: Kernel, to: Uint8Array, from: number, len: number): KGen<number> {
+  if (!access_ok(from, len) || to.length < len) return -EFAULT;
+  const out = to;
   const phys = k.machine.phys;
   const t = user_access_begin(k);
   let r = 0;
@@ -96,7 +108,7 @@ export function* copy_from_user(k: Kernel, from: number, len: number): KGen<Uint
     user_access_end(k, t);
   }
   k.charge(len * k.costs.copyPerByte);
-  return r < 0 ? r : out;
+  return r < 0 ? r : 0;
 }
 
 /** copy_to_user: write `data` at `to`; 0 or -EFAULT (bytes before the fault stay written). */
