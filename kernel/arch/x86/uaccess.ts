@@ -81,11 +81,15 @@ export function* copy_from_user(k: Kernel, from: number, len: number): KGen<Uint
 
 /**
  * copy_from_user as Linux spells it, copy_from_user(to, from, n): `len` bytes at `from` into
- * `to` (at least `len` long); 0 or -EFAULT (bytes before the fault are copied). For callers that
- * reuse a buffer: a fresh small typed array, and a DataView over it, cost more than the copy.
+ * `to`; 0 or -EFAULT (bytes before the fault are copied). A `to` shorter than `len` is the
+ * caller's bug, reported as hardened usercopy reports it. For callers that reuse a buffer: a
+ * fresh small typed array, and a DataView over it, cost more than the copy.
  */
 export function* copy_from_user_into(k: Kernel, to: Uint8Array, from: number, len: number): KGen<number> {
-  if (!access_ok(from, len) || to.length < len) return -EFAULT;
+  if (Number.isSafeInteger(len) && len > to.length) {
+    k.bug('usercopy: Kernel memory overwrite attempt detected', `usercopy: Kernel memory overwrite attempt detected to a ${to.length}-byte buffer (offset 0, size ${len})!`, { size: len, buffer: to.length });
+  }
+  if (!access_ok(from, len)) return -EFAULT;
   const out = to;
   const phys = k.machine.phys;
   const t = user_access_begin(k);
