@@ -124,6 +124,36 @@ type BinderWork =
   | { type: 'transaction_complete'; spam: boolean }
   | { type: 'return_error'; cmd: number };
 
+/** Buffers up to this size are the thread's own, reused; larger ones are allocated per call. */
+const THREAD_BUF_REUSE = 64 * 1024;
+
+/**
+ * A byte buffer a binder thread reuses from one ioctl to the next, with a DataView over it and
+ * its prefixes as views: a fresh small typed array, a DataView over it, or a subarray of it
+ * costs V8 more than the copies they serve.
+ */
+class ThreadBuffer {
+  bytes = new Uint8Array(0);
+  view = new DataView(this.bytes.buffer);
+  /** bytes' first n bytes, by n (kept until bytes is replaced). */
+  private prefixes: Uint8Array[] = [];
+
+  /** The buffer, grown to hold at least n bytes. */
+  fit(n: number): Uint8Array {
+    if (this.bytes.length < n) {
+      this.bytes = new Uint8Array(n);
+      this.view = new DataView(this.bytes.buffer);
+      this.prefixes = [];
+    }
+    return this.bytes;
+  }
+
+  /** The first n bytes, as a view. */
+  prefix(n: number): Uint8Array {
+    return (this.prefixes[n] ??= this.bytes.subarray(0, n));
+  }
+}
+
 /** binder_thread. */
 export class BinderThread {
   readonly todo: BinderWork[] = [];
@@ -136,15 +166,11 @@ export class BinderThread {
    * binder_write_read binder_ioctl writes back: kept per thread and reused (a thread is in at
    * most one ioctl at a time, so nothing else touches them while a copy waits on a fault).
    */
-  readBuf: Uint8Array = new Uint8Array(0);
-  readView: DataView = new DataView(this.readBuf.buffer);
-  /** readBuf's first n bytes, by n, as copied out (views kept until readBuf is replaced). */
-  readPrefixes: Uint8Array[] = [];
+  readonly readBuf = new ThreadBuffer();
   readonly bwrBuf = new Uint8Array(BWR_SIZE);
   readonly bwrView = new DataView(this.bwrBuf.buffer);
-  /** The command stream binder_thread_write copies in and parses, reused likewise (up to READ_BUF_REUSE). */
-  writeBuf: Uint8Array = new Uint8Array(256);
-  writeView: DataView = new DataView(this.writeBuf.buffer);
+  /** The command stream binder_thread_write copies in and parses, reused likewise. */
+  readonly writeBuf = new ThreadBuffer();
   /** write_consumed / read_consumed while binder_ioctl runs (reused as bwrBuf is). */
   readonly writeConsumed = { value: 0 };
   readonly readConsumed = { value: 0 };
@@ -340,20 +366,9 @@ function* binder_thread_write(proc: BinderProc, thread: BinderThread, buf: numbe
   if (consumed.value >= size) return 0;
   const len = size - consumed.value;
   if (!access_ok(buf + consumed.value, len)) return -EFAULT;
-  // The thread's own buffer up to READ_BUF_REUSE bytes; a larger stream gets one of its own.
-  let v: DataView;
-  let bytes: Uint8Array;
-  if (len <= READ_BUF_REUSE) {
-    if (thread.writeBuf.length < len) {
-      thread.writeBuf = new Uint8Array(Math.max(len, 2 * thread.writeBuf.length));
-      thread.writeView = new DataView(thread.writeBuf.buffer);
-    }
-    bytes = thread.writeBuf;
-    v = thread.writeView;
-  } else {
-    bytes = new Uint8Array(len);
-    v = new DataView(bytes.buffer);
-  }
+  const wb = thread.writeBuf;
+  const bytes = len <= THREAD_BUF_REUSE ? wb.fit(len) : new Uint8Array(len);
+  const v = bytes === wb.bytes ? wb.view : new DataView(bytes.buffer);
   if ((yield* copy_from_user_into(k, bytes, buf + consumed.value, len)) < 0) return -EFAULT;
   let p = 0;
   while (p + 4 <= len) {
@@ -635,17 +650,6 @@ function availableForProcWork(thread: BinderThread): boolean {
 }
 
 /** Room for `n` bytes of returns in the thread's read buffer (grown, never shrunk). */
-function readBufFor(thread: BinderThread, n: number): Uint8Array {
-  if (thread.readBuf.length < n) {
-    thread.readBuf = new Uint8Array(n);
-    thread.readView = new DataView(thread.readBuf.buffer);
-    thread.readPrefixes = [];
-  }
-  return thread.readBuf;
-}
-
-/** Read buffers up to this size are the thread's own, reused; larger ones are allocated per read. */
-const READ_BUF_REUSE = 64 * 1024;
 
 /** Put one BR_* return command at `p` of the read buffer: counted, traced; the next position. */
 function putReturn(k: Kernel, st: BinderStats, ov: DataView, p: number, cmd: number): number {
@@ -662,8 +666,9 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
   // The space left in the read buffer. Nothing beyond what is written is copied out, so the
   // returns are built in a reused buffer (any larger size allocates as it always did).
   const room = Math.max(0, size - consumed.value);
-  const out = room <= READ_BUF_REUSE ? readBufFor(thread, room) : new Uint8Array(room);
-  const ov = out === thread.readBuf ? thread.readView : new DataView(out.buffer);
+  const rb = thread.readBuf;
+  const out = room <= THREAD_BUF_REUSE ? rb.fit(room) : new Uint8Array(room);
+  const ov = out === rb.bytes ? rb.view : new DataView(out.buffer);
   let p = 0;
   if (consumed.value === 0 && room >= 4) {
     ov.setUint32(p, BR_NOOP, true);
@@ -733,7 +738,7 @@ function* binder_thread_read(proc: BinderProc, thread: BinderThread, buf: number
     break; // one transaction per read
   }
   if (p > 0) {
-    const r = yield* copy_to_user(k, buf + consumed.value, out === thread.readBuf ? (thread.readPrefixes[p] ??= out.subarray(0, p)) : out.subarray(0, p));
+    const r = yield* copy_to_user(k, buf + consumed.value, out === rb.bytes ? rb.prefix(p) : out.subarray(0, p));
     if (r) return -EFAULT;
   }
   consumed.value += p;
