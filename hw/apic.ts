@@ -202,6 +202,21 @@ export class Apic {
     return this.rings[cpu.index]![sendTimeIndex(head)]! + cpu.cost.ipiLatency;
   }
 
+  /**
+   * Could this thread take every message waiting for `cpu` (each published, with a handler
+   * registered here)? A worker running user code for the kernel (hw/remote.ts) asks before it
+   * takes any, and gives the CPU back to the main thread when it could not.
+   */
+  canTakeAll(cpu: Cpu): boolean {
+    const r = cpu.r;
+    const tail = Atomics.load(r, A_TAIL);
+    for (let s = Atomics.load(r, A_HEAD); s < tail; s++) {
+      const slot = A_RING + (s % RING_CAPACITY) * MSG_WORDS;
+      if (Atomics.load(r, slot + M_STATE) !== 1 || !this.handlers.has(r[slot + M_VECTOR]!)) return false;
+    }
+    return true;
+  }
+
   /** Undelivered messages to `cpu`. */
   pending(cpu: Cpu): number {
     return Atomics.load(cpu.r, A_TAIL) - Atomics.load(cpu.r, A_HEAD);

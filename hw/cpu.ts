@@ -1222,6 +1222,23 @@ export class Cpu {
     if (this.onWatch) this.onWatch(hit);
   }
 
+  /** Watch hits recorded so far (the shared ring's count). */
+  watchCount(): number {
+    return this.r[this.layout.watchRing]!;
+  }
+
+  /**
+   * Hand the watch hits recorded since the count was `since` (by another thread driving this CPU,
+   * whose hook could not report them) to this thread's onWatch, oldest first; at most the ring's
+   * WATCH_RING_RECORDS newest.
+   */
+  replayWatch(since: number): void {
+    const n = this.watchCount();
+    const records = this.watchRecords();
+    const fresh = records.slice(Math.max(0, records.length - (n - since)));
+    for (const h of fresh) if (this.onWatch) this.onWatch({ cpu: this.index, kind: h.kind as WatchHit['kind'], va: h.va, pa: h.pa, pfn: h.pfn, cycles: this.cycles });
+  }
+
   /** Watch hits recorded in the shared ring (the newest WATCH_RING_RECORDS). */
   watchRecords(): { kind: string; va: bigint; pa: number; pfn: number }[] {
     const base = this.layout.watchRing;

@@ -127,7 +127,11 @@ export interface RunResult {
 }
 
 export class EngineError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    /** Scheduling steps the run had taken when it stopped with this error, where known. */
+    readonly steps?: number,
+  ) {
     super(message);
     this.name = 'EngineError';
   }

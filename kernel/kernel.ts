@@ -11,6 +11,8 @@
 import { Machine } from '../hw/machine.ts';
 import { ConfigError, type MachineOptions } from '../hw/config.ts';
 import { DeterministicEngine, checkRunLimits, type RunLimits, type RunResult } from '../hw/engine.ts';
+import type { RemoteCpus } from '../hw/remote.ts';
+import { runParallel, type ParallelRunOptions } from './sched/parallel.ts';
 import type { Cpu, WatchHit } from '../hw/cpu.ts';
 import type { HwCostModel } from '../hw/cost.ts';
 import { CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP } from '../hw/control-registers.ts';
@@ -120,6 +122,8 @@ export class Kernel {
   readonly options: Required<Pick<KernelOptions, 'pcid' | 'smep' | 'smap'>>;
   /** Checking mode: the mm invariants audited after every engine step (KernelOptions.debugVm). */
   readonly debugVm: boolean;
+  /** While the kernel runs on the parallel engine (runParallel): the workers running user code. */
+  remote: RemoteCpus | null = null;
   /** The task the engine is running right now (null in interrupt or idle context). */
   current: Task | null = null;
   /** CPU of the code running now when no task is current (IPI handlers). */
@@ -639,6 +643,14 @@ export class Kernel {
     for (const s of this.sched) if (this.engine.status(s.index) === 'done') this.engine.attach(s.index, s);
     if (!this.debugVm) return this.engine.run(limits);
     return this.runChecked(limits);
+  }
+
+  /**
+   * Run the system on the parallel engine (kernel/sched/parallel.ts): the kernel on this thread,
+   * user-mode access streams on worker threads. Not reproducible by seed.
+   */
+  runParallel(limits: RunLimits = {}, options: ParallelRunOptions = {}): Promise<RunResult> {
+    return runParallel(this, limits, options);
   }
 
   /** Checking mode (KernelOptions.debugVm): the violations already filed, so each is filed once. */

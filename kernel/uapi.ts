@@ -26,6 +26,7 @@ import { PREEMPT, type KGen, type SchedYield, type Task } from './sched/core.ts'
 import { K_FETCH, K_READ, K_WRITE } from '../hw/walk.ts';
 import type { AccessStream } from '../hw/engine.ts';
 import { VEC_MC, VEC_PF } from '../hw/control-registers.ts';
+import { EXIT_FAULT } from '../hw/remote.ts';
 import { SyscallError, EBADF, EINVAL, ECHILD, ENOENT, ENOMEM, EFAULT } from './errno.ts';
 import { SignalError, signalFromFault } from './signal.ts';
 import { BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV, do_user_addr_fault_nowait, isFaultWait, type FaultOutcome, type SignalInfo } from './arch/x86/fault.ts';
@@ -370,10 +371,15 @@ export class User {
    * loop; faults go through the kernel as for single accesses. Returns the number of accesses.
    */
   *run(stream: AccessStream): KGen<number> {
+    return this.k.remote !== null ? yield* this.runRemote(stream) : yield* this.runHere(stream, 0);
+  }
+
+  /** run() on this thread, from access `from` on. */
+  private *runHere(stream: AccessStream, from: number): KGen<number> {
     const k = this.k;
     const t = this.task;
     const { his, los, kinds, length } = stream;
-    let i = 0;
+    let i = from;
     let attempt = 0;
     while (i < length) {
       const cpu = k.machine.cpu(t.cpu);
@@ -392,6 +398,53 @@ export class User {
         continue;
       }
       if (k.sched[t.cpu]!.need_resched(t)) yield PREEMPT;
+    }
+    return length;
+  }
+
+  /**
+   * run() on the parallel engine: the stream runs on a worker thread (hw/remote.ts) in stretches
+   * that end where the kernel is needed — a fault (handled here, as run() handles it, then the
+   * access is retried), an IPI for the kernel (the scheduler loop takes it when the CPU is back),
+   * the scheduler's next preemption point by time, or an access to a watched frame (reported here,
+   * in the task's context, as the CPU's watch hook would have).
+   */
+  private *runRemote(stream: AccessStream): KGen<number> {
+    const k = this.k;
+    const t = this.task;
+    const remote = k.remote!;
+    const { his, los, kinds, length } = stream;
+    let i = 0;
+    let attempt = 0;
+    while (i < length) {
+      // The run ended with this stream unfinished: the rest runs on whatever runs the kernel now.
+      if (k.remote !== remote) return yield* this.runHere(stream, i);
+      if (k.sched[t.cpu]!.need_resched(t)) {
+        yield PREEMPT;
+        continue;
+      }
+      const cpu = k.machine.cpu(t.cpu);
+      const index = cpu.index;
+      const watched = cpu.watchCount();
+      remote.ship(cpu, stream, i, k.sched[index]!.userUntil());
+      yield { kind: 'remote', back: () => remote.back(index) };
+      const x = remote.result(index);
+      if (x.at > i) attempt = 0;
+      i = x.at;
+      if (cpu.watchCount() !== watched) cpu.replayWatch(watched);
+      if (x.reason === EXIT_FAULT) {
+        const va = his[i]! * 4294967296 + (los[i]! >>> 0);
+        if (x.vector === VEC_PF) {
+          cpu.faultVector = x.vector;
+          cpu.faultError = x.error;
+        } else if (cpu.translate(his[i]!, los[i]!, kinds[i]!, false, false) === 0) {
+          // Any other exception is taken again here for its details (a fatal path): it no longer
+          // happens if another CPU changed the paging structures meanwhile.
+          continue;
+        }
+        const wait = this.exception(va, attempt++);
+        if (wait !== null) yield* wait;
+      }
     }
     return length;
   }

@@ -15,6 +15,8 @@
  *                    waits as a timed agent (Agent.wakeAt) for the end of the computation, the
  *                    next tick or the end of its slice, so interrupts are taken when they become
  *                    visible, ticks on time, and the task may be preempted meanwhile.
+ *   { kind:'remote' } (parallel engine only) the task's user code runs on a worker thread until
+ *                    the worker gives the CPU back; the time is the task's.
  * Plain (non-generator) kernel functions never sleep, which is how the code shows where
  * might_sleep() holds.
  *
@@ -59,7 +61,15 @@ export interface BusyYield {
   /** Virtual time (the CPU's clock) the computation ends at. */
   until: number;
 }
-export type SchedYield = typeof PREEMPT | SleepYield | SpinYield | BusyYield;
+/**
+ * The task's user code runs on a worker thread (the parallel engine, kernel/sched/parallel.ts):
+ * the CPU is the task's, in user mode, until `back()` says the worker gave it back.
+ */
+export interface RemoteYield {
+  kind: 'remote';
+  back: () => boolean;
+}
+export type SchedYield = typeof PREEMPT | SleepYield | SpinYield | BusyYield | RemoteYield;
 
 /** What kernel code that may sleep looks like. */
 export type KGen<T = void> = Generator<SchedYield, T, unknown>;
@@ -142,6 +152,9 @@ export class CpuScheduler implements Agent {
    */
   private last: Task | null = null;
   private spin: SpinYield | null = null;
+  /** The current task's user code is on a worker (parallel engine), since `remoteSince`. */
+  private remote: RemoteYield | null = null;
+  private remoteSince = 0;
   private sliceEnd = 0;
   /** Cycles this CPU spent idle / spinning. */
   idleCycles = 0;
@@ -168,6 +181,7 @@ export class CpuScheduler implements Agent {
 
   /** Is there anything for this CPU to do now? (The engine asks while it waits.) */
   ready(cpu: Cpu): boolean {
+    if (this.remote) return this.remote.back();
     if (this.spin) return this.spin.until();
     return this.wakeAt(cpu) <= cpu.cycles;
   }
@@ -180,7 +194,7 @@ export class CpuScheduler implements Agent {
    * timer of a task here. Spinning CPUs are asked ready() instead (Infinity).
    */
   wakeAt(cpu: Cpu): number {
-    if (this.spin) return Infinity;
+    if (this.spin || this.remote) return Infinity;
     const t = this.curr;
     const now = cpu.cycles;
     if (t !== null) {
@@ -197,15 +211,16 @@ export class CpuScheduler implements Agent {
    * to a task of this CPU, which cannot add one while the CPU idles.
    */
   parked(cpu: Cpu): boolean {
-    return this.spin === null && this.wakeAt(cpu) === Infinity;
+    return this.spin === null && this.remote === null && this.wakeAt(cpu) === Infinity;
   }
 
   /** Idle with no task alive anywhere: nothing can ever wake this CPU. */
   quiescent(): boolean {
-    return this.spin === null && this.kernel.liveTasks() === 0;
+    return this.spin === null && this.remote === null && this.kernel.liveTasks() === 0;
   }
 
   describe(): string {
+    if (this.remote) return `running ${this.curr?.comm ?? '?'}/${this.curr?.pid ?? '?'} in user mode on a worker`;
     if (this.spin) return `spinning: ${this.spin.reason}`;
     const sleepers = [...this.kernel.tasks.values()].filter((t) => t.state === 'sleeping' && t.cpu === this.index);
     return sleepers.length ? `idle; sleeping here: ${sleepers.map((t) => `${t.comm}/${t.pid} on ${t.waitingFor}`).join(', ')}` : 'idle';
@@ -232,6 +247,11 @@ export class CpuScheduler implements Agent {
       this.busySince = -1;
     }
     for (;;) {
+      if (this.remote) {
+        if (!this.remote.back()) return 'wait';
+        this.remote = null;
+        if (this.curr !== null) this.curr.stats.runCycles += cpu.cycles - this.remoteSince;
+      }
       if (this.spin) {
         if (!this.spin.until()) return 'wait';
         const s = this.spin;
@@ -360,10 +380,24 @@ export class CpuScheduler implements Agent {
         case 'busy':
           t.busyUntil = y.until;
           break;
+        case 'remote':
+          this.remote = y;
+          this.remoteSince = cpu.cycles;
+          break;
         default:
           throw new Error(`task ${t.pid} yielded ${JSON.stringify(y)} to the scheduler`);
       }
     }
+  }
+
+  /**
+   * The clock at which need_resched() turns true by time alone, the state being as it is: the
+   * end of the engine turn, the next tick, the end of the slice if another task waits or a timer
+   * here expires by then. A worker running the task's user code stops there (parallel engine).
+   */
+  userUntil(): number {
+    const slice = this.rq.length > 0 ? this.sliceEnd : Math.max(this.sliceEnd, this.kernel.nextTimer(this.index));
+    return Math.min(this.turnEnd, this.nextTick, slice);
   }
 
   /**

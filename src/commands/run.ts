@@ -16,7 +16,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { EngineError } from '../../hw/engine.ts';
 import { chromeTraceJson, ftraceText } from '../../kernel/trace/export.ts';
 import { parseConfig } from '../experiments/ab.ts';
-import { BUILTIN_WORKLOADS, WORKLOAD_HELP, buildScenario, runScenario, type BuiltinWorkload, type ScenarioOptions, type WorkloadName } from '../experiments/scenario.ts';
+import { BUILTIN_WORKLOADS, WORKLOAD_HELP, buildScenario, runScenarioOn, type BuiltinWorkload, type ScenarioOptions, type WorkloadName } from '../experiments/scenario.ts';
 import { measure, runTable, type RunResult } from '../experiments/run.ts';
 import { LackeyError, parseLackey } from '../workloads/lackey.ts';
 import { ModuleError, loadProgramModule } from '../workloads/module.ts';
@@ -53,7 +53,7 @@ function parseNumberOption(name: string, min: number, max: number): (v: string) 
 
 /** Add the workload options (and the common options) to a command taking an optional [workload]. */
 export function addScenarioOptions(cmd: Command): Command {
-  addCommonOptions(cmd, { engineHelp: 'deterministic only: emulated processes run on the mini-kernel, which drives the deterministic engine (parallel drives bare CPUs, not the kernel)' });
+  addCommonOptions(cmd, { engineHelp: 'deterministic (default: reproducible by seed) or parallel (the kernel on the main thread, user-mode access streams on worker threads: CPUs really run at once; not reproducible)' });
   return cmd
     .option('--workload <name>', `built-in workload (${BUILTIN_WORKLOADS.join(', ')}); also accepted as the first argument`)
     .option('--module <file>', 'run the programs a TypeScript or JavaScript module exports (see "Modules" below)')
@@ -87,7 +87,7 @@ Lackey traces (--lackey FILE):
 
 /** Turn the parsed options into a scenario (reading and checking --module and --lackey). */
 export async function scenarioOptions(positional: string | undefined, o: ScenarioCliOptions, park: boolean, extraKernel: { trace?: boolean; debugVm?: boolean } = {}): Promise<ScenarioOptions> {
-  if (o.engine === 'parallel') throw new UsageError('--engine parallel: emulated processes run on the mini-kernel, which drives the deterministic engine only (the parallel engine runs bare CPUs)');
+  if (o.engine === 'parallel' && extraKernel.debugVm) throw new UsageError('--debug-vm audits the mm after every step of the deterministic engine; it cannot be combined with --engine parallel');
   if (positional !== undefined && o.workload !== undefined && positional !== o.workload) throw new UsageError(`two workloads given: "${positional}" and --workload ${o.workload}`);
   const named = positional ?? o.workload;
   const inputs = [o.module !== undefined ? '--module' : '', o.lackey !== undefined ? '--lackey' : ''].filter(Boolean);
@@ -213,7 +213,7 @@ Examples:
       const s = buildScenario(so);
       let outcome;
       try {
-        outcome = runScenario(s, o.maxSteps);
+        outcome = await runScenarioOn(s, o.maxSteps, o.engine);
       } catch (e) {
         if (e instanceof EngineError) {
           io.err(`mmulab: the workload cannot go on: ${e.message}\n`);

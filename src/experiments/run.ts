@@ -230,7 +230,8 @@ export function runTable(r: RunResult): string {
   const o = r.options;
   const lines: string[] = [];
   lines.push(`mmulab run: ${r.description}`);
-  lines.push(`${o.cpus} CPU${o.cpus === 1 ? '' : 's'}, seed ${o.seed}; virtual time ${n(r.cycles.elapsed)} cycles (${r.cycles.elapsedUs.toFixed(1)} µs at ${r.cycles.clockGhz} GHz)`);
+  const engine = o.engine === 'parallel' ? ', parallel engine (not reproducible by seed)' : '';
+  lines.push(`${o.cpus} CPU${o.cpus === 1 ? '' : 's'}, seed ${o.seed}${engine}; virtual time ${n(r.cycles.elapsed)} cycles (${r.cycles.elapsedUs.toFixed(1)} µs at ${r.cycles.clockGhz} GHz)`);
   if (r.outcome.reason === 'maxSteps') lines.push(`stopped after ${n(r.outcome.steps)} scheduling steps (--max-steps) before the workload finished`);
   lines.push('');
   const lv = (name: string, l: TlbLevel) => [name, n(l.lookups), n(l.hits), n(l.misses), pct(l.hitRate)];

@@ -162,6 +162,22 @@ export function runScenario(s: Scenario, maxSteps: number): RunOutcome {
   }
 }
 
+/**
+ * runScenario on the chosen engine. On the parallel engine (kernel/sched/parallel.ts) user-mode
+ * access streams run on worker threads and a scheduling step is one CPU's turn; the run is not
+ * reproducible by seed.
+ */
+export async function runScenarioOn(s: Scenario, maxSteps: number, engine: 'deterministic' | 'parallel'): Promise<RunOutcome> {
+  if (engine === 'deterministic') return runScenario(s, maxSteps);
+  try {
+    const r = await s.k.runParallel({ maxSteps });
+    return { reason: r.reason === 'done' ? 'done' : 'maxSteps', steps: r.steps };
+  } catch (e) {
+    if (e instanceof EngineError && e.message.startsWith('deadlock') && s.monitor.parked > 0) return { reason: 'parked', steps: e.steps ?? 0 };
+    throw e;
+  }
+}
+
 // ================================================================================================
 // The program monitor
 // ================================================================================================

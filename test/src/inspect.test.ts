@@ -193,7 +193,6 @@ describe('inspection: bad choices', () => {
     [['maps', '--pid', '99', '--pages', '4', '--accesses', '10'], /--pid 99: no such process at the end \(processes: 1 sequential\)/],
     [['maps', '--pid', '1', '--process', 'x'], /give either --pid or --process/],
     [['smaps', 'bogus'], /unknown workload "bogus"/],
-    [['ptdump', '--engine', 'parallel'], /--engine parallel/],
     [['pagemap', '--at-step', '-1'], /--at-step must be between 0/],
   ];
   for (const [args, re] of cases) {

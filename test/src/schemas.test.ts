@@ -83,6 +83,7 @@ describe('docs/schemas/run.schema.json', () => {
     ['binder', ['binder', '--iterations', '3', '--design', 'fault', '--memory', '32']],
     ['a lackey trace, with --trace', ['--lackey', FIXTURE, '--trace', join(tmp, 't.txt')]],
     ['a module', ['--module', module, '--cpus', '1']],
+    ['zipf on the parallel engine', ['zipf', ...SMALL, '--threads', '2', '--cpus', '2', '--engine', 'parallel']],
   ];
   for (const [what, args] of RUNS) {
     it(`validates the result of ${what}`, async () => {
@@ -110,7 +111,7 @@ describe('docs/schemas/run.schema.json', () => {
     expect(bad((d) => (d.surprise = 1))).toBe(false);
     expect(bad((d) => (d.rss.extraKb = 0))).toBe(false);
     expect(bad((d) => delete d.options.stride)).toBe(false); // strided records its stride
-    expect(bad((d) => (d.options.engine = 'parallel'))).toBe(false);
+    expect(bad((d) => (d.options.engine = 'threads'))).toBe(false);
     expect(bad((d) => (d.workload = 'binder'))).toBe(false); // binder needs its options and section
     expect(bad((d) => (d.binder = { transactions: 1, failures: 0, latencyUs: { p50: 1, p99: 1, max: 1 } }))).toBe(false);
     expect(bad((d) => (d.schema = 'mmulab.run/2'))).toBe(false);

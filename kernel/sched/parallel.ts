@@ -1,0 +1,133 @@
+/**
+ * kernel/sched/parallel.ts — the kernel on the parallel engine: the kernel runs on the main
+ * thread, every CPU's scheduler in turn, while user-mode access streams (User.run) run on worker
+ * threads (hw/remote.ts), so the CPUs' user code really runs at once — TLB hits and misses, page
+ * walks with their Accessed/Dirty updates racing the kernel's page-table writes, built-in TLB
+ * invalidations — and comes back to the kernel at each page fault, each IPI for the kernel, each
+ * preemption point and each access to a freed frame.
+ *
+ * The loop: each round, every CPU that is not away on a worker takes its pending IPIs and, if its
+ * scheduler has something to do, runs one quantum of virtual time (CpuScheduler.step, as under
+ * the deterministic engine). When no CPU could do anything, the main thread waits for a worker
+ * to give a CPU back, or for the CPUs away to pass the next wake-up of a waiting CPU (a sleeper's
+ * timer, the end of a computation), whose clock then moves there; with none away, the earliest
+ * wake-up comes at once; with none of those either, the run is over (every task finished) or
+ * deadlocked (reported as the deterministic engine reports it).
+ *
+ * Deviations, all of the kind the parallel engine has by nature (hw/parallel.ts): virtual clocks
+ * advance by the cost model but are coupled only through the kernel's wake-ups and IPIs, and the
+ * interleaving is whatever the host makes it, so results are not reproducible by seed. Kernel code
+ * runs on one thread, one CPU's turn at a time (as under a big kernel lock): its own races
+ * between CPUs are the deterministic engine's to explore, this engine's are those of user code
+ * against the kernel. The kernel's plain page-table writes are not atomic against a worker's
+ * Accessed/Dirty updates (Linux uses ptep_get_and_clear and friends), so a D bit set in that
+ * window can be lost; no result of mmulab depends on it. Checking mode (debugVm) is refused.
+ */
+
+import type { Kernel } from '../kernel.ts';
+import { EngineError, checkRunLimits, type AgentStatus, type RunLimits, type RunResult } from '../../hw/engine.ts';
+import { RemoteCpus } from '../../hw/remote.ts';
+
+export interface ParallelRunOptions {
+  /** Worker threads for user code (default: one per CPU, at most 2). */
+  workers?: number;
+  /**
+   * Longest turn of a CPU in cycles (default: one scheduler tick). Turns end earlier at every
+   * sleep, wait and return to the kernel; a long one costs nothing to the other CPUs, which run
+   * on their own threads meanwhile, and saves a round trip to a worker per turn.
+   */
+  quantum?: number;
+}
+
+/** Longest wait for a worker before the loop looks at everything again, in ms. */
+const WAIT_MS = 50;
+/** The same while a waiting CPU's wake-up is due once the CPUs away get there, in ms. */
+const TIMER_POLL_MS = 1;
+
+export async function runParallel(k: Kernel, limits: RunLimits = {}, options: ParallelRunOptions = {}): Promise<RunResult> {
+  checkRunLimits(limits);
+  if (k.debugVm) throw new EngineError('checking mode (debugVm) audits the mm after every step of the deterministic engine; it does not run on the parallel engine');
+  if (k.remote !== null) throw new EngineError('this kernel is running on the parallel engine already');
+  const quantum = options.quantum ?? k.tickCycles;
+  if (!Number.isFinite(quantum) || quantum < 1) throw new EngineError(`quantum must be at least 1 cycle, got ${String(options.quantum)}`);
+  const m = k.machine;
+  const apic = m.apic;
+  const remote = await RemoteCpus.start(m, options.workers === undefined ? {} : { workers: options.workers });
+  const timed = apic.timed;
+  const onSend = apic.onSend;
+  apic.timed = false;
+  apic.onSend = null;
+  k.remote = remote;
+  const status: AgentStatus[] = k.sched.map(() => 'run');
+  let steps = 0;
+  const until = limits.untilCycles ?? Infinity;
+  try {
+    for (;;) {
+      if (remote.failure !== null) throw new EngineError(remote.failure);
+      const seen = remote.exitCount();
+      let progressed = false;
+      for (const s of k.sched) {
+        const i = s.index;
+        const cpu = m.cpu(i);
+        if (remote.away(i) && !remote.back(i)) continue;
+        if (apic.pending(cpu) > 0 && apic.deliver(cpu, false) > 0) progressed = true;
+        if (status[i] === 'wait' && !s.ready(cpu)) continue;
+        if (cpu.cycles >= until) continue;
+        if (limits.maxSteps !== undefined && steps >= limits.maxSteps) return { steps, reason: 'maxSteps' };
+        status[i] = s.step(cpu, Math.min(until, cpu.cycles + quantum));
+        steps++;
+        progressed = true;
+      }
+      if (progressed) continue;
+      // Nothing could run here. The earliest timer or end of a computation of a waiting CPU, and
+      // how far the CPUs away on workers have got.
+      let best = -1;
+      let at = Infinity;
+      for (const s of k.sched) {
+        if (status[s.index] !== 'wait' || remote.away(s.index)) continue;
+        const w = s.wakeAt(s.hw);
+        if (w < at) {
+          at = w;
+          best = s.index;
+        }
+      }
+      if (remote.running > 0) {
+        // A waiting CPU's time passes as the running ones' does: its wake-up comes once a CPU
+        // away has passed it (a sleeper's timer must not wait for that CPU's next return).
+        let horizon = -Infinity;
+        for (let i = 0; i < m.cpus.length; i++) if (remote.away(i)) horizon = Math.max(horizon, m.cpu(i).cycles);
+        if (best >= 0 && at <= horizon && at < until) {
+          const cpu = m.cpu(best);
+          if (cpu.cycles < at) cpu.cycles = at;
+          continue;
+        }
+        await remote.waitExit(seen, best >= 0 ? TIMER_POLL_MS : WAIT_MS);
+        continue;
+      }
+      // Nothing is away either: the earliest wake-up comes next.
+      if (best >= 0 && at < until) {
+        const cpu = m.cpu(best);
+        if (cpu.cycles < at) cpu.cycles = at;
+        continue;
+      }
+      if (k.sched.some((s) => status[s.index] === 'run' || (status[s.index] === 'wait' && s.ready(s.hw)))) return { steps, reason: 'until' };
+      if (best >= 0) return { steps, reason: 'until' };
+      const stuck = k.sched.filter((s) => status[s.index] === 'wait' && !s.quiescent());
+      if (stuck.length > 0) throw new EngineError(`deadlock: nothing can run and ${stuck.map((s) => `CPU ${s.index}: ${s.describe()}`).join('; ')} waits`, steps);
+      return { steps, reason: 'done' };
+    }
+  } finally {
+    // Every CPU comes back before the workers stop (each stops at its clock limit at the latest),
+    // so the tasks on them resume later in a consistent state, on either engine.
+    for (;;) {
+      const seen = remote.exitCount();
+      for (let i = 0; i < m.cpus.length; i++) if (remote.away(i)) remote.back(i);
+      if (remote.running === 0 || remote.failure !== null) break;
+      await remote.waitExit(seen, WAIT_MS);
+    }
+    await remote.stop();
+    k.remote = null;
+    apic.timed = timed;
+    apic.onSend = onSend;
+  }
+}
