@@ -69,7 +69,7 @@ export function register(program: Command, io: Io): void {
     addScenarioOptions(cmd)
       .option('--pid <n>', 'the process to show, by pid', parseIntOption('--pid', 1, 2 ** 31 - 1))
       .option('--process <name>', "the process to show, by name (its comm)")
-      .option('--at-step <n>', 'look after this many scheduling steps instead of at the end', parseIntOption('--at-step', 0, 1e12));
+      .option('--at-step <n>', 'look after this many scheduling steps instead of at the end (with --engine parallel a step is one CPU\'s turn)', parseIntOption('--at-step', 0, 1e12));
     if (view === 'smaps') cmd.option('--rollup', 'print smaps_rollup (all VMAs summed)');
     if (view === 'pagemap') cmd.option('--all', 'print every page of every VMA, not only those with a non-zero entry');
     cmd.addHelpText('after', `\n${MODULE_HELP}\n\nExamples:\n${EXAMPLES[view]}`).action(async (positional: string | undefined, o: InspectCliOptions) => {
