@@ -56,7 +56,7 @@ export function register(program: Command, io: Io): void {
   addCommonOptions(cmd, {
     cpus: 4,
     cpusHelp: `CPUs of each case's emulated machine, 1 to 64; the security scenarios run on as many (at least ${ATTACK_MIN_CPUS})`,
-    engineHelp: 'deterministic only: each case is one reproducible run of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel); --jobs runs cases in parallel',
+    engineHelp: 'deterministic only: each case is one reproducible run of the kernel on the deterministic engine; --jobs runs cases in parallel',
   })
     .option('--design <names>', `designs to compare, the first is the baseline (${defaultConfigs().map((c) => c.label).join(', ')}; eager designs take :none, :mapped or :vm_ops)`, configOption)
     .option('--workload <names>', `workloads (${WORKLOADS.join(', ')})`, listOption('workload', WORKLOADS))
@@ -79,7 +79,7 @@ Examples:
   mmulab ab --json --shard 1/4 > part1.json     (then: mmulab merge part*.json)`,
     )
     .action(async (o: AbCliOptions) => {
-      if (o.engine === 'parallel') throw new UsageError('--engine parallel: the binder experiments run on the deterministic engine (use --jobs to run cases in parallel)');
+      if (o.engine === 'parallel') throw new UsageError('--engine parallel: each binder case is one reproducible run of the kernel on the deterministic engine (use --jobs to run cases in parallel)');
       const costs = loadCosts(o.costModel);
       if (o.html) checkWritable(o.html, '--html');
       const configs = o.design ?? defaultConfigs();

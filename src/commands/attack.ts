@@ -113,7 +113,7 @@ export function register(program: Command, io: Io): void {
     minCpus: ATTACK_MIN_CPUS,
     seedHelp: 'seed of the scheduler (same seed, same result)',
     cpusHelp: `CPUs of each scenario's emulated machine, ${ATTACK_MIN_CPUS} to 64 (scenario 3's reader runs on CPU 1)`,
-    engineHelp: 'deterministic only: the verdicts come from reproducible runs of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel)',
+    engineHelp: 'deterministic only: the verdicts come from reproducible runs of the kernel on the deterministic engine',
   })
     .option('--design <names>', `designs to attack (${DESIGNS.join(', ')}); an eager design may name one variant, e.g. eager:vm_ops; default: all`, targetListOption)
     .option('--variant <names>', `identity variants of the eager designs (${IDENTITY_VARIANTS.join(', ')}); default: all`, listOption('variant', IDENTITY_VARIANTS))

@@ -63,7 +63,7 @@ export function register(program: Command, io: Io): void {
     .option('--time <seconds>', 'time budget (default: 60 s unless --ops is given)', parseIntOption('--time', 1, 7 * 24 * 3600))
     .option('--seed <n>', 'first seed (default: random, printed)', parseSeed)
     .option('--cpus <n>', 'CPUs of every case, 1 to 64 (default: each case draws 2 to 4; part of the replay line)', parseCpus(1))
-    .addOption(engineOption('deterministic only: a failure must replay exactly from its seed and path, which needs the deterministic engine (parallel drives bare CPUs, not the kernel)'))
+    .addOption(engineOption('deterministic only: a failure must replay exactly from its seed and path, which needs the deterministic engine'))
     .option('--cost-model <file>', `${COST_MODEL_HELP}: it changes the timing and with it the interleavings (part of the replay line)`)
     .option('--ops <n>', 'stop after this many operations', parseIntOption('--ops', 1, 1e12))
     .option('--replay <seed:path>', 'run the case a failure printed (SEED:PATH, e.g. 1234:5:2:1) and nothing else', replayOption)

@@ -95,7 +95,7 @@ export function register(program: Command, io: Io): void {
   addCommonOptions(cmd, {
     cpusHelp: 'run only this CPU count, 1 to 64 (the same as --cpus-list N)',
     cpusDefaultText: 'the --cpus-list sweep',
-    engineHelp: 'deterministic only: each point is one reproducible run of the kernel on the deterministic engine (parallel drives bare CPUs, not the kernel); --jobs runs points in parallel',
+    engineHelp: 'deterministic only: each point is one reproducible run of the kernel on the deterministic engine; --jobs runs points in parallel',
   })
     .option('--cpus-list <list>', `CPU counts to sweep, each 1..256 (default ${DEFAULTS.cpus.join(',')}; --cpus N alone means just N)`, intList('--cpus-list', 1, 256))
     .option('--pages <list>', `pages changed per flush, each 1..4096 (default ${DEFAULTS.pages.join(',')})`, intList('--pages', 1, 4096))
