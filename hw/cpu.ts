@@ -1233,10 +1233,11 @@ export class Cpu {
    * WATCH_RING_RECORDS newest.
    */
   replayWatch(since: number): void {
-    const n = this.watchCount();
+    const hook = this.onWatch;
+    if (hook === null) return;
     const records = this.watchRecords();
-    const fresh = records.slice(Math.max(0, records.length - (n - since)));
-    for (const h of fresh) if (this.onWatch) this.onWatch({ cpu: this.index, kind: h.kind as WatchHit['kind'], va: h.va, pa: h.pa, pfn: h.pfn, cycles: this.cycles });
+    const fresh = records.slice(Math.max(0, records.length - (this.watchCount() - since)));
+    for (const h of fresh) hook({ cpu: this.index, kind: h.kind as WatchHit['kind'], va: h.va, pa: h.pa, pfn: h.pfn, cycles: this.cycles });
   }
 
   /** Watch hits recorded in the shared ring (the newest WATCH_RING_RECORDS). */

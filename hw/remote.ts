@@ -90,8 +90,8 @@ export class RemoteCpus {
   private readonly ctlF: Float64Array;
   private readonly workers: Worker[] = [];
   private readonly ports: MessagePort[] = [];
-  /** Per stream object, its shared copy's id; per worker, the ids it has been sent. */
-  private readonly streamIds = new WeakMap<AccessStream, SharedStream>();
+  /** Per stream object, its shared copy; per worker, the ids of the copies it has been sent. */
+  private readonly shared = new WeakMap<AccessStream, SharedStream>();
   private readonly sent: Set<number>[] = [];
   private nextStreamId = 1;
   /** Per CPU, the exit taken back (null while the CPU is not back from a worker). */
@@ -235,7 +235,7 @@ export class RemoteCpus {
 
   /** The shared copy of `stream` (made once per stream object). */
   private share(stream: AccessStream): SharedStream {
-    let s = this.streamIds.get(stream);
+    let s = this.shared.get(stream);
     if (s === undefined) {
       const n = stream.length;
       const his = new Int32Array(new SharedArrayBuffer(n * 4));
@@ -245,7 +245,7 @@ export class RemoteCpus {
       los.set(stream.los.subarray(0, n));
       kinds.set(stream.kinds.subarray(0, n));
       s = { id: this.nextStreamId++, his, los, kinds, length: n };
-      this.streamIds.set(stream, s);
+      this.shared.set(stream, s);
     }
     return s;
   }

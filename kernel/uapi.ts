@@ -370,8 +370,9 @@ export class User {
    * Run an access stream (the fast path for workloads and traces): TLB hits are taken in a tight
    * loop; faults go through the kernel as for single accesses. Returns the number of accesses.
    */
-  *run(stream: AccessStream): KGen<number> {
-    return this.k.remote !== null ? yield* this.runRemote(stream) : yield* this.runHere(stream, 0);
+  run(stream: AccessStream): KGen<number> {
+    // The chosen loop's own generator, not a wrapper around it (as the sized loads do).
+    return this.k.remote !== null ? this.runRemote(stream) : this.runHere(stream, 0);
   }
 
   /** run() on this thread, from access `from` on. */

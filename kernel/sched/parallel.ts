@@ -91,23 +91,18 @@ export async function runParallel(k: Kernel, limits: RunLimits = {}, options: Pa
           best = s.index;
         }
       }
-      if (remote.running > 0) {
-        // A waiting CPU's time passes as the running ones' does: its wake-up comes once a CPU
-        // away has passed it (a sleeper's timer must not wait for that CPU's next return).
-        let horizon = -Infinity;
-        for (let i = 0; i < m.cpus.length; i++) if (remote.away(i)) horizon = Math.max(horizon, m.cpu(i).cycles);
-        if (best >= 0 && at <= horizon && at < until) {
-          const cpu = m.cpu(best);
-          if (cpu.cycles < at) cpu.cycles = at;
-          continue;
-        }
-        await remote.waitExit(seen, best >= 0 ? TIMER_POLL_MS : WAIT_MS);
-        continue;
-      }
-      // Nothing is away either: the earliest wake-up comes next.
-      if (best >= 0 && at < until) {
+      // A waiting CPU's time passes as the running ones' does: with CPUs away, its wake-up comes
+      // once one of them has passed it (a sleeper's timer must not wait for that CPU's next
+      // return); with none away, at once.
+      let horizon = remote.running > 0 ? -Infinity : Infinity;
+      for (let i = 0; i < m.cpus.length; i++) if (remote.away(i)) horizon = Math.max(horizon, m.cpu(i).cycles);
+      if (best >= 0 && at <= horizon && at < until) {
         const cpu = m.cpu(best);
         if (cpu.cycles < at) cpu.cycles = at;
+        continue;
+      }
+      if (remote.running > 0) {
+        await remote.waitExit(seen, best >= 0 ? TIMER_POLL_MS : WAIT_MS);
         continue;
       }
       if (k.sched.some((s) => status[s.index] === 'run' || (status[s.index] === 'wait' && s.ready(s.hw)))) return { steps, reason: 'until' };
