@@ -7,22 +7,24 @@
  * next translation (Cpu.deliverIpis). Messages whose vector this thread can handle (the
  * hardware's VEC_INVALIDATE) are taken here; any other stops the stretch before that access,
  * untaken, for the kernel to take on the main thread.
+ *
+ * A worker belongs to the process's pool (hw/remote.ts): it sleeps on its home word, serves the
+ * machine an attach message names until the main thread sets that machine's abort word, then
+ * drops it and sleeps again. It is never driven by events: messages are read with
+ * receiveMessageOnPort, so the main thread's waits are all it takes.
  */
 
-import { receiveMessageOnPort, parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { Machine } from './machine.ts';
 import type { Cpu } from './cpu.ts';
 import {
   EXIT_DONE, EXIT_FAULT, EXIT_IPI, EXIT_UNTIL, EXIT_WATCH, G_ABORT, G_MAIN, G_WORKER, S_AT, S_ERROR, S_FROM, S_REASON, S_STATE, S_STREAM, S_UNTIL_F64, S_VECTOR,
-  SLOT_BASE, SLOT_WORDS, ST_EXITED, ST_RUN, type SharedStream,
+  SLOT_BASE, SLOT_WORDS, ST_EXITED, ST_RUN, H_CALL, H_STATE, W_ATTACHED, W_FAILED, W_IDLE, type AttachMessage, type SharedStream,
 } from './remote.ts';
 
-interface Init {
-  sab: SharedArrayBuffer;
-  ctl: SharedArrayBuffer;
+interface Home {
+  home: SharedArrayBuffer;
   port: MessagePort;
-  worker: number;
-  cpus: number[];
 }
 
 /** Thrown out of a translation when an IPI this thread cannot handle is waiting. */
@@ -43,12 +45,11 @@ interface Run {
   until: number;
 }
 
-function main(): void {
-  const init = workerData as Init;
+/** Serve one machine until its abort word is set. */
+function serve(init: AttachMessage, port: MessagePort, streams: Map<number, SharedStream>): void {
   const machine = Machine.attach(init.sab);
   const ctl = new Int32Array(init.ctl);
   const ctlF = new Float64Array(init.ctl);
-  const streams = new Map<number, SharedStream>();
   const apic = machine.apic;
   const runs: Run[] = init.cpus.map((i) => {
     const cpu = machine.cpu(i);
@@ -60,12 +61,11 @@ function main(): void {
     return run;
   });
   const wake = G_WORKER + init.worker;
-  parentPort!.postMessage({ type: 'ready' });
 
   const drain = (): void => {
-    for (let m = receiveMessageOnPort(init.port); m !== undefined; m = receiveMessageOnPort(init.port)) {
+    for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
       const s = m.message as SharedStream;
-      streams.set(s.id, s);
+      if (typeof s.id === 'number') streams.set(s.id, s);
     }
   };
 
@@ -161,9 +161,47 @@ function main(): void {
   }
 }
 
-try {
-  main();
-} catch (e) {
-  const err = e as Error;
-  parentPort!.postMessage({ type: 'error', message: `${err.message}\n${err.stack ?? ''}` });
+function main(): void {
+  const { home: homeBuf, port } = workerData as Home;
+  const home = new Int32Array(homeBuf);
+  const setState = (st: number): void => {
+    Atomics.store(home, H_STATE, st);
+    Atomics.notify(home, H_STATE);
+  };
+  let ctl: Int32Array | null = null;
+  try {
+    setState(W_IDLE);
+    for (;;) {
+      const call = Atomics.load(home, H_CALL);
+      // Streams are per machine; ids are unique in the process, so one that arrives late is
+      // never taken for another machine's.
+      const streams = new Map<number, SharedStream>();
+      let attach: AttachMessage | null = null;
+      while (attach === null) {
+        const m = receiveMessageOnPort(port);
+        if (m === undefined) break;
+        if ((m.message as { type?: string }).type === 'attach') attach = m.message as AttachMessage;
+      }
+      if (attach === null) {
+        Atomics.wait(home, H_CALL, call);
+        continue;
+      }
+      ctl = new Int32Array(attach.ctl);
+      setState(W_ATTACHED);
+      serve(attach, port, streams);
+      ctl = null;
+      setState(W_IDLE);
+    }
+  } catch (e) {
+    const err = e as Error;
+    port.postMessage({ type: 'error', message: `${err.message}\n${err.stack ?? ''}` });
+    setState(W_FAILED);
+    // Wake the main thread if it is waiting for this machine's CPUs.
+    if (ctl !== null) {
+      Atomics.add(ctl, G_MAIN, 1);
+      Atomics.notify(ctl, G_MAIN);
+    }
+  }
 }
+
+main();

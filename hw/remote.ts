@@ -23,11 +23,18 @@
  * Ownership of a CPU passes with Atomics on its slot's state word: the side that lets go syncs
  * the CPU (Cpu.sync: its lazily counted L1 hits and LRU clock into the buffer), the side that
  * takes over adopts it (Cpu.adopt). Streams are copied once into shared memory and sent to the
- * worker that owns the CPU. The main thread waits for exits with Atomics.waitAsync, so it keeps
- * its event loop; workers sleep on their own word while they have nothing to run.
+ * worker that owns the CPU.
+ *
+ * Everything here is synchronous, so a kernel run on the parallel engine is an ordinary call like
+ * a run on the deterministic one: the main thread waits with Atomics.wait (Node allows it there),
+ * and reads what a worker reports from shared words and with receiveMessageOnPort, never from an
+ * event. Workers are pooled per process and outlive the machine they served: the first run
+ * starts them (each imports the hardware model: a few hundred ms), later runs, on any machine,
+ * attach the idle ones in well under a millisecond. Idle workers are unref'd, so they never keep
+ * the process alive; they sleep on their home word until the next attach.
  */
 
-import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
+import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import type { Machine } from './machine.ts';
 import type { Cpu } from './cpu.ts';
@@ -84,22 +91,136 @@ export interface RemoteOptions {
   workers?: number;
 }
 
+// A pooled worker's home words (its own small buffer, for its whole life).
+export const H_CALL = 0; // bumped and notified by the main thread: an attach message is on the port
+export const H_STATE = 1; // W_*: written by the worker, notified
+export const W_STARTING = 0;
+export const W_IDLE = 1;
+export const W_ATTACHED = 2;
+export const W_FAILED = 3;
+export const HOME_WORDS = 2;
+
+/** What a worker is sent to serve one machine. */
+export interface AttachMessage {
+  type: 'attach';
+  sab: SharedArrayBuffer;
+  ctl: SharedArrayBuffer;
+  worker: number;
+  cpus: number[];
+}
+
+/** A worker of the process's pool. */
+interface PooledWorker {
+  worker: Worker;
+  /** The main thread's end of its channel: streams and attach messages out, failures in. */
+  port: MessagePort;
+  home: Int32Array;
+  /** Exited or failed: never attached again. */
+  gone: boolean;
+}
+
+/** Idle workers of this process. */
+const idle: PooledWorker[] = [];
+/**
+ * Stream ids, unique in the process: a pooled worker may still hold (or later drain) a stream of
+ * an earlier machine, which must never be taken for one of this machine's.
+ */
+let nextStreamId = 1;
+
+/** What the pool has done in this process (for tests and curious users). */
+export interface RemotePoolStats {
+  /** Workers started. */
+  started: number;
+  /** Machines served: attaches of a worker to a machine. */
+  attaches: number;
+  /** Stretches of access streams handed to workers. */
+  stretches: number;
+  /** Workers idle in the pool now. */
+  idle: number;
+}
+
+const stats = { started: 0, attaches: 0, stretches: 0 };
+
+export function remotePoolStats(): RemotePoolStats {
+  return { ...stats, idle: idle.length };
+}
+
+/** Longest wait for a worker to start (import the model) or to attach or detach, in ms. */
+const START_MS = 60_000;
+
+function spawnWorker(): PooledWorker {
+  const file = fileURLToPath(new URL('./remote-worker-entry.mjs', import.meta.url));
+  const { port1, port2 } = new MessageChannel();
+  const home = new Int32Array(new SharedArrayBuffer(HOME_WORDS * 4));
+  const worker = new Worker(file, { workerData: { home: home.buffer, port: port2 }, transferList: [port2] });
+  const pw: PooledWorker = { worker, port: port1, home, gone: false };
+  stats.started++;
+  // Reported through the home word and the port as well; these only keep the pool clean (and an
+  // 'error' event with no listener would end the process).
+  worker.on('error', () => void (pw.gone = true));
+  worker.on('exit', () => void (pw.gone = true));
+  worker.unref();
+  port1.unref();
+  return pw;
+}
+
+/** The failure a worker reported on its port (or a generic one). */
+function failureOf(pw: PooledWorker, what: string): string {
+  for (let m = receiveMessageOnPort(pw.port); m !== undefined; m = receiveMessageOnPort(pw.port)) {
+    const msg = m.message as { type?: string; message?: string };
+    if (msg.type === 'error') return `${what}: ${msg.message}`;
+  }
+  return `${what}: it failed without a message`;
+}
+
+/** Wait until `pw`'s state leaves `from`; the state reached (W_FAILED on time-out). */
+function waitLeave(pw: PooledWorker, from: number, timeoutMs: number): number {
+  const end = performance.now() + timeoutMs;
+  for (;;) {
+    const s = Atomics.load(pw.home, H_STATE);
+    if (s !== from) return s;
+    const left = end - performance.now();
+    if (left <= 0) return W_FAILED;
+    Atomics.wait(pw.home, H_STATE, from, Math.min(left, 100));
+  }
+}
+
+/** Take an idle worker of the pool, or start one; it is in state W_IDLE. */
+function acquire(): PooledWorker {
+  while (idle.length > 0) {
+    const pw = idle.pop()!;
+    if (!pw.gone && Atomics.load(pw.home, H_STATE) === W_IDLE) return pw;
+    discard(pw);
+  }
+  const pw = spawnWorker();
+  const s = waitLeave(pw, W_STARTING, START_MS);
+  if (s !== W_IDLE) {
+    const why = s === W_FAILED && Atomics.load(pw.home, H_STATE) === W_FAILED ? failureOf(pw, 'a remote worker failed to start') : `a remote worker did not start within ${START_MS / 1000} s`;
+    discard(pw);
+    throw new EngineError(why);
+  }
+  return pw;
+}
+
+function discard(pw: PooledWorker): void {
+  pw.gone = true;
+  pw.port.close();
+  void pw.worker.terminate();
+}
+
 /** The main thread's side: the workers, the slots, the streams sent. */
 export class RemoteCpus {
   readonly ctl: Int32Array;
   private readonly ctlF: Float64Array;
-  private readonly workers: Worker[] = [];
-  private readonly ports: MessagePort[] = [];
+  private readonly pooled: PooledWorker[] = [];
   /** Per stream object, its shared copy; per worker, the ids of the copies it has been sent. */
   private readonly shared = new WeakMap<AccessStream, SharedStream>();
   private readonly sent: Set<number>[] = [];
-  private nextStreamId = 1;
   /** Per CPU, the exit taken back (null while the CPU is not back from a worker). */
   private readonly exits: (RemoteExit | null)[];
   /** CPUs handed out and not yet taken back. */
   private outstanding = 0;
-  /** The first failure a worker reported (the run stops with it). */
-  failure: string | null = null;
+  private stopped = false;
 
   private constructor(
     readonly machine: Machine,
@@ -112,46 +233,46 @@ export class RemoteCpus {
     this.exits = new Array(n).fill(null);
   }
 
-  /** Start the workers (each imports the hardware model first: allow a few hundred ms). */
-  static async start(machine: Machine, options: RemoteOptions = {}): Promise<RemoteCpus> {
+  /**
+   * Attach workers of the pool to `machine` (starting the ones the pool lacks). Synchronous: it
+   * returns when every worker serves the machine, or throws with a worker's failure.
+   */
+  static start(machine: Machine, options: RemoteOptions = {}): RemoteCpus {
     const n = machine.cpus.length;
     const want = options.workers ?? Math.min(2, n);
     if (!Number.isInteger(want) || want < 1 || want > MAX_WORKERS) throw new EngineError(`workers must be an integer from 1 to ${MAX_WORKERS}, got ${String(options.workers)}`);
     const rc = new RemoteCpus(machine, Math.min(want, n));
-    const file = fileURLToPath(new URL('./remote-worker-entry.mjs', import.meta.url));
-    const ready: Promise<void>[] = [];
-    for (let w = 0; w < rc.nWorkers; w++) {
-      const { port1, port2 } = new MessageChannel();
-      const cpus = machine.cpus.map((c) => c.index).filter((i) => i % rc.nWorkers === w);
-      const worker = new Worker(file, { workerData: { sab: machine.sab, ctl: rc.ctl.buffer, port: port2, worker: w, cpus }, transferList: [port2] });
-      rc.workers.push(worker);
-      rc.ports.push(port1);
-      rc.sent.push(new Set());
-      ready.push(
-        new Promise<void>((resolve, reject) => {
-          worker.on('message', (m: { type: string; message?: string }) => {
-            if (m.type === 'ready') resolve();
-            else if (m.type === 'error') {
-              rc.failure ??= `remote worker ${w}: ${m.message}`;
-              reject(new EngineError(rc.failure));
-              rc.wakeMain();
-            }
-          });
-          worker.on('error', (e) => {
-            rc.failure ??= `remote worker ${w} failed: ${e.message}`;
-            reject(new EngineError(rc.failure));
-            rc.wakeMain();
-          });
-        }),
-      );
-    }
     try {
-      await Promise.all(ready);
+      for (let w = 0; w < rc.nWorkers; w++) {
+        const pw = acquire();
+        const cpus = machine.cpus.map((c) => c.index).filter((i) => i % rc.nWorkers === w);
+        const msg: AttachMessage = { type: 'attach', sab: machine.sab, ctl: rc.ctl.buffer as SharedArrayBuffer, worker: w, cpus };
+        pw.port.postMessage(msg);
+        Atomics.add(pw.home, H_CALL, 1);
+        Atomics.notify(pw.home, H_CALL);
+        if (waitLeave(pw, W_IDLE, START_MS) !== W_ATTACHED) {
+          const why = Atomics.load(pw.home, H_STATE) === W_FAILED ? failureOf(pw, `remote worker ${w}`) : `remote worker ${w} did not attach within ${START_MS / 1000} s`;
+          discard(pw);
+          throw new EngineError(why);
+        }
+        rc.pooled.push(pw);
+        rc.sent.push(new Set());
+        stats.attaches++;
+      }
     } catch (e) {
-      await rc.stop();
+      rc.stop();
       throw e;
     }
     return rc;
+  }
+
+  /** The first failure a worker reported (the run stops with it), or null. */
+  failure(): string | null {
+    for (let w = 0; w < this.pooled.length; w++) {
+      const pw = this.pooled[w]!;
+      if (Atomics.load(pw.home, H_STATE) === W_FAILED) return failureOf(pw, `remote worker ${w}`);
+    }
+    return null;
   }
 
   /** Worker that runs CPU `index`. */
@@ -170,7 +291,7 @@ export class RemoteCpus {
     const w = this.workerOf(i);
     const shared = this.share(stream);
     if (!this.sent[w]!.has(shared.id)) {
-      this.ports[w]!.postMessage(shared);
+      this.pooled[w]!.port.postMessage(shared);
       this.sent[w]!.add(shared.id);
     }
     cpu.sync();
@@ -180,6 +301,7 @@ export class RemoteCpus {
     this.ctlF[(base >> 1) + S_UNTIL_F64] = until;
     Atomics.store(this.ctl, base + S_STATE, ST_RUN);
     this.outstanding++;
+    stats.stretches++;
     Atomics.add(this.ctl, G_WORKER + w, 1);
     Atomics.notify(this.ctl, G_WORKER + w);
   }
@@ -222,15 +344,9 @@ export class RemoteCpus {
     return Atomics.load(this.ctl, G_MAIN);
   }
 
-  /** Wait, keeping the event loop, until a worker exits after `seen` was read (or `timeoutMs`). */
-  async waitExit(seen: number, timeoutMs: number): Promise<void> {
-    const r = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string } }).waitAsync(this.ctl, G_MAIN, seen, timeoutMs);
-    if (r.async) await r.value;
-  }
-
-  private wakeMain(): void {
-    Atomics.add(this.ctl, G_MAIN, 1);
-    Atomics.notify(this.ctl, G_MAIN);
+  /** Wait until a worker exits after `seen` was read, or `timeoutMs` passes (blocking). */
+  waitExit(seen: number, timeoutMs: number): void {
+    Atomics.wait(this.ctl, G_MAIN, seen, timeoutMs);
   }
 
   /** The shared copy of `stream` (made once per stream object). */
@@ -244,23 +360,29 @@ export class RemoteCpus {
       his.set(stream.his.subarray(0, n));
       los.set(stream.los.subarray(0, n));
       kinds.set(stream.kinds.subarray(0, n));
-      s = { id: this.nextStreamId++, his, los, kinds, length: n };
+      s = { id: nextStreamId++, his, los, kinds, length: n };
       this.shared.set(stream, s);
     }
     return s;
   }
 
   /**
-   * Stop the workers. A CPU still away is not taken back (its state in the buffer is what the
-   * worker left); the kernel's run loop takes every CPU back before it stops them.
+   * Detach the workers from the machine and return them to the pool. A CPU still away is not
+   * taken back (its state in the buffer is what the worker left); the kernel's run loop takes
+   * every CPU back before it stops them. A worker that failed, or does not detach in time, is
+   * terminated instead.
    */
-  async stop(): Promise<void> {
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
     Atomics.store(this.ctl, G_ABORT, 1);
-    for (let w = 0; w < this.workers.length; w++) {
+    for (let w = 0; w < this.pooled.length; w++) {
       Atomics.add(this.ctl, G_WORKER + w, 1);
       Atomics.notify(this.ctl, G_WORKER + w);
     }
-    for (const p of this.ports) p.close();
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    for (const pw of this.pooled) {
+      if (waitLeave(pw, W_ATTACHED, START_MS) === W_IDLE && !pw.gone) idle.push(pw);
+      else discard(pw);
+    }
   }
 }

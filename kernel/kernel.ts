@@ -10,7 +10,7 @@
 
 import { Machine } from '../hw/machine.ts';
 import { ConfigError, type MachineOptions } from '../hw/config.ts';
-import { DeterministicEngine, checkRunLimits, type RunLimits, type RunResult } from '../hw/engine.ts';
+import { DeterministicEngine, EngineError, checkRunLimits, type RunLimits, type RunResult } from '../hw/engine.ts';
 import type { RemoteCpus } from '../hw/remote.ts';
 import { runParallel, type ParallelRunOptions } from './sched/parallel.ts';
 import type { Cpu, WatchHit } from '../hw/cpu.ts';
@@ -38,6 +38,10 @@ import type { File } from './fs/file.ts';
 import { WaitQueue } from './sched/wait.ts';
 import { check_vm_invariants } from './mm/debug_vm.ts';
 import { KernelIds } from './ids.ts';
+
+/** The engines a kernel runs on: run() and runParallel(). */
+export const KERNEL_ENGINES = ['deterministic', 'parallel'] as const;
+export type KernelEngine = (typeof KERNEL_ENGINES)[number];
 
 /** CONFIG_HZ: scheduler ticks per second; 250 is Kconfig's default (kernel/Kconfig.hz, HZ_250). */
 export const HZ = 250;
@@ -649,8 +653,15 @@ export class Kernel {
    * Run the system on the parallel engine (kernel/sched/parallel.ts): the kernel on this thread,
    * user-mode access streams on worker threads. Not reproducible by seed.
    */
-  runParallel(limits: RunLimits = {}, options: ParallelRunOptions = {}): Promise<RunResult> {
+  runParallel(limits: RunLimits = {}, options: ParallelRunOptions = {}): RunResult {
     return runParallel(this, limits, options);
+  }
+
+  /** run() or runParallel() by the engine's name (what a command's --engine chooses). */
+  runOn(engine: KernelEngine, limits: RunLimits = {}): RunResult {
+    if (engine === 'parallel') return this.runParallel(limits);
+    if (engine === 'deterministic') return this.run(limits);
+    throw new EngineError(`unknown engine "${String(engine)}" (known: deterministic, parallel)`);
   }
 
   /** Checking mode (KernelOptions.debugVm): the violations already filed, so each is filed once. */

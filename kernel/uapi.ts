@@ -50,6 +50,7 @@ export class ExitRequest {
 }
 
 const KIND_OF = { read: K_READ, write: K_WRITE, fetch: K_FETCH } as const;
+const EMPTY_STREAM: AccessStream = { his: new Int32Array(0), los: new Int32Array(0), kinds: new Uint8Array(0), length: 0 };
 
 export class User {
   /** Accesses since the last preemption point. */
@@ -318,10 +319,48 @@ export class User {
   *touchPages(start: number, end: number, kind: keyof typeof KIND_OF = 'read'): KGen {
     const code = KIND_OF[kind];
     if (code === undefined) throw new TypeError(`touchPages: kind must be read, write or fetch, got ${String(kind)}`);
+    // On the parallel engine the touches are an access stream run on a worker, as run() runs any.
+    if (this.k.remote !== null) {
+      const stream = this.pageStream(start, end, code);
+      if (stream !== null) {
+        yield* this.runRemote(stream);
+        return;
+      }
+    }
     for (let va = start; va < end; va = (va - (va % 4096)) + 4096) {
       if (this.tryTranslate(va, code, 1) < 0) yield* this.translateAfterFault(va, code, 1);
       if (this.pace()) yield PREEMPT;
     }
+  }
+
+  /** touchPages' ranges as access streams, for the parallel engine (a few, reused by loops). */
+  private pageStreams: Map<string, AccessStream> | null = null;
+
+  /**
+   * The access stream of touchPages(start, end, kind code), or null for a range it does not take
+   * (addresses outside the canonical lower half, or over a million pages: touchPages itself then
+   * runs, and reports a bad address as any access does).
+   */
+  private pageStream(start: number, end: number, code: number): AccessStream | null {
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end > 2 ** 47) return null;
+    if (end <= start) return EMPTY_STREAM;
+    const first = start - (start % 4096);
+    const n = Math.ceil((end - first) / 4096);
+    if (n > 1 << 20) return null;
+    const key = `${start}:${end}:${code}`;
+    const cache = (this.pageStreams ??= new Map());
+    let s = cache.get(key);
+    if (s === undefined) {
+      s = { his: new Int32Array(n), los: new Int32Array(n), kinds: new Uint8Array(n).fill(code), length: n };
+      for (let i = 0; i < n; i++) {
+        const va = i === 0 ? start : first + i * 4096;
+        s.his[i] = Math.floor(va / 4294967296);
+        s.los[i] = va | 0;
+      }
+      if (cache.size >= 16) cache.clear();
+      cache.set(key, s);
+    }
+    return s;
   }
 
   /** Copy `len` bytes of user memory out (each page translated once). */

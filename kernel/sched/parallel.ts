@@ -7,12 +7,14 @@
  * preemption point and each access to a freed frame.
  *
  * The loop: each round, every CPU that is not away on a worker takes its pending IPIs and, if its
- * scheduler has something to do, runs one quantum of virtual time (CpuScheduler.step, as under
- * the deterministic engine). When no CPU could do anything, the main thread waits for a worker
- * to give a CPU back, or for the CPUs away to pass the next wake-up of a waiting CPU (a sleeper's
- * timer, the end of a computation), whose clock then moves there; with none away, the earliest
- * wake-up comes at once; with none of those either, the run is over (every task finished) or
- * deadlocked (reported as the deterministic engine reports it).
+ * scheduler has something to do, runs one turn of at most a quantum of virtual time
+ * (CpuScheduler.step, as under the deterministic engine). A waiting CPU's time passes as the
+ * others' does: its wake-up (a sleeper's timer, the end of a computation) comes once every CPU
+ * still running, here or on a worker, has passed it, and at once when none is. When nothing can
+ * happen here, the main thread waits for a worker to give a CPU back or to get further (blocking,
+ * with Atomics.wait: a run is a plain synchronous call, as on the deterministic engine); with no
+ * CPU away either, the run is over (every task finished) or deadlocked (reported as the
+ * deterministic engine reports it).
  *
  * Deviations, all of the kind the parallel engine has by nature (hw/parallel.ts): virtual clocks
  * advance by the cost model but are coupled only through the kernel's wake-ups and IPIs, and the
@@ -32,27 +34,36 @@ export interface ParallelRunOptions {
   /** Worker threads for user code (default: one per CPU, at most 2). */
   workers?: number;
   /**
-   * Longest turn of a CPU in cycles (default: one scheduler tick). Turns end earlier at every
-   * sleep, wait and return to the kernel; a long one costs nothing to the other CPUs, which run
-   * on their own threads meanwhile, and saves a round trip to a worker per turn.
+   * Longest turn of a CPU in cycles (default DEFAULT_QUANTUM). Turns end earlier at every sleep,
+   * wait and return to the kernel.
    */
   quantum?: number;
 }
+
+/**
+ * The default longest turn, in cycles (~33 µs at 3 GHz). It bounds how far one CPU's clock runs
+ * ahead of the others' between turns: kernel code and single accesses run here, one CPU's turn
+ * at a time, and a turn of a whole tick (4 ms) let one CPU's events overtake another's that came
+ * earlier in virtual time (two binder security scenarios, 1d and 4, lost the race they stage).
+ * For a CPU on a worker it is one round trip per turn: at 100,000 cycles that cost nothing
+ * measurable on two CPUs streaming 48 M accesses (30,000 cycles cost ~50%).
+ */
+export const DEFAULT_QUANTUM = 100_000;
 
 /** Longest wait for a worker before the loop looks at everything again, in ms. */
 const WAIT_MS = 50;
 /** The same while a waiting CPU's wake-up is due once the CPUs away get there, in ms. */
 const TIMER_POLL_MS = 1;
 
-export async function runParallel(k: Kernel, limits: RunLimits = {}, options: ParallelRunOptions = {}): Promise<RunResult> {
+export function runParallel(k: Kernel, limits: RunLimits = {}, options: ParallelRunOptions = {}): RunResult {
   checkRunLimits(limits);
   if (k.debugVm) throw new EngineError('checking mode (debugVm) audits the mm after every step of the deterministic engine; it does not run on the parallel engine');
   if (k.remote !== null) throw new EngineError('this kernel is running on the parallel engine already');
-  const quantum = options.quantum ?? k.tickCycles;
+  const quantum = options.quantum ?? DEFAULT_QUANTUM;
   if (!Number.isFinite(quantum) || quantum < 1) throw new EngineError(`quantum must be at least 1 cycle, got ${String(options.quantum)}`);
   const m = k.machine;
   const apic = m.apic;
-  const remote = await RemoteCpus.start(m, options.workers === undefined ? {} : { workers: options.workers });
+  const remote = RemoteCpus.start(m, options.workers === undefined ? {} : { workers: options.workers });
   const timed = apic.timed;
   const onSend = apic.onSend;
   apic.timed = false;
@@ -63,7 +74,8 @@ export async function runParallel(k: Kernel, limits: RunLimits = {}, options: Pa
   const until = limits.untilCycles ?? Infinity;
   try {
     for (;;) {
-      if (remote.failure !== null) throw new EngineError(remote.failure);
+      const failed = remote.failure();
+      if (failed !== null) throw new EngineError(failed);
       const seen = remote.exitCount();
       let progressed = false;
       for (const s of k.sched) {
@@ -78,31 +90,28 @@ export async function runParallel(k: Kernel, limits: RunLimits = {}, options: Pa
         steps++;
         progressed = true;
       }
-      if (progressed) continue;
-      // Nothing could run here. The earliest timer or end of a computation of a waiting CPU, and
-      // how far the CPUs away on workers have got.
+      // A waiting CPU's time passes as the others' does: its wake-up (a sleeper's timer, the end
+      // of a computation) comes once every CPU that is running, here or on a worker, has passed
+      // it — at once when none is. (Waiting only until nothing else can run would starve a
+      // sleeper beside a CPU that spins in user code.)
+      let horizon = Infinity;
+      for (const s of k.sched) if (status[s.index] === 'run' || remote.away(s.index)) horizon = Math.min(horizon, s.hw.cycles);
       let best = -1;
       let at = Infinity;
       for (const s of k.sched) {
         if (status[s.index] !== 'wait' || remote.away(s.index)) continue;
         const w = s.wakeAt(s.hw);
-        if (w < at) {
+        if (w <= horizon && w < until && s.hw.cycles < w) {
+          s.hw.cycles = w;
+          progressed = true;
+        } else if (w < at) {
           at = w;
           best = s.index;
         }
       }
-      // A waiting CPU's time passes as the running ones' does: with CPUs away, its wake-up comes
-      // once one of them has passed it (a sleeper's timer must not wait for that CPU's next
-      // return); with none away, at once.
-      let horizon = remote.running > 0 ? -Infinity : Infinity;
-      for (let i = 0; i < m.cpus.length; i++) if (remote.away(i)) horizon = Math.max(horizon, m.cpu(i).cycles);
-      if (best >= 0 && at <= horizon && at < until) {
-        const cpu = m.cpu(best);
-        if (cpu.cycles < at) cpu.cycles = at;
-        continue;
-      }
+      if (progressed) continue;
       if (remote.running > 0) {
-        await remote.waitExit(seen, best >= 0 ? TIMER_POLL_MS : WAIT_MS);
+        remote.waitExit(seen, best >= 0 ? TIMER_POLL_MS : WAIT_MS);
         continue;
       }
       if (k.sched.some((s) => status[s.index] === 'run' || (status[s.index] === 'wait' && s.ready(s.hw)))) return { steps, reason: 'until' };
@@ -117,10 +126,10 @@ export async function runParallel(k: Kernel, limits: RunLimits = {}, options: Pa
     for (;;) {
       const seen = remote.exitCount();
       for (let i = 0; i < m.cpus.length; i++) if (remote.away(i)) remote.back(i);
-      if (remote.running === 0 || remote.failure !== null) break;
-      await remote.waitExit(seen, WAIT_MS);
+      if (remote.running === 0 || remote.failure() !== null) break;
+      remote.waitExit(seen, WAIT_MS);
     }
-    await remote.stop();
+    remote.stop();
     k.remote = null;
     apic.timed = timed;
     apic.onSend = onSend;

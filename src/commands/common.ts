@@ -15,7 +15,7 @@ import { dirname } from 'node:path';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { CostModelError, loadCostModelFile, type CostModel } from '../../hw/cost.ts';
 import { parseKernelCosts, type KernelCostModel } from '../../kernel/cost.ts';
-import type { KernelOptions } from '../../kernel/kernel.ts';
+import { KERNEL_ENGINES, type KernelEngine, type KernelOptions } from '../../kernel/kernel.ts';
 
 /** Exit codes shared by every command. */
 export const EXIT_OK = 0;
@@ -40,8 +40,8 @@ export interface Io {
   exitCode: number;
 }
 
-export const ENGINES = ['deterministic', 'parallel'] as const;
-export type EngineName = (typeof ENGINES)[number];
+export const ENGINES = KERNEL_ENGINES;
+export type EngineName = KernelEngine;
 
 /** Options every experiment command accepts. */
 export interface CommonOptions {

@@ -78,7 +78,7 @@ export function register(program: Command, io: Io): void {
       const s = buildScenario(so);
       let outcome: RunOutcome;
       try {
-        outcome = await runScenarioOn(s, o.atStep ?? o.maxSteps, o.engine);
+        outcome = runScenarioOn(s, o.atStep ?? o.maxSteps, o.engine);
       } catch (e) {
         if (e instanceof EngineError) {
           io.err(`mmulab: the workload cannot go on: ${e.message}\n`);

@@ -213,7 +213,7 @@ Examples:
       const s = buildScenario(so);
       let outcome;
       try {
-        outcome = await runScenarioOn(s, o.maxSteps, o.engine);
+        outcome = runScenarioOn(s, o.maxSteps, o.engine);
       } catch (e) {
         if (e instanceof EngineError) {
           io.err(`mmulab: the workload cannot go on: ${e.message}\n`);

@@ -16,7 +16,7 @@
  * threads).
  */
 
-import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
+import { Kernel, type KernelEngine, type KernelOptions } from '../../kernel/kernel.ts';
 import type { Program, User } from '../../kernel/uapi.ts';
 import type { KGen } from '../../kernel/sched/core.ts';
 import { WaitQueue } from '../../kernel/sched/wait.ts';
@@ -167,10 +167,10 @@ export function runScenario(s: Scenario, maxSteps: number): RunOutcome {
  * access streams run on worker threads and a scheduling step is one CPU's turn; the run is not
  * reproducible by seed.
  */
-export async function runScenarioOn(s: Scenario, maxSteps: number, engine: 'deterministic' | 'parallel'): Promise<RunOutcome> {
+export function runScenarioOn(s: Scenario, maxSteps: number, engine: KernelEngine): RunOutcome {
   if (engine === 'deterministic') return runScenario(s, maxSteps);
   try {
-    const r = await s.k.runParallel({ maxSteps });
+    const r = s.k.runParallel({ maxSteps });
     return { reason: r.reason === 'done' ? 'done' : 'maxSteps', steps: r.steps };
   } catch (e) {
     if (e instanceof EngineError && e.message.startsWith('deadlock') && s.monitor.parked > 0) return { reason: 'parked', steps: e.steps ?? 0 };
