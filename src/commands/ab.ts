@@ -56,7 +56,7 @@ export function register(program: Command, io: Io): void {
   addCommonOptions(cmd, {
     cpus: 4,
     cpusHelp: `CPUs of each case's emulated machine, 1 to 64; the security scenarios run on as many (at least ${ATTACK_MIN_CPUS})`,
-    engineHelp: 'deterministic only: each case is one reproducible run of the kernel on the deterministic engine; --jobs runs cases in parallel',
+    engineHelp: 'deterministic (default: each case reproducible by seed) or parallel (the kernel on the main thread, user-mode access streams on worker threads; each case is one run\'s); --jobs runs cases in parallel either way',
   })
     .option('--design <names>', `designs to compare, the first is the baseline (${defaultConfigs().map((c) => c.label).join(', ')}; eager designs take :none, :mapped or :vm_ops)`, configOption)
     .option('--workload <names>', `workloads (${WORKLOADS.join(', ')})`, listOption('workload', WORKLOADS))
@@ -79,7 +79,6 @@ Examples:
   mmulab ab --json --shard 1/4 > part1.json     (then: mmulab merge part*.json)`,
     )
     .action(async (o: AbCliOptions) => {
-      if (o.engine === 'parallel') throw new UsageError('--engine parallel: each binder case is one reproducible run of the kernel on the deterministic engine (use --jobs to run cases in parallel)');
       const costs = loadCosts(o.costModel);
       if (o.html) checkWritable(o.html, '--html');
       const configs = o.design ?? defaultConfigs();
@@ -89,21 +88,22 @@ Examples:
       const kernel = kernelOptions(o, costs);
       delete kernel.seed;
       delete kernel.cpus;
-      const cases = shardSlice(abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel }), o.shard);
+      const engine = o.engine === 'parallel' ? { engine: 'parallel' as const } : {};
+      const cases = shardSlice(abCases({ configs, workloads, seeds, cpus: o.cpus, iterations: o.iterations, kernel, ...engine }), o.shard);
       // The security scenarios once per design (with the first seed), on a machine of --cpus CPUs
       // (at least ATTACK_MIN_CPUS) with the run's cost model; in a sharded run, shard 1 carries them.
       const attackCpus = attackCpusFor(o.cpus);
       const attackCosts = costs ? { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } : undefined;
       const attacks: { config: string; args: ScenarioOptions }[] = [];
       if (o.attack && (!o.shard || o.shard.index === 1)) {
-        for (const c of configs) for (const scenario of SCENARIOS) attacks.push({ config: c.label, args: { ...attackTargetOf(c), scenario, seed: o.seed, cpus: attackCpus, ...(attackCosts ? { kernel: attackCosts } : {}) } });
+        for (const c of configs) for (const scenario of SCENARIOS) attacks.push({ config: c.label, args: { ...attackTargetOf(c), scenario, seed: o.seed, cpus: attackCpus, ...(attackCosts ? { kernel: attackCosts } : {}), ...engine } });
       }
       const bar = await progressBar(io, cases.length + attacks.length, 'ab');
       let metrics: AbMetrics[];
       let verdicts: ScenarioResult[];
       try {
         metrics = await runJobs<AbMetrics>(
-          cases.map((c) => ({ kind: 'ab', args: { config: c.config.label, workload: c.workload, seed: c.seed, cpus: c.cpus, iterations: c.iterations, kernel } satisfies AbJobArgs })),
+          cases.map((c) => ({ kind: 'ab', args: { config: c.config.label, workload: c.workload, seed: c.seed, cpus: c.cpus, iterations: c.iterations, kernel, ...engine } satisfies AbJobArgs })),
           o.jobs,
           () => bar.tick(),
         );
@@ -112,7 +112,7 @@ Examples:
         bar.stop();
       }
       const results: AbCaseResult[] = cases.map((c, i) => ({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: metrics[i]! }));
-      const options: AbFile['options'] = { configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations, ...(o.costModel ? { costModel: o.costModel } : {}), costs: effectiveCostModel(kernel), attack: o.attack };
+      const options: AbFile['options'] = { configs: configs.map((c) => c.label), workloads, seeds, cpus: o.cpus, iterations: o.iterations, ...(o.costModel ? { costModel: o.costModel } : {}), costs: effectiveCostModel(kernel), attack: o.attack, ...engine };
       const result: AbFile = summarise(options, results);
       if (attacks.length) {
         result.attackCpus = attackCpus;
@@ -170,7 +170,7 @@ function fmt(x: number, digits: number): string {
 export function abTable(r: AbResult): string {
   const lines: string[] = [];
   const o = r.options;
-  lines.push(`mmulab ab: ${o.configs.length} designs × ${o.workloads.length} workloads × ${o.seeds.length} seeds (${o.seeds[0]}…${o.seeds[o.seeds.length - 1]}), ${o.cpus} CPUs, ${o.iterations} transactions per worker${o.costModel ? `, cost model ${o.costModel}` : ''}; means over seeds, virtual time`);
+  lines.push(`mmulab ab: ${o.configs.length} designs × ${o.workloads.length} workloads × ${o.seeds.length} seeds (${o.seeds[0]}…${o.seeds[o.seeds.length - 1]}), ${o.cpus} CPUs, ${o.iterations} transactions per worker${o.costModel ? `, cost model ${o.costModel}` : ''}${o.engine === 'parallel' ? ', parallel engine (not reproducible by seed)' : ''}; means over seeds, virtual time`);
   for (const w of o.workloads) {
     const rows = r.summary.filter((s) => s.workload === w);
     if (!rows.length) continue;

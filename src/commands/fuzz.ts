@@ -1,12 +1,14 @@
 /**
- * src/commands/fuzz.ts — `mmulab fuzz`: random system-call sequences across processes, threads
- * and CPUs, with the bad inputs a kernel fuzzer uses, run on the deterministic engine with the
- * invariant checkers on (src/fuzz/). Runs until an operation count (--ops) or a time budget
- * (--time) is used up; on the first failure it shrinks the case to a minimal sequence, prints it
- * with its seed and the one-line command that replays it, and exits 1. `--replay SEED:PATH`
- * runs exactly that case again. Of the shared options, --cpus fixes every case's CPU count and
- * --cost-model its kernel's costs (both become part of the replay line); --engine must be
- * deterministic, since a failure has to replay exactly.
+ * src/commands/fuzz.ts — `mmulab fuzz`: random system-call sequences across processes, threads and
+ * CPUs, with the bad inputs a kernel fuzzer uses, run with the invariant checkers on (src/fuzz/).
+ * Runs until an operation count (--ops) or a time budget (--time) is used up; on the first failure
+ * it shrinks the case to a minimal sequence, prints it with its seed and the one-line command that
+ * replays it, and exits 1. `--replay SEED:PATH` runs exactly that case again. Of the shared
+ * options, --cpus fixes every case's CPU count and --cost-model its kernel's costs, --engine its
+ * engine (all three become part of the replay line). On the parallel engine a case's interleaving
+ * is one CPU's turn at a time rather than the seeded scheduler's; the fuzz operations are system
+ * calls and single accesses, made with the kernel on the main thread, so a case still replays, but
+ * only the deterministic engine promises it; --debug-vm needs the deterministic engine.
  *
  * --json prints a run's summary, or the replayed case and its result (docs/schemas/fuzz.schema.json).
  *
@@ -63,7 +65,7 @@ export function register(program: Command, io: Io): void {
     .option('--time <seconds>', 'time budget (default: 60 s unless --ops is given)', parseIntOption('--time', 1, 7 * 24 * 3600))
     .option('--seed <n>', 'first seed (default: random, printed)', parseSeed)
     .option('--cpus <n>', 'CPUs of every case, 1 to 64 (default: each case draws 2 to 4; part of the replay line)', parseCpus(1))
-    .addOption(engineOption('deterministic only: a failure must replay exactly from its seed and path, which needs the deterministic engine'))
+    .addOption(engineOption('deterministic (default: a failure replays exactly from its seed and path) or parallel (the kernel on the main thread, one CPU\'s turn at a time; part of the replay line; not with --debug-vm)'))
     .option('--cost-model <file>', `${COST_MODEL_HELP}: it changes the timing and with it the interleavings (part of the replay line)`)
     .option('--ops <n>', 'stop after this many operations', parseIntOption('--ops', 1, 1e12))
     .option('--replay <seed:path>', 'run the case a failure printed (SEED:PATH, e.g. 1234:5:2:1) and nothing else', replayOption)
@@ -89,7 +91,7 @@ Examples:
   mmulab fuzz --cpus 8 --cost-model slow-ipi.json --ops 50000    every case on 8 CPUs, other costs`,
     )
     .action(async (o: FuzzCliOptions) => {
-      if (o.engine !== 'deterministic') throw new UsageError('--engine parallel: fuzz cases run the kernel on the deterministic engine only, so that every failure replays exactly');
+      if (o.engine === 'parallel' && o.debugVm) throw new UsageError('--debug-vm audits the mm after every step of the deterministic engine; it does not run with --engine parallel');
       const costs = loadCosts(o.costModel);
       const shape: CaseShape = {
         opsPerRun: o.opsPerRun,
@@ -98,6 +100,7 @@ Examples:
         plant: o.plant ?? null,
         cpus: o.cpus ?? null,
         ...(o.debugVm ? { debugVm: true } : {}),
+        ...(o.engine === 'parallel' ? { engine: 'parallel' as const } : {}),
         costs: costs && o.costModel ? { file: o.costModel, kernel: { hwCosts: costs.model.hw, clockGhz: costs.model.clockGhz, costs: costs.kernel } } : null,
       };
       if (o.replay) {
@@ -115,7 +118,7 @@ Examples:
       }
       const seed = o.seed ?? randomInt(0, 2 ** 31);
       const timeMs = o.time !== undefined ? o.time * 1000 : o.ops === undefined ? 60_000 : undefined;
-      io.err(`mmulab fuzz: seed ${seed}${timeMs !== undefined ? `, ${timeMs / 1000} s` : ''}${o.ops !== undefined ? `, ${o.ops} operations` : ''}${o.jobs > 1 ? `, ${o.jobs} jobs` : ''}${shape.plant ? `, planted bug ${shape.plant}` : ''}${shape.cpus ? `, ${shape.cpus} CPUs` : ''}${o.costModel ? `, cost model ${o.costModel}` : ''}\n`);
+      io.err(`mmulab fuzz: seed ${seed}${timeMs !== undefined ? `, ${timeMs / 1000} s` : ''}${o.ops !== undefined ? `, ${o.ops} operations` : ''}${o.jobs > 1 ? `, ${o.jobs} jobs` : ''}${shape.plant ? `, planted bug ${shape.plant}` : ''}${shape.cpus ? `, ${shape.cpus} CPUs` : ''}${o.costModel ? `, cost model ${o.costModel}` : ''}${shape.engine === 'parallel' ? ', parallel engine' : ''}\n`);
       let summary: FuzzSummary;
       if (o.jobs > 1) {
         summary = await fuzzParallel({ seed, shape, ops: o.ops, timeMs, shrinkMs: o.shrinkTime * 1000, jobs: o.jobs });
@@ -159,6 +162,7 @@ function settings(o: FuzzCliOptions, shape: CaseShape): Record<string, unknown> 
     cpus: shape.cpus ?? null,
     costModel: o.costModel ?? null,
     debugVm: shape.debugVm === true,
+    ...(shape.engine === 'parallel' ? { engine: 'parallel' } : {}),
   };
 }
 

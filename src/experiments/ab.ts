@@ -22,7 +22,7 @@
  * by pid. Virtual time is converted with the cost model's clock.
  */
 
-import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
+import { Kernel, type KernelEngine, type KernelOptions } from '../../kernel/kernel.ts';
 import type { User } from '../../kernel/uapi.ts';
 import type { KGen } from '../../kernel/sched/core.ts';
 import { BinderDevice } from '../../drivers/android/binder/binder.ts';
@@ -86,6 +86,8 @@ export interface AbRunOptions {
   /** Iterations per worker. */
   iterations: number;
   kernel?: KernelOptions;
+  /** The engine the kernel runs on (default deterministic). */
+  engine?: KernelEngine;
 }
 
 /** What one run measured. */
@@ -200,7 +202,7 @@ export function runAbCase(o: AbRunOptions): AbMetrics {
     }
     lockSnap = { driverAcquisitions: dA, driverContended: dC, driverWaitUs: k.micros(dW), ownAcquisitions: oA, ownContended: oC, receiverWaitUs: k.micros(rW), receiverWaitBehindDriverUs: k.micros(rB) };
   };
-  const r = k.run({ maxSteps: 200_000_000 });
+  const r = k.runOn(o.engine ?? 'deterministic', { maxSteps: 200_000_000 });
   if (r.reason !== 'done') throw new Error(`${o.config.label}/${o.workload}/seed ${o.seed}: the run ended with "${r.reason}" instead of finishing`);
   // At the end, with every process gone: the mm books again, and binder's (no allocator, page or
   // LRU entry may outlive its process).
@@ -253,6 +255,7 @@ export interface AbOptions {
   cpus: number;
   iterations: number;
   kernel?: KernelOptions;
+  engine?: KernelEngine;
 }
 
 export interface AbCaseResult {
@@ -319,6 +322,8 @@ export interface AbResult {
     costs: EffectiveCostModel;
     /** Whether the run includes the security scenarios (false with --no-attack); shard 1 holds them. */
     attack: boolean;
+    /** Present when the kernel ran on the parallel engine (not reproducible by seed). */
+    engine?: 'parallel';
   };
   cases: AbCaseResult[];
   summary: AbSummaryRow[];
@@ -349,7 +354,7 @@ export function attackTargetOf(c: AbConfig): { design: DesignName; variant: Iden
 /** The cases of a comparison, in a fixed order (workload, config, seed). */
 export function abCases(o: AbOptions): AbRunOptions[] {
   const out: AbRunOptions[] = [];
-  for (const workload of o.workloads) for (const config of o.configs) for (const seed of o.seeds) out.push({ config, workload, seed, cpus: o.cpus, iterations: o.iterations, kernel: o.kernel });
+  for (const workload of o.workloads) for (const config of o.configs) for (const seed of o.seeds) out.push({ config, workload, seed, cpus: o.cpus, iterations: o.iterations, kernel: o.kernel, ...(o.engine ? { engine: o.engine } : {}) });
   return out;
 }
 
@@ -386,5 +391,5 @@ export function runAb(o: AbOptions, tick: () => void = () => {}): AbResult {
     cases.push({ config: c.config.label, workload: c.workload, seed: c.seed, metrics: runAbCase(c) });
     tick();
   }
-  return summarise({ configs: o.configs.map((c) => c.label), workloads: o.workloads, seeds: o.seeds, cpus: o.cpus, iterations: o.iterations, costs: effectiveCostModel(o.kernel), attack: false }, cases);
+  return summarise({ configs: o.configs.map((c) => c.label), workloads: o.workloads, seeds: o.seeds, cpus: o.cpus, iterations: o.iterations, costs: effectiveCostModel(o.kernel), attack: false, ...(o.engine === 'parallel' ? { engine: 'parallel' as const } : {}) }, cases);
 }

@@ -51,11 +51,13 @@
  * a test harness would use shared memory; everything they do to the kernel goes through system
  * calls. The race of scenario 1 relies on the preemption point binder_alloc has between the
  * pages it installs: the deterministic engine switches CPUs only where kernel code yields, and
- * on real SMP hardware the receiver runs while the sender installs. Imports point down only
+ * on real SMP hardware the receiver runs while the sender installs. On the parallel engine
+ * (ScenarioOptions.engine) the scenarios' single accesses still run with the kernel, one CPU's
+ * turn at a time, so only the interleaving differs. Imports point down only
  * (drivers, kernel, hw).
  */
 
-import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
+import { Kernel, type KernelEngine, type KernelOptions } from '../../kernel/kernel.ts';
 import type { User } from '../../kernel/uapi.ts';
 import type { KGen, Task } from '../../kernel/sched/core.ts';
 import type { MmStruct, VmArea, VmFault, VmOperations } from '../../kernel/mm/mm_types.ts';
@@ -227,13 +229,19 @@ export interface ScenarioOptions {
   cpus?: number;
   /** Cost model of the machine and kernel (hwCosts, clockGhz, costs); default the built-in one. */
   kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
+  /**
+   * The engine every kernel of the scenario runs on (default deterministic). On the parallel
+   * engine the verdict holds for the interleaving that run had, which no seed reproduces.
+   */
+  engine?: KernelEngine;
 }
 
-/** What every kernel of a scenario is built with. */
+/** What every kernel of a scenario is built with and run on. */
 interface WorldEnv {
   seed: number;
   cpus: number;
   kernel: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
+  engine: KernelEngine;
 }
 
 export const ATTACK_MIN_CPUS = 2;
@@ -258,6 +266,7 @@ const IMPOSTOR_MARK = 0x1badf00d;
 
 interface World {
   k: Kernel;
+  engine: KernelEngine;
   dev: BinderDevice;
   target: AttackTarget;
   /** Frames the receiver's binder allocator was given and has not freed since. */
@@ -276,7 +285,7 @@ function designOptions(t: AttackTarget, bugs: PlantedBugs): DesignOptions {
 function makeWorld(t: AttackTarget, env: WorldEnv, bugs: PlantedBugs): World {
   const k = new Kernel({ ...env.kernel, cpus: env.cpus, memoryBytes: 64 << 20, seed: env.seed });
   const dev = new BinderDevice(k, { design: designOptions(t, bugs) });
-  const w: World = { k, dev, target: t, frames: new Set(), recv: null, impostor: null, binderVma: null };
+  const w: World = { k, engine: env.engine, dev, target: t, frames: new Set(), recv: null, impostor: null, binderVma: null };
   registerPfnmapDevice(w);
   // A frame binder gave back is binder's no more (it may come back as someone else's page).
   const hooks = k.pages.hooks;
@@ -353,7 +362,7 @@ const isKasan = (r: Report): boolean => r.kind === 'KASAN';
 const isLifetimeReport = (r: Report): boolean => r.data.contract === 'vma-lifetime' || r.data.contract === 'vm_insert_page-lock' || /freed VMA|used after its lifetime/.test(r.title);
 
 function run(w: World): { hung: string[] } {
-  const r = w.k.run({ maxSteps: STEP_LIMIT });
+  const r = w.k.runOn(w.engine, { maxSteps: STEP_LIMIT });
   const hung = [...w.k.tasks.values()].map((t) => `${t.comm}/${t.pid} ${t.state}${t.waitingFor ? ` (${t.waitingFor})` : ''}`);
   if (r.reason !== 'done') hung.unshift(`run stopped: ${r.reason}`);
   return { hung };
@@ -1147,7 +1156,7 @@ function contractControl(env: WorldEnv): ArmEvidence & { planted: string } {
       }
     });
   });
-  k.run({ maxSteps: 100_000 });
+  k.runOn(env.engine, { maxSteps: 100_000 });
   for (const r of k.reports.reports) {
     if (r.kind === 'signal') continue;
     arm.reports.push(reportEvidence(r));
@@ -1188,7 +1197,7 @@ export function runScenario(o: ScenarioOptions): ScenarioResult {
   const seed = o.seed ?? 1;
   const cpus = o.cpus ?? ATTACK_MIN_CPUS;
   if (!Number.isInteger(cpus) || cpus < ATTACK_MIN_CPUS) throw new RangeError(`the attack scenarios need at least ${ATTACK_MIN_CPUS} CPUs (scenario 3's reader runs on CPU 1), got ${cpus}`);
-  const env: WorldEnv = { seed, cpus, kernel: o.kernel ?? {} };
+  const env: WorldEnv = { seed, cpus, kernel: o.kernel ?? {}, engine: o.engine ?? 'deterministic' };
   const ids = expandScenario(String(o.scenario));
   if (ids.length > 1) return combine(ids.map((id) => runScenario({ ...o, scenario: id })));
   const id = ids[0]!;
@@ -1298,6 +1307,7 @@ export interface MatrixOptions {
   /** CPUs and cost model of every scenario's machine (ScenarioOptions). */
   cpus?: number;
   kernel?: ScenarioOptions['kernel'];
+  engine?: KernelEngine;
   /** Called after each result (progress). */
   onResult?: (r: ScenarioResult) => void;
 }
@@ -1306,6 +1316,8 @@ export interface AttackMatrix {
   seed: number;
   cpus: number;
   planted: boolean;
+  /** Present when the scenarios ran on the parallel engine (verdicts of that run's interleaving). */
+  engine?: 'parallel';
   targets: string[];
   scenarios: ScenarioId[];
   results: ScenarioResult[];
@@ -1319,12 +1331,12 @@ export function runAttackMatrix(o: MatrixOptions = {}): AttackMatrix {
   const results: ScenarioResult[] = [];
   for (const t of targets) {
     for (const s of scenarios) {
-      const r = runScenario({ design: t.design, variant: t.variant, scenario: s, seed, plant: o.plant, cpus: o.cpus, kernel: o.kernel });
+      const r = runScenario({ design: t.design, variant: t.variant, scenario: s, seed, plant: o.plant, cpus: o.cpus, kernel: o.kernel, engine: o.engine });
       results.push(r);
       o.onResult?.(r);
     }
   }
-  return { seed, cpus: o.cpus ?? ATTACK_MIN_CPUS, planted: !!o.plant, targets: targets.map(targetLabel), scenarios, results };
+  return { seed, cpus: o.cpus ?? ATTACK_MIN_CPUS, planted: !!o.plant, ...(o.engine === 'parallel' ? { engine: 'parallel' as const } : {}), targets: targets.map(targetLabel), scenarios, results };
 }
 
 /** Targets with at least one vulnerable verdict. */

@@ -41,6 +41,7 @@ export const SHOOTDOWN_JSON_SCHEMA = {
         tickUs: { type: 'number' },
         costModel: { type: 'string', minLength: 1, description: 'the --cost-model file (absent: the built-in costs); merge does not compare it, only costs' },
         costs: { $ref: '#/$defs/costModel' },
+        engine: { const: 'parallel', description: 'present when the points ran on the parallel engine: each is one run, not reproducible by seed' },
       },
       additionalProperties: false,
     },
@@ -188,7 +189,7 @@ export function formatTable(r: ShootdownReport): string {
   const widths = cols.map((c, i) => Math.max(c.head.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]): string => cells.map((s, i) => (cols[i]!.left ? s.padEnd(widths[i]!) : s.padStart(widths[i]!))).join('  ').trimEnd();
   const out: string[] = [];
-  out.push(`TLB shootdown — per changed range, mean of ${r.config.rounds} rounds; ${r.config.clockGhz} GHz, tick ${num(r.config.tickUs, 0)} µs, working set ${r.config.workingSet} pages${r.shard ? `; shard ${r.shard.index}/${r.shard.count}` : ''}`);
+  out.push(`TLB shootdown — per changed range, mean of ${r.config.rounds} rounds; ${r.config.clockGhz} GHz, tick ${num(r.config.tickUs, 0)} µs, working set ${r.config.workingSet} pages${r.config.engine === 'parallel' ? '; parallel engine (not reproducible by seed)' : ''}${r.shard ? `; shard ${r.shard.index}/${r.shard.count}` : ''}`);
   out.push(line(cols.map((c) => c.head)));
   for (const row of rows) out.push(line(row));
   out.push('');
@@ -344,7 +345,7 @@ export function toHtml(r: ShootdownReport, command: string): string {
     meta: [
       ['points', String(pts.length)],
       ['rounds per point', String(r.config.rounds)],
-      ['seed', String(r.config.seed)],
+      ['seed', String(r.config.seed) + (r.config.engine === 'parallel' ? ' (parallel engine: not reproducible by seed)' : '')],
       ['clock', `${r.config.clockGhz} GHz`],
       ['scheduler tick', `${formatNumber(r.config.tickUs)} µs`],
       ['working set', `${r.config.workingSet} pages per thread`],

@@ -5,19 +5,21 @@
  * flush, always per page) and LATR's lazy invalidation (kernel/arch/x86/tlb_latr.ts), across
  * CPUs, pages per flush, lazy TLB, PCIDs and batching.
  *
- * The workload, one run of the deterministic engine per point. A process has a thread on every
- * CPU. The threads on CPUs 1..N-1 keep a working set of `workingSet` pages in their TLBs: a pass
- * over it, then compute (odd CPUs) or a sleep (even CPUs, which therefore sit idle — lazy — much
- * of the time), each pass an eighth of a scheduler tick. The main thread on CPU 0, the initiator,
- * runs `rounds` rounds. Each round it maps `batch` ranges of `pages` pages, each between two
- * one-page read-only anchor mappings (so unmapping a range frees no page table unless it covers a
- * whole 2 MiB region: then every policy flushes synchronously), and writes them; every other
- * thread reads them once (so every TLB holds them); a pre-window of half a tick passes; then it
- * changes all ranges in one call — munmap, madvise(MADV_DONTNEED) or mprotect(PROT_READ) — and a
- * post-window of 1.5 ticks passes. With batch > 1 the one call is munmap or mprotect over the
- * span of the ranges, or for MADV_DONTNEED one mmu_gather over all ranges (as SeongJae Park's
- * 2025 series batches process_madvise); munmap still flushes at every VMA end (x86 has no
- * MMU_GATHER_MERGE_VMAS, so tlb_end_vma flushes) and this kernel's mprotect at every VMA.
+ * The workload, one run of the kernel per point (on the deterministic engine unless
+ * ShootdownConfig.engine says parallel: then the passes below run on worker threads). A process
+ * has a thread on every CPU. The threads on CPUs 1..N-1 keep a working set of `workingSet` pages
+ * in their TLBs: a pass over it, then compute (odd CPUs) or a sleep (even CPUs, which therefore
+ * sit idle — lazy — much of the time), each pass an eighth of a scheduler tick. The main thread on
+ * CPU 0, the initiator, runs `rounds` rounds. Each round it maps `batch` ranges of `pages` pages,
+ * each between two one-page read-only anchor mappings (so unmapping a range frees no page table
+ * unless it covers a whole 2 MiB region: then every policy flushes synchronously), and writes
+ * them; every other thread reads them once (so every TLB holds them); a pre-window of half a tick
+ * passes; then it changes all ranges in one call — munmap, madvise(MADV_DONTNEED) or
+ * mprotect(PROT_READ) — and a post-window of 1.5 ticks passes. With batch > 1 the one call is
+ * munmap or mprotect over the span of the ranges, or for MADV_DONTNEED one mmu_gather over all
+ * ranges (as SeongJae Park's 2025 series batches process_madvise); munmap still flushes at every
+ * VMA end (x86 has no MMU_GATHER_MERGE_VMAS, so tlb_end_vma flushes) and this kernel's mprotect at
+ * every VMA.
  *
  * Per point, per changed range (averaged over rounds):
  * - latency: the initiator's system call, cycles → µs at the cost model's clock; flushUs is the
@@ -40,7 +42,7 @@
 
 import { MAX_CPUS } from '../../hw/config.ts';
 import { C_ENTRIES_FLUSHED, C_WALKS } from '../../hw/layout.ts';
-import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
+import { Kernel, type KernelEngine, type KernelOptions } from '../../kernel/kernel.ts';
 import { FULL_POLICY, LINUX_POLICY, PAGES_POLICY } from '../../kernel/arch/x86/tlb.ts';
 import { LatrPolicy } from '../../kernel/arch/x86/tlb_latr.ts';
 import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
@@ -90,6 +92,12 @@ export interface ShootdownConfig {
   kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs'>;
   /** The --cost-model file `kernel` came from (recorded in the report, nothing more). */
   costModel?: string;
+  /**
+   * The engine each point's kernel runs on (default deterministic). On the parallel engine the
+   * remote threads' passes over their working sets (touchPages) run on worker threads, so the
+   * shootdown IPIs reach CPUs whose user code is running; a point is then one run's measurement.
+   */
+  engine?: KernelEngine;
 }
 
 export const DEFAULT_CONFIG: ShootdownConfig = { seed: 1, rounds: 3, workingSet: 32, hz: 1000 };
@@ -297,7 +305,7 @@ export function runPoint(point: ShootdownPoint, config: ShootdownConfig = DEFAUL
     while (st.done < remotes) yield* u.sleep(20_000);
   }, { cpu: 0 });
 
-  const res = k.run({ maxSteps: 50_000_000 });
+  const res = k.runOn(config.engine ?? 'deterministic', { maxSteps: 50_000_000 });
   if (res.reason !== 'done' || k.liveTasks() !== 0) throw new Error(`shootdown point ${pointLabel(point)} did not finish (${res.reason} after ${res.steps} steps)`);
   const n = rounds * batch;
   const sorted = samples.slice().sort((a, b) => a - b);
@@ -383,6 +391,8 @@ export interface ShootdownReport {
     costModel?: string;
     /** Every cost the sweep's machines used (merge refuses shards whose costs differ). */
     costs: EffectiveCostModel;
+    /** Present when the points ran on the parallel engine (each one run's measurement, not reproducible by seed). */
+    engine?: 'parallel';
   };
   /** The whole sweep's grid (also in a shard, which holds only some of its points). */
   grid: ShootdownGrid;
@@ -407,6 +417,7 @@ export function summarise(points: PointResult[], config: ShootdownConfig, grid: 
       tickUs: probe.micros(probe.tickCycles),
       ...(config.costModel ? { costModel: config.costModel } : {}),
       costs: effectiveCostModel(config.kernel),
+      ...(config.engine === 'parallel' ? { engine: 'parallel' as const } : {}),
     },
     grid,
     ...(shard ? { shard } : {}),

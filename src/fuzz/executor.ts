@@ -1,6 +1,6 @@
 /**
- * src/fuzz/executor.ts — runs a fuzz Scenario (src/fuzz/ops.ts) on the deterministic engine and
- * judges it.
+ * src/fuzz/executor.ts — runs a fuzz Scenario (src/fuzz/ops.ts) on the deterministic engine (or,
+ * with ExecOptions.engine, the parallel one) and judges it.
  *
  * The world: a kernel with a binder device whose design is chosen per process (by comm), and a
  * few processes, each with one or more threads ("actors") pinned to CPUs, each with its own
@@ -34,7 +34,7 @@
  * FuzzFailure naming the kind, the message and the operation being run or last checked.
  */
 
-import { Kernel, type KernelOptions } from '../../kernel/kernel.ts';
+import { Kernel, type KernelEngine, type KernelOptions } from '../../kernel/kernel.ts';
 import type { KGen, Task } from '../../kernel/sched/core.ts';
 import { ExitRequest, type Program, type User } from '../../kernel/uapi.ts';
 import { WaitQueue } from '../../kernel/sched/wait.ts';
@@ -85,6 +85,12 @@ export interface ExecOptions {
   design?: DesignOptions;
   /** Cost model of the kernel (default: the built-in costs), and its checking mode. */
   kernel?: Pick<KernelOptions, 'hwCosts' | 'clockGhz' | 'costs' | 'debugVm'>;
+  /**
+   * The engine (default deterministic). The actors' operations are system calls and single
+   * accesses, made with the kernel on the main thread, so a case on the parallel engine differs
+   * only in its interleaving (turns of one CPU at a time instead of the seeded scheduler's).
+   */
+  engine?: KernelEngine;
   /**
    * Record each operation's outcome here, and for every transaction delivered its id, sizes,
    * offset in the mapping and a hash of the bytes read (the differential tests compare these).
@@ -243,6 +249,7 @@ class World {
   readonly checkEvery: number;
   readonly plant: Plant | null;
   readonly hangCycles: number;
+  readonly engine: KernelEngine;
   readonly procs: Proc[] = [];
   readonly actors: Actor[] = [];
   readonly sent = new Map<number, SentTx>();
@@ -285,6 +292,7 @@ class World {
     this.checkEvery = opts.checkEvery ?? 64;
     this.plant = opts.plant ?? null;
     this.hangCycles = opts.hangCycles ?? 4e9;
+    this.engine = opts.engine ?? 'deterministic';
     this.log = opts.log ?? null;
     this.k = new Kernel({ ...opts.kernel, cpus: s.cpus, memoryBytes: s.memoryMiB << 20, quantum: s.quantum, seed: 1 + s.ops.length });
     const bugs = this.plant === 'zap-without-flush' ? { zapWithoutFlush: true } : undefined;
@@ -303,7 +311,7 @@ class World {
       yield* self.coordinate();
     }, 0);
     try {
-      const r = k.run({ maxSteps: 200_000_000 });
+      const r = k.runOn(this.engine, { maxSteps: 200_000_000 });
       if (r.reason !== 'done' && !this.failure) this.failure = { kind: 'hang', message: `the run did not finish (${r.reason})`, op: this.lastOp };
     } catch (e) {
       if (e instanceof FuzzAbort) this.failure ??= e.failure;

@@ -13,7 +13,7 @@
  */
 
 import { PLANTS, type Plant } from './executor.ts';
-import type { KernelOptions } from '../../kernel/kernel.ts';
+import type { KernelEngine, KernelOptions } from '../../kernel/kernel.ts';
 
 /** A --cost-model file: its name (for the replay line) and the costs the kernel takes from it. */
 export interface CaseCosts {
@@ -33,6 +33,8 @@ export interface CaseShape {
   costs?: CaseCosts | null;
   /** Checking mode (--debug-vm): the mm audit after every scheduling step, besides the rounds' checks. */
   debugVm?: boolean;
+  /** The engine of every case (--engine; absent: deterministic). */
+  engine?: KernelEngine;
 }
 
 export const DEFAULT_SHAPE: CaseShape = { opsPerRun: 1000, roundOps: 16, checkEvery: 64, plant: null, cpus: null, costs: null };
@@ -66,6 +68,7 @@ export function replayCommand(r: ReplayToken, shape: CaseShape): string {
   if (shape.plant) parts.push(`--plant ${shape.plant}`);
   if (shape.cpus) parts.push(`--cpus ${shape.cpus}`);
   if (shape.debugVm) parts.push('--debug-vm');
+  if (shape.engine === 'parallel') parts.push('--engine parallel');
   if (shape.costs) parts.push(`--cost-model ${/^[\w./-]+$/.test(shape.costs.file) ? shape.costs.file : `'${shape.costs.file.replace(/'/g, `'\\''`)}'`}`);
   return parts.join(' ');
 }

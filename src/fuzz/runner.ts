@@ -71,7 +71,7 @@ class CaseFailed extends Error {
 
 export function execOptions(shape: CaseShape): ExecOptions {
   const kernel = { ...shape.costs?.kernel, ...(shape.debugVm ? { debugVm: true } : {}) };
-  return { roundOps: shape.roundOps, checkEvery: shape.checkEvery, plant: shape.plant, ...(Object.keys(kernel).length ? { kernel } : {}) };
+  return { roundOps: shape.roundOps, checkEvery: shape.checkEvery, plant: shape.plant, ...(Object.keys(kernel).length ? { kernel } : {}), ...(shape.engine === 'parallel' ? { engine: 'parallel' as const } : {}) };
 }
 
 /** The property every generated scenario must satisfy (`skip()` true: pass without running). */

@@ -4,7 +4,7 @@
  */
 
 import { runAbCase, parseConfig, type AbMetrics, type WorkloadName } from '../experiments/ab.ts';
-import type { KernelOptions } from '../../kernel/kernel.ts';
+import type { KernelEngine, KernelOptions } from '../../kernel/kernel.ts';
 import { runPoint, type ShootdownConfig, type ShootdownPoint } from '../experiments/shootdown.ts';
 import { runScenario, type ScenarioOptions, type ScenarioResult } from '../experiments/attack.ts';
 import { fuzz, type FuzzJobArgs, type FuzzSummary } from '../fuzz/runner.ts';
@@ -16,6 +16,7 @@ export interface AbJobArgs {
   cpus: number;
   iterations: number;
   kernel?: KernelOptions;
+  engine?: KernelEngine;
 }
 
 export interface ShootdownJobArgs {
@@ -27,5 +28,5 @@ export const JOBS: Record<string, (args: never) => unknown> = {
   shootdown: (a: ShootdownJobArgs) => runPoint(a.point, a.config),
   attack: (a: ScenarioOptions): ScenarioResult => runScenario(a),
   fuzz: (a: FuzzJobArgs): FuzzSummary => fuzz(a),
-  ab: (a: AbJobArgs): AbMetrics => runAbCase({ config: parseConfig(a.config), workload: a.workload, seed: a.seed, cpus: a.cpus, iterations: a.iterations, kernel: a.kernel }),
+  ab: (a: AbJobArgs): AbMetrics => runAbCase({ config: parseConfig(a.config), workload: a.workload, seed: a.seed, cpus: a.cpus, iterations: a.iterations, kernel: a.kernel, engine: a.engine }),
 };

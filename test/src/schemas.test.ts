@@ -187,6 +187,12 @@ describe('docs/schemas/fuzz.schema.json', { timeout: 120_000 }, () => {
     expect(errorsOf(validateFuzz, doc)).toEqual([]);
   });
 
+  it('validates a run on the parallel engine, which its settings record', async () => {
+    const doc = await json([...TINY, '--engine', 'parallel'], { code: 0, err: 'mmulab fuzz: seed 5, 1 operations, parallel engine\n' });
+    expect(errorsOf(validateFuzz, doc)).toEqual([]);
+    expect((doc.settings as Record<string, unknown>).engine).toBe('parallel');
+  });
+
   it('validates a run that found a (planted) failure, with its shrunk counterexample', async () => {
     const doc = await json(['fuzz', '--seed', '1', '--ops', '2000', '--ops-per-run', '20', '--plant', 'leak-ref', '--shrink-time', '5', '--jobs', '1'], { code: 1, err: /^mmulab fuzz: seed 1/ });
     expect(errorsOf(validateFuzz, doc)).toEqual([]);

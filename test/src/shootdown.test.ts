@@ -197,7 +197,7 @@ describe('mmulab shootdown', () => {
     [['--op', 'fork'], /unknown op "fork"/],
     [['--batch', '65'], /--batch values must be between 1 and 64, got 65/],
     [['--shard', '3/2'], /--shard 3\/2: i must be between 1 and n/],
-    [['--engine', 'parallel'], /deterministic engine only/],
+    [['--engine', 'quick'], /--engine.*quick/],
     [['--csv', '/nonexistent-dir/x.csv'], /--csv \/nonexistent-dir\/x\.csv: cannot write there/],
     [['--merge', 'part1.json'], /shootdown --merge is gone: join shards with mmulab merge FILES/],
     [['--cpus', '0'], /--cpus must be between 1 and 64, got 0/],
