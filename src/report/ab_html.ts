@@ -122,6 +122,7 @@ export function abHtml(r: AbResult): string {
       ['CPUs', String(o.cpus)],
       ['transactions per worker', String(o.iterations)],
       ['cost model', o.costModel ?? 'built-in'],
+      ['engine', o.engine === 'parallel' ? 'parallel (not reproducible by seed)' : 'deterministic'],
       ['time', 'virtual (the emulated machine’s clock)'],
     ],
     sections,

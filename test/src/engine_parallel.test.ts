@@ -8,7 +8,9 @@
  * --json on the parallel engine follows its schema and says which engine ran.
  */
 
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import { main } from '../../src/cli.ts';
@@ -77,14 +79,18 @@ describe('experiments on the parallel engine', { timeout: 120_000 }, () => {
     expect(remotePoolStats().stretches - before).toBeGreaterThan(0);
   });
 
-  it('ab, attack and shootdown --json say the engine and follow their schemas', async () => {
+  it('ab, attack and shootdown --json (and --html) say the engine and follow their schemas', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mmulab-par-'));
     const cases: [string, string[]][] = [
       ['ab', ['--design', 'eager,fault', '--workload', 'sync-0', '--seeds', '1', '--iterations', '5', '--jobs', '1']],
       ['attack', ['--design', 'fault', '--scenario', '1a']],
       ['shootdown', ['--cpus-list', '2', '--pages', '1', '--policy', 'linux', '--lazy', 'on', '--pcid', 'on', '--rounds', '1', '--jobs', '1']],
     ];
     for (const [command, args] of cases) {
-      const r = await run([command, ...args, '--engine', 'parallel', '--json']);
+      const html = command === 'attack' ? [] : ['--html', join(dir, `${command}.html`)];
+      const r = await run([command, ...args, '--engine', 'parallel', '--json', ...html]);
+      // The HTML report says so too (in its header table).
+      if (html.length) expect(readFileSync(html[1]!, 'utf8'), command).toMatch(/parallel[^<]*not reproducible by seed/);
       expect(r.err, command).toBe('');
       expect(r.code, command).toBe(0);
       const doc = JSON.parse(r.out) as { options?: { engine?: string }; config?: { engine?: string }; engine?: string };
