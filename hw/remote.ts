@@ -193,9 +193,9 @@ function acquire(): PooledWorker {
     discard(pw);
   }
   const pw = spawnWorker();
-  const s = waitLeave(pw, W_STARTING, START_MS);
-  if (s !== W_IDLE) {
-    const why = s === W_FAILED && Atomics.load(pw.home, H_STATE) === W_FAILED ? failureOf(pw, 'a remote worker failed to start') : `a remote worker did not start within ${START_MS / 1000} s`;
+  if (waitLeave(pw, W_STARTING, START_MS) !== W_IDLE) {
+    // waitLeave says W_FAILED on a time-out too: the worker's own state tells which it was.
+    const why = Atomics.load(pw.home, H_STATE) === W_FAILED ? failureOf(pw, 'a remote worker failed to start') : `a remote worker did not start within ${START_MS / 1000} s`;
     discard(pw);
     throw new EngineError(why);
   }

@@ -24,7 +24,8 @@
 import type { Kernel } from './kernel.ts';
 import { PREEMPT, type KGen, type SchedYield, type Task } from './sched/core.ts';
 import { K_FETCH, K_READ, K_WRITE } from '../hw/walk.ts';
-import type { AccessStream } from '../hw/engine.ts';
+import { accessStream, type AccessStream } from '../hw/engine.ts';
+import type { AccessKind } from '../hw/cpu.ts';
 import { VEC_MC, VEC_PF } from '../hw/control-registers.ts';
 import { EXIT_FAULT } from '../hw/remote.ts';
 import { SyscallError, EBADF, EINVAL, ECHILD, ENOENT, ENOMEM, EFAULT } from './errno.ts';
@@ -50,7 +51,6 @@ export class ExitRequest {
 }
 
 const KIND_OF = { read: K_READ, write: K_WRITE, fetch: K_FETCH } as const;
-const EMPTY_STREAM: AccessStream = { his: new Int32Array(0), los: new Int32Array(0), kinds: new Uint8Array(0), length: 0 };
 
 export class User {
   /** Accesses since the last preemption point. */
@@ -321,7 +321,7 @@ export class User {
     if (code === undefined) throw new TypeError(`touchPages: kind must be read, write or fetch, got ${String(kind)}`);
     // On the parallel engine the touches are an access stream run on a worker, as run() runs any.
     if (this.k.remote !== null) {
-      const stream = this.pageStream(start, end, code);
+      const stream = this.pageStream(start, end, kind);
       if (stream !== null) {
         yield* this.runRemote(stream);
         return;
@@ -337,26 +337,20 @@ export class User {
   private pageStreams: Map<string, AccessStream> | null = null;
 
   /**
-   * The access stream of touchPages(start, end, kind code), or null for a range it does not take
+   * The access stream of touchPages(start, end, kind), or null for a range it does not take
    * (addresses outside the canonical lower half, or over a million pages: touchPages itself then
    * runs, and reports a bad address as any access does).
    */
-  private pageStream(start: number, end: number, code: number): AccessStream | null {
+  private pageStream(start: number, end: number, kind: keyof typeof KIND_OF): AccessStream | null {
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end > 2 ** 47) return null;
-    if (end <= start) return EMPTY_STREAM;
     const first = start - (start % 4096);
-    const n = Math.ceil((end - first) / 4096);
+    const n = Math.max(0, Math.ceil((end - first) / 4096));
     if (n > 1 << 20) return null;
-    const key = `${start}:${end}:${code}`;
+    const key = `${start}:${end}:${kind}`;
     const cache = (this.pageStreams ??= new Map());
     let s = cache.get(key);
     if (s === undefined) {
-      s = { his: new Int32Array(n), los: new Int32Array(n), kinds: new Uint8Array(n).fill(code), length: n };
-      for (let i = 0; i < n; i++) {
-        const va = i === 0 ? start : first + i * 4096;
-        s.his[i] = Math.floor(va / 4294967296);
-        s.los[i] = va | 0;
-      }
+      s = accessStream(Array.from({ length: end > start ? n : 0 }, (_, i): [bigint, AccessKind] => [BigInt(i === 0 ? start : first + i * 4096), kind]));
       if (cache.size >= 16) cache.clear();
       cache.set(key, s);
     }

@@ -25,7 +25,7 @@ import { pagemap_read, proc_pid_maps, proc_pid_smaps, proc_pid_smaps_rollup, PM_
 import { ptdump_walk_pgd_level_debugfs } from '../../kernel/arch/x86/mm/dump_pagetables.ts';
 import type { Kernel } from '../../kernel/kernel.ts';
 import { EngineError } from '../../hw/engine.ts';
-import { buildScenario, runScenarioOn, type RunOutcome, type Scenario } from '../experiments/scenario.ts';
+import { buildScenario, runScenario, type RunOutcome, type Scenario } from '../experiments/scenario.ts';
 import { BUILTIN_WORKLOADS } from '../experiments/scenario.ts';
 import { addScenarioOptions, MODULE_HELP, recordedOptions, scenarioOptions, type ScenarioCliOptions } from './run.ts';
 import { EXIT_FINDING, parseIntOption, UsageError, type Io } from './common.ts';
@@ -78,7 +78,7 @@ export function register(program: Command, io: Io): void {
       const s = buildScenario(so);
       let outcome: RunOutcome;
       try {
-        outcome = runScenarioOn(s, o.atStep ?? o.maxSteps, o.engine);
+        outcome = runScenario(s, o.atStep ?? o.maxSteps, o.engine);
       } catch (e) {
         if (e instanceof EngineError) {
           io.err(`mmulab: the workload cannot go on: ${e.message}\n`);

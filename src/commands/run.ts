@@ -16,7 +16,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { EngineError } from '../../hw/engine.ts';
 import { chromeTraceJson, ftraceText } from '../../kernel/trace/export.ts';
 import { parseConfig } from '../experiments/ab.ts';
-import { BUILTIN_WORKLOADS, WORKLOAD_HELP, buildScenario, runScenarioOn, type BuiltinWorkload, type ScenarioOptions, type WorkloadName } from '../experiments/scenario.ts';
+import { BUILTIN_WORKLOADS, WORKLOAD_HELP, buildScenario, runScenario, type BuiltinWorkload, type ScenarioOptions, type WorkloadName } from '../experiments/scenario.ts';
 import { measure, runTable, type RunResult } from '../experiments/run.ts';
 import { LackeyError, parseLackey } from '../workloads/lackey.ts';
 import { ModuleError, loadProgramModule } from '../workloads/module.ts';
@@ -213,7 +213,7 @@ Examples:
       const s = buildScenario(so);
       let outcome;
       try {
-        outcome = runScenarioOn(s, o.maxSteps, o.engine);
+        outcome = runScenario(s, o.maxSteps, o.engine);
       } catch (e) {
         if (e instanceof EngineError) {
           io.err(`mmulab: the workload cannot go on: ${e.message}\n`);

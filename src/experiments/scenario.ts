@@ -149,31 +149,19 @@ export interface RunOutcome {
   steps: number;
 }
 
-/** Run a scenario until it finishes, parks, or reaches `maxSteps` scheduling steps. */
-export function runScenario(s: Scenario, maxSteps: number): RunOutcome {
+/**
+ * Run a scenario until it finishes, parks, or reaches `maxSteps` scheduling steps, on the chosen
+ * engine. On the parallel engine (kernel/sched/parallel.ts) user-mode access streams run on worker
+ * threads and a scheduling step is one CPU's turn; the run is not reproducible by seed.
+ */
+export function runScenario(s: Scenario, maxSteps: number, engine: KernelEngine = 'deterministic'): RunOutcome {
   const start = s.k.engine.steps;
   try {
-    const r = s.k.run({ maxSteps });
+    const r = s.k.runOn(engine, { maxSteps });
     return { reason: r.reason === 'done' ? 'done' : 'maxSteps', steps: r.steps };
   } catch (e) {
     // Nothing can run: with parked threads that is the end of a parked run.
-    if (e instanceof EngineError && e.message.startsWith('deadlock') && s.monitor.parked > 0) return { reason: 'parked', steps: s.k.engine.steps - start };
-    throw e;
-  }
-}
-
-/**
- * runScenario on the chosen engine. On the parallel engine (kernel/sched/parallel.ts) user-mode
- * access streams run on worker threads and a scheduling step is one CPU's turn; the run is not
- * reproducible by seed.
- */
-export function runScenarioOn(s: Scenario, maxSteps: number, engine: KernelEngine): RunOutcome {
-  if (engine === 'deterministic') return runScenario(s, maxSteps);
-  try {
-    const r = s.k.runParallel({ maxSteps });
-    return { reason: r.reason === 'done' ? 'done' : 'maxSteps', steps: r.steps };
-  } catch (e) {
-    if (e instanceof EngineError && e.message.startsWith('deadlock') && s.monitor.parked > 0) return { reason: 'parked', steps: e.steps ?? 0 };
+    if (e instanceof EngineError && e.message.startsWith('deadlock') && s.monitor.parked > 0) return { reason: 'parked', steps: e.steps ?? s.k.engine.steps - start };
     throw e;
   }
 }
