@@ -713,11 +713,21 @@ export class Cpu {
 
   /** The invalidation a #PF performs: the page's TLB entries and the PSC entries on its path. */
   private faultInvalidate(vaHi: number, vaLo: number): void {
+    // An array whose R_HELD bits are clear holds nothing to invalidate: skipped without a call
+    // (invalidation only clears bits, so one read of the word serves the whole loop).
+    const held = this.r[R_HELD]!;
     let n = 0;
-    for (const t of this.tlbArrays) n += t.clearAddress(vaHi, vaLo, this.pcid, true);
-    if (this.pscOn) {
+    const tlbs = this.tlbArrays;
+    for (let i = 0; i < tlbs.length; i++) {
+      const t = tlbs[i]!;
+      if ((held & t.heldAll) !== 0) n += t.clearAddress(vaHi, vaLo, this.pcid, true);
+    }
+    if (this.pscOn === true) {
       const pcid = this.pcid;
-      for (const t of this.pscArrays) {
+      const pscs = this.pscArrays;
+      for (let i = 0; i < pscs.length; i++) {
+        const t = pscs[i]!;
+        if ((held & t.heldAll) === 0) continue;
         const e = t.lookup(vpnLo(vaHi, vaLo, t.shift), vpnHi(vaHi, t.shift), pcid, 0);
         if (e >= 0) t.kill(e);
       }
@@ -1151,11 +1161,13 @@ export class Cpu {
    * walk starts below the cached entry with its accumulated rights; otherwise at the root.
    */
   pscLookup(vaHi: number, vaLo: number): boolean {
+    // A cache whose R_HELD bit is clear holds nothing: its probe is skipped without a call.
+    const held = this.r[R_HELD]!;
     if (
-      this.pscProbe(this.pscPde, LEVEL_PTE, C_PSC_HIT_PDE, vaHi, vaLo) ||
-      this.pscProbe(this.pscPdpte, LEVEL_PDE, C_PSC_HIT_PDPTE, vaHi, vaLo) ||
-      this.pscProbe(this.pscPml4e, LEVEL_PDPTE, C_PSC_HIT_PML4E, vaHi, vaLo) ||
-      (this.la57 === true && this.pscProbe(this.pscPml5e, LEVEL_PML4E, C_PSC_HIT_PML5E, vaHi, vaLo))
+      ((held & this.pscPde.heldAll) !== 0 && this.pscProbe(this.pscPde, LEVEL_PTE, C_PSC_HIT_PDE, vaHi, vaLo)) ||
+      ((held & this.pscPdpte.heldAll) !== 0 && this.pscProbe(this.pscPdpte, LEVEL_PDE, C_PSC_HIT_PDPTE, vaHi, vaLo)) ||
+      ((held & this.pscPml4e.heldAll) !== 0 && this.pscProbe(this.pscPml4e, LEVEL_PDPTE, C_PSC_HIT_PML4E, vaHi, vaLo)) ||
+      (this.la57 === true && (held & this.pscPml5e.heldAll) !== 0 && this.pscProbe(this.pscPml5e, LEVEL_PML4E, C_PSC_HIT_PML5E, vaHi, vaLo))
     ) {
       return true;
     }
