@@ -84,10 +84,11 @@ function* hugetlb_change_protection(k: Kernel, vma: VmArea, start: number, end: 
 }
 
 /**
- * The entry rewrite of change_pte_range / hugetlb_change_protection: pte_modify with the new
- * protection, then can_change_pte_writable (a private page becomes writable again only if it is
- * an exclusive anonymous page; shared writable mappings without dirty tracking carry RW in their
- * protection already). `flush(addr)` is called for every entry that must be flushed: those
+ * The entry rewrite of change_pte_range / hugetlb_change_protection: each present entry is taken
+ * out atomically (ptep_modify_prot_start, so no A/D bit a CPU sets meanwhile is lost), given the
+ * new protection by pte_modify and can_change_pte_writable (a private page becomes writable
+ * again only if it is an exclusive anonymous page; shared writable mappings without dirty
+ * tracking carry RW in their protection already), and written back (ptep_modify_prot_commit). `flush(addr)` is called for every entry that must be flushed: those
  * pte_needs_flush picks, or with `every` each present one.
  */
 function rewrite(k: Kernel, vma: VmArea, start: number, end: number, flush: (addr: number) => void, every: boolean): number {
@@ -95,9 +96,10 @@ function rewrite(k: Kernel, vma: VmArea, start: number, end: number, flush: (add
   const prot = vm_get_page_prot(vma.vm_flags);
   let pages = 0;
   pt.forEachLeaf(vma.vm_mm, start, end, (addr, ptep) => {
-    const lo = pt.lo(ptep);
-    const hi = pt.hi(ptep);
-    if (!(lo & _PAGE_PRESENT)) return;
+    if (!(pt.lo(ptep) & _PAGE_PRESENT)) return;
+    // ptep_modify_prot_start: the old entry is taken out atomically, with whatever A/D bits the
+    // hardware set until then (on the parallel engine a worker's CPU may be setting them now).
+    const [lo, hi] = pt.modify_prot_start(ptep);
     const pfn = ptePfn(lo, hi);
     const special = (lo & _PAGE_SPECIAL) !== 0;
     let writable = (vma.vm_flags & VM_WRITE) !== 0 && ((vma.vm_flags & VM_SHARED) !== 0 || (!special && pfn < k.pages.nframes && (k.pages.flags[pfn]! & PG_anon_exclusive) !== 0));
@@ -110,8 +112,8 @@ function rewrite(k: Kernel, vma: VmArea, start: number, end: number, flush: (add
       nlo &= ~_PAGE_USER;
     } else nlo |= _PAGE_USER;
     const needsFlush = every || pte_needs_flush(lo, hi, nlo, nhi);
-    if (nlo !== lo || nhi !== hi) pt.set_pte(ptep, nlo, nhi);
-    // ptep_modify_prot_start/commit rewrite every present entry, changed or not.
+    // ptep_modify_prot_commit: every present entry is written back, changed or not.
+    pt.modify_prot_commit(ptep, nlo, nhi, nlo !== lo || nhi !== hi);
     pages++;
     if (needsFlush) flush(addr);
   });

@@ -21,9 +21,10 @@
  * interleaving is whatever the host makes it, so results are not reproducible by seed. Kernel code
  * runs on one thread, one CPU's turn at a time (as under a big kernel lock): its own races
  * between CPUs are the deterministic engine's to explore, this engine's are those of user code
- * against the kernel. The kernel's plain page-table writes are not atomic against a worker's
- * Accessed/Dirty updates (Linux uses ptep_get_and_clear and friends), so a D bit set in that
- * window can be lost; no result of mmulab depends on it. Checking mode (debugVm) is refused.
+ * against the kernel. The kernel's rewrites of present page-table entries are atomic against a
+ * worker's Accessed/Dirty updates as in Linux (ptep_get_and_clear, ptep_modify_prot_start, the
+ * locked bit operations of ptep_set_wrprotect and the A/D setters), so no D bit set by a CPU is
+ * lost. Checking mode (debugVm) is refused.
  */
 
 import type { Kernel } from '../kernel.ts';

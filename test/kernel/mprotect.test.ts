@@ -12,7 +12,7 @@ import {
   PROT_WRITE,
 } from '../../kernel/mm/mmap.ts';
 import { TASK_SIZE, VM_MAYEXEC, VM_MAYWRITE } from '../../kernel/mm/mm_types.ts';
-import { _PAGE_RW } from '../../kernel/arch/x86/pgtable.ts';
+import { _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW } from '../../kernel/arch/x86/pgtable.ts';
 import { TLB_FLUSH_ALL, type TlbStats } from '../../kernel/arch/x86/tlb.ts';
 import type { Kernel } from '../../kernel/kernel.ts';
 import type { KGen } from '../../kernel/sched/core.ts';
@@ -447,6 +447,50 @@ describe('mprotect of a VM_LOCKED VMA', () => {
       yield* u.mprotect(b, PAGE, RW);
       expect(pfnAt(k, mm, b)).toBe(k.pages.zeroPfn);
       expect(mm.rss.anon).toBe(3);
+    });
+    expectClean(k);
+  });
+});
+
+describe('mprotect against concurrent Accessed/Dirty updates', () => {
+  // On the parallel engine a CPU running user code on a worker can set D in an entry while the
+  // kernel rewrites it. The kernel must not lose that bit: Linux takes the entry out with an
+  // atomic exchange (ptep_modify_prot_start) and rewrites what it got. Here a simulated CPU sets
+  // D (with the locked update the hardware uses) right after every plain kernel read of the
+  // entry, i.e. in the window between a read and a later write; if the entry was no longer
+  // present then, the CPU would have faulted instead and sets nothing.
+  it('keeps a D bit the hardware set while the entry was being rewritten', () => {
+    const k = boot();
+    let ptep = -1;
+    let hwSetD = 0;
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(A, 2 * PAGE, RW, ANON | MAP_FIXED);
+      yield* u.store32(A, 1);
+      ptep = k.pt.pte_offset(mm, A);
+      // Clean the page (as writeback would): D clear, no TLB entry left with D.
+      k.pt.clear_bits(ptep, _PAGE_DIRTY);
+      k.machine.cpu(u.task.cpu).flushEverything();
+      const plainLo = k.pt.lo.bind(k.pt);
+      k.pt.lo = (p: number): number => {
+        const v = plainLo(p);
+        if (p === ptep && (v & _PAGE_PRESENT) !== 0) {
+          k.pt.set_bits(p, _PAGE_DIRTY);
+          hwSetD++;
+        }
+        return v;
+      };
+      try {
+        yield* u.mprotect(A, 2 * PAGE, PROT_READ);
+      } finally {
+        k.pt.lo = plainLo;
+      }
+      // Checked before the process exits (exit unmaps everything).
+      expect(hwSetD).toBeGreaterThan(0);
+      const e = k.pt.lo(ptep);
+      expect(e & _PAGE_PRESENT).toBe(_PAGE_PRESENT);
+      expect(e & _PAGE_RW).toBe(0);
+      expect(e & _PAGE_DIRTY).toBe(_PAGE_DIRTY);
     });
     expectClean(k);
   });

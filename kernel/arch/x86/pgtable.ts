@@ -202,6 +202,31 @@ export class PageTables {
     return oldLo;
   }
 
+  /**
+   * ptep_modify_prot_start: take a present entry out of the page table atomically (the exchange
+   * of ptep_get_and_clear) and return its old halves, so an Accessed/Dirty update the hardware
+   * makes up to that moment is in the value the caller rewrites, and one it would make after it
+   * finds the entry not present (the access faults and waits for the PTE lock). Charged at the
+   * commit.
+   */
+  modify_prot_start(ptep: number): [number, number] {
+    const phys = this.k.machine.phys;
+    const oldLo = phys.xchgLo(ptep / 4, 0);
+    const oldHi = phys.i32[ptep / 4 + 1]!;
+    phys.i32[ptep / 4 + 1] = 0;
+    return [oldLo, oldHi];
+  }
+
+  /**
+   * ptep_modify_prot_commit: put the rewritten entry back (PAE order). `changed` says whether it
+   * differs from the old one: only a change is charged as a PTE write (the cost model prices
+   * an update of an entry, not the take-out and put-back around it).
+   */
+  modify_prot_commit(ptep: number, lo: number, hi: number, changed: boolean): void {
+    this.k.machine.phys.writeWordPair(ptep / 4, lo, hi);
+    if (changed) this.k.charge(this.k.costs.pteWrite);
+  }
+
   /** Clear bits in the low half atomically (ptep_set_wrprotect, ptep_test_and_clear_young). */
   clear_bits(ptep: number, mask: number): number {
     this.k.charge(this.k.costs.pteWrite);
