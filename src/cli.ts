@@ -1,7 +1,8 @@
 /**
  * src/cli.ts — the `mmulab` command line (commander). Results go to stdout, diagnostics and
  * progress to stderr. Exit codes: 0 success, 1 a finding or failure the command reports, 2 bad
- * usage; bad input gets one line naming the problem, never a stack trace.
+ * usage (141 when the output's reader went away, set by src/mmulab.js); bad input gets one line
+ * naming the problem, never a stack trace.
  *
  * Each command lives in src/commands/<name>.ts and registers itself here.
  */

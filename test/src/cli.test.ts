@@ -74,3 +74,20 @@ describe('mmulab command line', () => {
     }
   });
 });
+
+describe('the mmulab process', () => {
+  // The output's reader going away (`mmulab attack --json | head -c 100`) must end the command
+  // with the SIGPIPE status and nothing on stderr, not Node's unhandled EPIPE error and its
+  // stack. A shell pipeline, so stdout is an OS pipe as on a terminal (attack --json writes
+  // ~180 KB, more than a pipe holds, so the command is still writing when head exits).
+  it('stops quietly with 141 when the reader of its output closes the pipe early', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const entry = new URL('../../src/mmulab.js', import.meta.url).pathname;
+    const dir = mkdtempSync(join(tmpdir(), 'mmulab-epipe-'));
+    const errFile = join(dir, 'stderr.txt');
+    const script = `"$0" "$1" attack --json 2>"$2" | head -c 100 >/dev/null; echo "\${PIPESTATUS[0]}"`;
+    const status = execFileSync('bash', ['-c', script, process.execPath, entry, errFile], { encoding: 'utf8', timeout: 60_000 }).trim();
+    expect(readFileSync(errFile, 'utf8')).toBe('');
+    expect(status).toBe('141');
+  }, 60_000);
+});
