@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { arbScenario, fmtOp, type OpName, type Scenario } from '../../src/fuzz/ops.ts';
 import { executeScenario, PLANTS, type Plant } from '../../src/fuzz/executor.ts';
-import { fuzz, replay } from '../../src/fuzz/runner.ts';
+import { execOptions, fuzz, replay } from '../../src/fuzz/runner.ts';
 import { classifyReports } from '../../src/fuzz/classify.ts';
 import { DEFAULT_SHAPE, formatReplay, parseReplay, replayCommand } from '../../src/fuzz/replay.ts';
 import type { Report } from '../../kernel/report.ts';
@@ -81,6 +81,21 @@ describe('fuzz oracle regressions', () => {
     const { result } = replay(parseReplay('782383:1:0:0:1:2:3:4:4:11:35:46:46:156:156:156:156:156:156:156:156:160:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:161:162:162:163:162:164:162:163:162:162:163:163:163:163:163:163:163:163:163:163:163:163:167:167:167:167:167:167:167:167:167:167:167:167:167:167'));
     expect(result.failure).toBeNull();
     expect(result.executed).toBeGreaterThan(50);
+  });
+
+  it('a buffer read that another thread\'s munmap overtakes is not held against the kernel (seed 920817)', () => {
+    // Found by a 10-minute run from seed 918273: thread B's read of a delivered buffer faulted
+    // and waited for the mmap lock while thread A of the same process unmapped the range; the
+    // fault then found no VMA and B got SIGSEGV, as it would on Linux. The oracle had checked
+    // that the mapping was intact only when the read started; it now checks again when the read
+    // ends (an mm operation marks the mapping untrusted before it starts).
+    const { scenario } = replay(parseReplay('920817:0:0:0:0:1:2:3:4:9:28:19:76:75:77:74:75:75:75:75:75:76:76:78:79:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:84:84:84:84:84:84:84:84:84:84:84:85:85:85:87:85:86:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:88:87:89:89:89:89:89:89:89:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:92:94:94:94:94:94:94:94:94:96:96:96:98:98:98:98:98:98:98:106:106:106:110:110:110:121:111:110'));
+    const log: string[] = [];
+    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    expect(result.failure).toBeNull();
+    expect(result.executed).toBeGreaterThan(35);
+    // The race itself happened: the read was overtaken and raised the signal.
+    expect(log.some((l) => /SIGSEGV \(the mapping changed during the read\)/.test(l))).toBe(true);
   });
 });
 
