@@ -26,9 +26,9 @@
  *    receiver still holds, its offsets right after its data;
  *  - while the receiver's mapping is intact (no mm operation of its process has touched it, from
  *    before the read starts until it ends), reading the buffer through the mapping succeeds and
- *    gives exactly the bytes sent, and the
- *    binder object in it is translated as binder.c does (a node becomes a handle in another
- *    process and stays the same handle; a handle to the receiver's own node becomes the node);
+ *    gives exactly the bytes sent, and the binder object in it is translated as binder.c does
+ *    (a node becomes a handle in another process and stays the same handle; a handle to the
+ *    receiver's own node becomes the node);
  *  - BINDER_SET_CONTEXT_MGR succeeds exactly when no live process is the context manager.
  *
  * Reports are classified by src/fuzz/classify.ts. Failures stop the run and come back as a
