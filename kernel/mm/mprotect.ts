@@ -88,8 +88,9 @@ function* hugetlb_change_protection(k: Kernel, vma: VmArea, start: number, end: 
  * out atomically (ptep_modify_prot_start, so no A/D bit a CPU sets meanwhile is lost), given the
  * new protection by pte_modify and can_change_pte_writable (a private page becomes writable
  * again only if it is an exclusive anonymous page; shared writable mappings without dirty
- * tracking carry RW in their protection already), and written back (ptep_modify_prot_commit). `flush(addr)` is called for every entry that must be flushed: those
- * pte_needs_flush picks, or with `every` each present one.
+ * tracking carry RW in their protection already), and written back (ptep_modify_prot_commit).
+ * `flush(addr)` is called for every entry that must be flushed: those pte_needs_flush picks, or
+ * with `every` each present one.
  */
 function rewrite(k: Kernel, vma: VmArea, start: number, end: number, flush: (addr: number) => void, every: boolean): number {
   const pt = k.pt;
