@@ -8,7 +8,10 @@
  * with a 95% confidence interval.
  *
  * Workloads (all built on src/workloads/binder_throughput.ts):
- *   sync-0, sync-4k, sync-64k  binderThroughputTest: 2 workers, synchronous, that payload size
+ *   sync-0, sync-4k, sync-64k  binderThroughputTest: 2 workers, synchronous, that payload size;
+ *                              each service reads the payload out of its mapping
+ *   nop-64k                    sync-64k with services that never read it, as the original
+ *                              test's BINDER_NOP handler: the receivers touch no payload page
  *   oneway                     a oneway flood (TF_ONE_WAY, 2 KiB) into a single binder thread
  *   pressure                   sync-4k while a shrinker task reclaims the whole binder LRU
  *                              every 20 µs (pages are zapped and installed again and again)
@@ -37,13 +40,14 @@ import { confidence, pairedDifference, percentile, significant, type Interval } 
 import { effectiveCostModel, type EffectiveCostModel } from './cost_model.ts';
 import { ATTACK_MIN_CPUS } from './attack.ts';
 
-export const WORKLOADS = ['sync-0', 'sync-4k', 'sync-64k', 'oneway', 'pressure', 'mmap-contention', 'spread'] as const;
+export const WORKLOADS = ['sync-0', 'sync-4k', 'sync-64k', 'nop-64k', 'oneway', 'pressure', 'mmap-contention', 'spread'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
 
 export const WORKLOAD_HELP: Record<WorkloadName, string> = {
   'sync-0': 'binderThroughputTest shape: 2 workers, synchronous, 0-byte payload',
   'sync-4k': 'the same with 4 KiB payloads',
   'sync-64k': 'the same with 64 KiB payloads',
+  'nop-64k': "sync-64k with services that never read the payload (binderThroughputTest's own BINDER_NOP handler)",
   oneway: 'a oneway flood of 2 KiB transactions into one binder thread',
   pressure: 'sync-4k while the shrinker reclaims the binder LRU every 20 µs',
   'mmap-contention': 'sync-4k, shrinker, and receiver threads that mmap, touch and munmap',
@@ -121,6 +125,8 @@ function workloadShape(w: WorkloadName, cpus: number): { t: Partial<ThroughputOp
       return { t: { payload: 4096 }, shrinkEvery: 0, churn: false, spread: false };
     case 'sync-64k':
       return { t: { payload: 65536 }, shrinkEvery: 0, churn: false, spread: false };
+    case 'nop-64k':
+      return { t: { payload: 65536, receiverReads: false }, shrinkEvery: 0, churn: false, spread: false };
     case 'oneway':
       return { t: { payload: 2048, oneway: true }, shrinkEvery: 0, churn: false, spread: false };
     case 'pressure':

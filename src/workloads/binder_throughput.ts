@@ -8,7 +8,9 @@
  * Differences from the original: latencies are in virtual cycles (the emulator's clock), not
  * wall time; targets go round-robin over the other workers instead of `rand() % workers` (the
  * test's `-p` pair mode), so runs are deterministic without a PRNG; each worker has exactly one
- * binder thread, sized for the transactions it will be sent.
+ * binder thread, sized for the transactions it will be sent; by default the binder thread reads
+ * every payload out of the mapping, as a service that unmarshals its data does (the original's
+ * BINDER_NOP handler reads nothing: `receiverReads: false`).
  *
  * Options let experiments add oneway sends, extra receiver threads and memory pressure; see
  * src/experiments/ab.ts.
@@ -36,6 +38,11 @@ export interface ThroughputOptions {
   seed?: number;
   /** Think time between iterations, uniform in [0, thinkCycles] (default 0). */
   thinkCycles?: number;
+  /**
+   * Whether the workers' binder threads read each payload out of the mapping (default true).
+   * binderThroughputTest's own BINDER_NOP handler never does; false models it.
+   */
+  receiverReads?: boolean;
   /** More threads in every worker process, running while the worker sends (mmap_lock contention, spreading the mm over CPUs). `stop()` turns true once every worker has finished sending. */
   extraThreads?: { body: (t: User, worker: number, stop: () => boolean) => KGen; cpu?: (worker: number, index: number) => number | undefined }[];
 }
@@ -109,6 +116,7 @@ export function spawnThroughput(k: Kernel, o: ThroughputOptions): ThroughputResu
       const binderTid = yield* u.clone(
         function* binderThread(t: User) {
           const ipcT = new IPCThreadState(t, ps);
+          ipcT.readPayloads = o.receiverReads ?? true;
           let quits = 0;
           yield* ipcT.joinThreadPool(function* (tr) {
             if (tr.code === QUIT_TRANSACTION && ++quits === n - 1) ipcT.stop = true;

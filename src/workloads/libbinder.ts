@@ -3,7 +3,8 @@
  * libbinder (ProcessState, IPCThreadState, Parcel) and servicemanager, speaking the real binder
  * ABI through the emulated MMU: commands and returns are encoded in the thread's own user
  * memory, payloads are written there before a transaction and read from the binder mapping
- * after one (so a receiver's reads take TLB misses and, in the fault designs, page faults).
+ * after one (so a receiver's reads take TLB misses and, in the fault designs, page faults), or,
+ * for a service that never looks at its data (IPCThreadState.readPayloads = false), not at all.
  *
  *   ProcessState.open(u)          open /dev/binder and map BINDER_VM_SIZE, read-only, as libbinder
  *   new IPCThreadState(u, ps)     per-thread: a scratch area for bwr, command and return streams
@@ -113,7 +114,10 @@ export interface Received {
   /** Node ptr the transaction was sent to (0 for replies and the context manager). */
   target: number;
   cookie: number;
+  /** The payload as read from the mapping (empty when the thread does not read payloads). */
   data: Uint8Array;
+  /** Bytes of payload the sender sent. */
+  dataSize: number;
   /** The binder objects, decoded: handles for remote binders, ptrs for our own. */
   objects: { type: number; value: number; cookie: number }[];
   /** Address of the buffer in the mapping. */
@@ -189,6 +193,13 @@ export class IPCThreadState {
   /** Transactions served by joinThreadPool. */
   served = 0;
   stop = false;
+  /**
+   * Read each received payload out of the mapping (default). False models a service that never
+   * looks at its data, as binderThroughputTest's BINDER_NOP handler: a received Parcel only
+   * references the mapping (Parcel::ipcSetDataReference), so nothing of the payload is touched;
+   * the offsets and the binder objects they name are still read. Received.data is then empty.
+   */
+  readPayloads = true;
 
   constructor(
     readonly u: User,
@@ -270,15 +281,17 @@ export class IPCThreadState {
     return decodeTransactionData(this.inBytes, this.retAt);
   }
 
-  /** Read a BR_TRANSACTION / BR_REPLY payload out of the mapping. */
+  /** Read a BR_TRANSACTION / BR_REPLY payload out of the mapping (its objects only, see readPayloads). */
   private *receive(tr: TransactionData): KGen<Received> {
-    const data = tr.data_size ? yield* this.u.read(tr.buffer, tr.data_size) : new Uint8Array(0);
+    const whole = this.readPayloads;
+    const data = tr.data_size && whole ? yield* this.u.read(tr.buffer, tr.data_size) : new Uint8Array(0);
     const objects: Received['objects'] = [];
     if (tr.offsets_size) {
       const offs = yield* this.u.read(tr.offsets, tr.offsets_size);
       const ov = new DataView(offs.buffer, offs.byteOffset, offs.length);
       for (let i = 0; i + 8 <= offs.length; i += 8) {
-        const o = decodeFlatBinderObject(data, getU64(ov, i));
+        const at = getU64(ov, i);
+        const o = whole ? decodeFlatBinderObject(data, at) : decodeFlatBinderObject(yield* this.u.read(tr.buffer + at, FLAT_BINDER_OBJECT_SIZE), 0);
         objects.push({ type: o.type, value: o.binder, cookie: o.cookie });
       }
     }
@@ -403,7 +416,7 @@ export class IPCThreadState {
 
 /** What receive() returns, from the transaction data and what was read. */
 function received(tr: TransactionData, data: Uint8Array, objects: Received['objects']): Received {
-  return { code: tr.code, flags: tr.flags, senderPid: tr.sender_pid, target: tr.target, cookie: tr.cookie, data, objects, buffer: tr.buffer };
+  return { code: tr.code, flags: tr.flags, senderPid: tr.sender_pid, target: tr.target, cookie: tr.cookie, data, dataSize: tr.data_size, objects, buffer: tr.buffer };
 }
 
 // ---- servicemanager ----------------------------------------------------------------------------

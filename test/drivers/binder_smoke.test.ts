@@ -5,6 +5,7 @@ import { BinderDevice } from '../../drivers/android/binder/binder.ts';
 import { IPCThreadState, Parcel, ProcessState, addService, getService, runServiceManager } from '../../src/workloads/libbinder.ts';
 import { check_vm_invariants } from '../../kernel/mm/debug_vm.ts';
 import { spawnThroughput } from '../../src/workloads/binder_throughput.ts';
+import { BINDER_TYPE_HANDLE } from '../../drivers/android/binder/uapi.ts';
 
 for (const design of ['eager', 'eager-writelock', 'eager-deferred', 'fault', 'pfnmap'] as const) {
   it(`round trip via servicemanager (${design})`, () => {
@@ -64,4 +65,52 @@ it('binder_transaction_alloc_buf and binder_transaction_buffer_release name the 
   for (const id of allocIds) expect(txIds.has(id)).toBe(true);
   expect(releaseIds.length).toBeGreaterThan(0);
   for (const id of releaseIds) expect(txIds.has(id)).toBe(true);
+});
+
+it('a service that does not read payloads (readPayloads = false) still gets its objects, the payload size and an empty payload, and touches no payload page', () => {
+  const k = new Kernel({ cpus: 2, memoryBytes: 64 << 20 });
+  const dev = new BinderDevice(k, { design: { design: 'fault' } });
+  let got: { data: number; dataSize: number; objects: { type: number; value: number; cookie: number }[] } | null = null;
+  let faultsInPayload = -1;
+  k.spawn(function* servicemanager(u: User) {
+    yield* runServiceManager(u, { maxRequests: 2 });
+  });
+  k.spawn(function* server(u: User) {
+    yield* u.sleep(100_000);
+    const ps = yield* ProcessState.open(u);
+    const ipc = new IPCThreadState(u, ps);
+    expect(yield* addService(ipc, 'nop', 0x1234)).toBe(true);
+    ipc.readPayloads = false;
+    const before = u.task.stats.faults;
+    yield* ipc.joinThreadPool(function* (t) {
+      got = { data: t.data.length, dataSize: t.dataSize, objects: t.objects };
+      faultsInPayload = u.task.stats.faults - before;
+      return null;
+    }, 1);
+    yield* ipc.flush();
+  });
+  k.spawn(function* client(u: User) {
+    yield* u.sleep(2_000_000);
+    const ps = yield* ProcessState.open(u);
+    const ipc = new IPCThreadState(u, ps);
+    const h = yield* getService(ipc, 'nop');
+    // 16 KiB of payload, then a binder object of the client's own at its end.
+    const p = new Parcel().writeBytes(new Uint8Array(16384)).writeStrongBinder(0xbeef, 7);
+    expect((yield* ipc.transact(h, 1, p)).status).toBe('ok');
+    yield* ipc.flush();
+  });
+  expect(k.run({ maxSteps: 1_000_000 }).reason).toBe('done');
+  expect(got).not.toBeNull();
+  expect(got!.data).toBe(0);
+  expect(got!.dataSize).toBe(16384 + 24);
+  // The client's node arrives as a handle in the server.
+  expect(got!.objects).toHaveLength(1);
+  expect(got!.objects[0]!.type).toBe(BINDER_TYPE_HANDLE);
+  // Under the fault design a page is mapped only when touched: reading the offsets and the
+  // object (both in the last page of the buffer) takes at most that page's fault, not the
+  // payload's five pages.
+  expect(faultsInPayload).toBeGreaterThanOrEqual(0);
+  expect(faultsInPayload).toBeLessThanOrEqual(1);
+  expect(k.reports.reports.map((r) => r.title)).toEqual([]);
+  expect(dev.stats.transactions).toBe(3);
 });

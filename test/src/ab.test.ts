@@ -217,6 +217,26 @@ describe('mmulab ab', { timeout: 120_000 }, () => {
     });
   });
 
+  it('nop-64k: services that never read their payload leave the fault design nothing to map for it; eager maps it anyway', async () => {
+    const r = await run(['ab', '--design', 'eager,fault', '--workload', 'sync-64k,nop-64k', '--seeds', '1', '--iterations', '20', '--cpus', '2', '--no-attack', '--jobs', '1', '--json']);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.out) as AbFile;
+    expectValid(doc);
+    const m = (config: string, workload: string) => doc.cases.find((c) => c.config === config && c.workload === workload)!.metrics;
+    for (const c of doc.cases) expect(c.metrics.transactions, `${c.config}/${c.workload}`).toBe(40);
+    // eager installs every page of a buffer in the sender's context, read or not: at least the
+    // 16 pages of a 64 KiB payload, and its receivers take no fault for them.
+    expect(m('eager', 'nop-64k').pteInstalls).toBeGreaterThanOrEqual(16);
+    expect(m('eager', 'nop-64k').receiverFaults).toBe(m('eager', 'sync-64k').receiverFaults);
+    // fault installs a page only when a receiver touches it: the pages of a read payload are
+    // faulted in, and those nobody reads never are (fewer installs than one payload's pages).
+    expect(m('fault', 'sync-64k').pteInstalls).toBeGreaterThanOrEqual(16);
+    expect(m('fault', 'sync-64k').receiverFaults).toBeGreaterThanOrEqual(m('eager', 'sync-64k').receiverFaults + 16);
+    expect(m('fault', 'nop-64k').pteInstalls).toBeLessThan(16);
+    expect(m('fault', 'nop-64k').receiverFaults).toBeLessThan(m('eager', 'nop-64k').receiverFaults + 16);
+  });
+
   it('answers bad input with exit code 2 and one line naming the problem', async () => {
     const cases: [string[], RegExp][] = [
       [['ab', '--design', 'eager,bogus'], /unknown design "bogus"/],
