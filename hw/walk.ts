@@ -333,12 +333,14 @@ export function walkGeneral(cpu: Cpu, vaHi: number, vaLo: number, kind: number, 
         return MC_RESULT;
       }
       const wi = ((tLo >>> 2) | 0) + idx * 2;
+      // A watched table frame is reported before the entry is read: the observer may still write
+      // the frame (the kernel writes a deferred poison there).
+      if (cpu.watchWalks && cpu.watch[wi >>> 10] !== 0) cpu.watchTable(wi, vaHi, vaLo);
       lo = m[wi]!;
       hi = m[wi + 1]!;
       ei[n] = wi;
       elo[n] = lo;
       n++;
-      if (cpu.watchWalks && cpu.watch[wi >>> 10] !== 0) cpu.watchTable(wi, vaHi, vaLo);
       if ((lo & PTE_P) === 0) {
         c[C_WALK_REFS]! += n;
         cpu.faultError = errorBits(cpu, kind, user);

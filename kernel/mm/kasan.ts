@@ -86,6 +86,8 @@ function kasanReport(k: Kernel, o: { pfn: number; addr: bigint; write: boolean; 
 
 /** The hardware saw a CPU access a watched (freed) frame. */
 export function kasanCpuAccess(k: Kernel, hit: WatchHit): void {
+  // The access reads the frame after this hook returns: a deferred poison is written first.
+  k.pages.poisonNow(hit.pfn);
   const st = kasanState(k);
   st.hits++;
   if (!k.pages.isFree(hit.pfn)) return; // watched but reallocated meanwhile: not ours
@@ -133,6 +135,9 @@ export function kasanCpuAccess(k: Kernel, hit: WatchHit): void {
 export function kasanCheck(k: Kernel, pa: number, size: number, write: boolean, func: string): boolean {
   const pfn = Math.floor(pa / 4096);
   if (pfn >= k.pages.nframes || (k.pages.flags[pfn]! & PG_free) === 0) return true;
+  // The access proceeds after the report: a deferred poison is written first.
+  const last = Math.min(k.pages.nframes - 1, Math.floor((pa + Math.max(size, 1) - 1) / 4096));
+  for (let p = pfn; p <= last; p++) k.pages.poisonNow(p);
   const st = kasanState(k);
   st.hits++;
   const t = k.current;
