@@ -378,7 +378,8 @@ export class PageAllocator {
   /**
    * Write the poison of a freed frame whose poisoning was deferred (see deferPoison). Every
    * reader of a free frame calls this before it reads: the kernel's frame-watch hook for CPU
-   * accesses and page walks, and kasanCheck for the kernel's own.
+   * accesses and page walks, kasanCheck for the kernel's own, and the page copies of
+   * copy-on-write and fork (which KASAN does not check, as copy_page is not instrumented).
    */
   poisonNow(pfn: number): void {
     if (this.phys.watch[pfn] !== WATCH_POISON_PENDING) return;
