@@ -366,8 +366,7 @@ function* do_cow_fault(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
     k.pages.putPage(copy, 'do_cow_fault (error)');
     return ret;
   }
-  k.pages.poisonNow(vmf.page); // a source freed by a buggy ->fault reads as poison
-  k.machine.phys.copyFrame(copy, vmf.page);
+  k.pages.copy_highpage(copy, vmf.page);
   k.charge(k.costs.pageAlloc + PAGE_SIZE * k.costs.copyPerByte);
   k.pages.putPage(vmf.page, 'do_cow_fault');
   vmf.page = copy;
@@ -421,10 +420,7 @@ function* do_wp_page(k: Kernel, vmf: VmFault, ptep: number): KGen<number> {
   const isZero = src === p.zeroPfn;
   const copy = p.allocPages(GFP_HIGHUSER_MOVABLE | (isZero ? __GFP_ZERO : 0), 0, 'alloc_page_vma <- wp_page_copy');
   if (copy < 0) return VM_FAULT_OOM;
-  if (!isZero && src < p.nframes) {
-    p.poisonNow(src); // a freed frame still mapped (a bug elsewhere) reads as poison
-    k.machine.phys.copyFrame(copy, src);
-  }
+  if (!isZero && src < p.nframes) p.copy_highpage(copy, src);
   k.charge(k.costs.pageAlloc + PAGE_SIZE * k.costs.copyPerByte);
   // ptep_clear_flush: clear, and make sure no TLB still maps the old page. The PTE lock stays
   // held while the flush waits for the other CPUs, so nobody refaults the empty entry meanwhile.
@@ -890,8 +886,7 @@ export function copy_page_range(k: Kernel, dst: VmArea, src: VmArea): number {
           err = -ENOMEM;
           break;
         }
-        p.poisonNow(pfn); // a freed frame still mapped (a bug elsewhere) reads as poison
-        k.machine.phys.copyFrame(copy, pfn);
+        p.copy_highpage(copy, pfn);
         folio_add_new_anon_rmap(k, copy, dst, addr);
         // copy_present_page: maybe_mkwrite(pte_mkdirty(mk_pte(new page))).
         const [nlo, nhi] = mk_pte(copy, vm_get_page_prot(dst.vm_flags));

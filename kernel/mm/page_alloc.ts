@@ -378,13 +378,22 @@ export class PageAllocator {
   /**
    * Write the poison of a freed frame whose poisoning was deferred (see deferPoison). Every
    * reader of a free frame calls this before it reads: the kernel's frame-watch hook for CPU
-   * accesses and page walks, kasanCheck for the kernel's own, and the page copies of
-   * copy-on-write and fork (which KASAN does not check, as copy_page is not instrumented).
+   * accesses and page walks, kasanCheck for the kernel's own, and copy_highpage (which KASAN does
+   * not check, as copy_page is not instrumented).
    */
   poisonNow(pfn: number): void {
     if (this.phys.watch[pfn] !== WATCH_POISON_PENDING) return;
     this.phys.fillFrame(pfn, POISON_WORD);
     this.phys.watch[pfn] = WATCH_POISONED;
+  }
+
+  /**
+   * copy_highpage: copy frame `from` into frame `to` (copy-on-write, fork). A freed source (a
+   * frame a bug elsewhere left mapped) copies as its poison.
+   */
+  copy_highpage(to: number, from: number): void {
+    this.poisonNow(from);
+    this.phys.copyFrame(to, from);
   }
 
   /** Write every deferred poison now (before code that reads frames without those hooks runs). */

@@ -64,18 +64,12 @@ export function runParallel(k: Kernel, limits: RunLimits = {}, options: Parallel
   if (!Number.isFinite(quantum) || quantum < 1) throw new EngineError(`quantum must be at least 1 cycle, got ${String(options.quantum)}`);
   const m = k.machine;
   const apic = m.apic;
+  const remote = RemoteCpus.start(m, options.workers === undefined ? {} : { workers: options.workers });
   // Workers read frames with no kernel hook before the read: every freed frame holds its poison
-  // while they run.
+  // while they run (they are attached but run nothing before the loop below hands them a CPU).
   const deferPoison = k.pages.deferPoison;
   k.pages.deferPoison = false;
   k.pages.poisonAllNow();
-  let remote: RemoteCpus;
-  try {
-    remote = RemoteCpus.start(m, options.workers === undefined ? {} : { workers: options.workers });
-  } catch (e) {
-    k.pages.deferPoison = deferPoison;
-    throw e;
-  }
   const timed = apic.timed;
   const onSend = apic.onSend;
   apic.timed = false;
