@@ -14,6 +14,8 @@ import { faultCounters } from '../../kernel/mm/memory.ts';
 import type { BenchDef } from './harness.ts';
 
 const PAGES = 4096;
+/** Measured rounds of the fault benchmark. */
+const ROUNDS = 5;
 
 function anonFaults(): BenchDef {
   return {
@@ -33,20 +35,33 @@ function anonFaults(): BenchDef {
           rounds++;
         }
       });
-      // Warm up (first touches of host memory, JIT), then measure with tinybench.
+      // Warm up (first touches of host memory, JIT), then measure with tinybench: five rounds,
+      // the best reported with every round listed, as for the micro benchmarks and the engine
+      // benchmark (run.ts: the best round is the one the host disturbed least).
       k.run({ maxSteps: 50_000 });
-      const before = faultCounters(k).anon;
-      const bench = new Bench({ iterations: 10, time: 0, warmupIterations: 0, warmupTime: 0 });
-      bench.add('faults', () => {
-        k.run({ maxSteps: 3_000 });
-      });
-      await bench.run();
+      let best = 0;
+      let bestDetail = '';
+      const rates: string[] = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        const before = faultCounters(k).anon;
+        const bench = new Bench({ iterations: 10, time: 0, warmupIterations: 0, warmupTime: 0 });
+        bench.add('faults', () => {
+          k.run({ maxSteps: 3_000 });
+        });
+        await bench.run();
+        const t = bench.tasks[0]!.result;
+        if (t.state !== 'completed') throw new Error(`fault benchmark did not complete: ${t.state}`);
+        const faults = faultCounters(k).anon - before;
+        const seconds = (t.latency.mean * t.latency.samplesCount) / 1000;
+        const rate = faults / seconds;
+        rates.push(`${(rate / 1000).toFixed(0)} k`);
+        if (rate > best) {
+          best = rate;
+          bestDetail = `${faults.toLocaleString('en-US')} faults in ${seconds.toFixed(2)} s`;
+        }
+      }
       stop = true;
-      const t = bench.tasks[0]!.result;
-      if (t.state !== 'completed') throw new Error(`fault benchmark did not complete: ${t.state}`);
-      const faults = faultCounters(k).anon - before;
-      const seconds = (t.latency.mean * t.latency.samplesCount) / 1000;
-      return { value: faults / seconds, detail: `${faults.toLocaleString('en-US')} faults in ${seconds.toFixed(2)} s, ${rounds} rounds` };
+      return { value: best, detail: `best of ${ROUNDS} rounds (${rates.join(', ')} faults/s); best: ${bestDetail}; ${rounds} map–touch–unmap cycles in all` };
     },
     target: { atLeast: 500_000, source: 'issue 4 §7' },
   };
