@@ -72,7 +72,7 @@ export function addScenarioOptions(cmd: Command): Command {
 }
 
 export const MODULE_HELP = `
-Modules (--module FILE, TypeScript or JavaScript):
+Modules (--module FILE: TypeScript or JavaScript, named *.ts, *.mts, *.cts, *.js, *.mjs or *.cjs):
   export default function* (u, lib) { … }              one program, a process named after the file
   export const programs = { name: function* (u, lib) { … }, … }   one process per program
   u is the process's system interface (yield* u.mmap(…), u.load32(a), u.store32(a, v), u.touch(a,

@@ -58,6 +58,9 @@ export interface LoadedModule {
   programs: LoadedProgram[];
 }
 
+/** The file names a program module may have. */
+const MODULE_EXTENSIONS = ['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs'];
+
 const CONTRACT = 'expected `export default function* (u, lib) {…}` or `export const programs = { name: function* (u, lib) {…} }`';
 
 function isGeneratorFunction(f: unknown): f is LoadedProgram['fn'] {
@@ -69,6 +72,9 @@ export async function loadProgramModule(file: string): Promise<LoadedModule> {
   const path = resolve(file);
   if (!existsSync(path)) throw new ModuleError(`${file}: no such file`);
   if (!statSync(path).isFile()) throw new ModuleError(`${file}: not a file`);
+  // Node and tsx choose the loader by extension (tsx appends ".js" to a name without one, and
+  // its errors would then name a file that does not exist).
+  if (!MODULE_EXTENSIONS.includes(extname(path).toLowerCase())) throw new ModuleError(`${file}: not a TypeScript or JavaScript module (the name must end in ${MODULE_EXTENSIONS.join(', ')})`);
   let mod: Record<string, unknown>;
   try {
     mod = (await import(pathToFileURL(path).href)) as Record<string, unknown>;

@@ -288,11 +288,14 @@ export const programs = {
     writeFileSync(notGen, 'export default function (u) { return 1; }\n');
     const broken = join(tmp, 'broken.ts');
     writeFileSync(broken, 'export default function* ( {\n');
+    const plain = join(tmp, 'prog.txt');
+    writeFileSync(plain, 'export default function* (u) {}\n');
     const cases: [string, RegExp][] = [
       [none, /none\.mjs: the module exports no programs \(expected `export default function\* \(u, lib\)/],
       [notGen, /notgen\.mjs: the default export is not a generator function/],
       [broken, /broken\.ts: cannot load the module: /],
       [join(tmp, 'absent.ts'), /absent\.ts: no such file/],
+      [plain, /prog\.txt: not a TypeScript or JavaScript module \(the name must end in \.ts, \.mts, \.cts, \.js, \.mjs, \.cjs\)$/m],
     ];
     for (const [file, re] of cases) {
       const r = await run(['run', '--module', file]);
