@@ -29,6 +29,10 @@
  *    gives exactly the bytes sent, and the binder object in it is translated as binder.c does
  *    (a node becomes a handle in another process and stays the same handle; a handle to the
  *    receiver's own node becomes the node);
+ *  - except for a send during which another thread of the sender's process ran an operation that
+ *    may change the sender's scratch memory (an mm operation over it, a write touch): the driver
+ *    copies the command and the payload as they are when it copies them, as on Linux, so only
+ *    "at most once" and the buffer's place are checked for it;
  *  - BINDER_SET_CONTEXT_MGR succeeds exactly when no live process is the context manager.
  *
  * Reports are classified by src/fuzz/classify.ts. Failures stop the run and come back as a
@@ -197,6 +201,10 @@ interface Actor {
   stackLost: boolean;
   dead: boolean;
   ready: boolean;
+  /** The transaction or reply this thread is sending, from its payload write to the end of the send. */
+  sending: SentTx | null;
+  /** The ranges the operation this thread is running may change (mm operations, write touches). */
+  changing: [number, number][];
 }
 
 interface SentTx {
@@ -218,6 +226,17 @@ interface SentTx {
   cmSeq?: number;
   /** The handle it was sent to (for failure messages). */
   handle: number;
+  /**
+   * Another thread of the sender's process ran an operation that may change the sender's scratch
+   * memory while the send was in progress (a MADV_DONTNEED over it zeroes the payload before the
+   * driver copies it, as on Linux): what arrives is not checked against what was written.
+   */
+  untrusted?: boolean;
+}
+
+/** Does `range` overlap the scratch memory of `actor` (its payload, command and return areas)? */
+function overlapsScratch(actor: Actor, range: [number, number]): boolean {
+  return actor.scratch !== 0 && range[0] < actor.scratch + SCRATCH_SIZE && range[1] > actor.scratch;
 }
 
 class FuzzAbort extends Error {
@@ -462,7 +481,7 @@ class World {
 
   private newActor(proc: Proc): Actor {
     const id = this.nextActor++;
-    const a: Actor = { id, proc, cpu: id % this.s.cpus, task: null, scratch: 0, queue: [], replyStack: [], entered: new Set(), rr: 0, stackLost: false, dead: false, ready: false };
+    const a: Actor = { id, proc, cpu: id % this.s.cpus, task: null, scratch: 0, queue: [], replyStack: [], entered: new Set(), rr: 0, stackLost: false, dead: false, ready: false, sending: null, changing: [] };
     proc.threads.add(a);
     this.actors.push(a);
     return a;
@@ -571,8 +590,10 @@ class World {
     let did = true;
     try {
       did = yield* this.execOp(u, actor, op, index);
+      actor.changing.length = 0;
       this.note(`${index} ${op.t}: ${did ? 'ok' : 'skipped'}`);
     } catch (e) {
+      actor.changing.length = 0;
       if (e instanceof ExitRequest || e instanceof KernelBug) {
         this.count(op);
         throw e;
@@ -615,6 +636,7 @@ class World {
 
   /** An mm operation of this process may have changed [start, start + len): its binder mappings there are no longer trusted. */
   private touched(actor: Actor, start: number, len: number): void {
+    this.changes(actor, start, len);
     for (const v of actor.proc.views) {
       if (!v.intact) continue;
       if (!Number.isFinite(start) || !Number.isFinite(len)) {
@@ -624,6 +646,23 @@ class World {
       const end = start + Math.max(len, 0) + 4096; // page rounding
       if (start < v.base + v.size && end > v.base - 4096) v.intact = false;
     }
+  }
+
+  /**
+   * The operation `actor` is about to run may change the memory [start, start + len) of its
+   * process until it ends: a send in progress from that memory is no longer checked, and a send
+   * that starts meanwhile is not either (see beginSend).
+   */
+  private changes(actor: Actor, start: number, len: number): void {
+    const range: [number, number] = Number.isFinite(start) && Number.isFinite(len) ? [start - 4096, start + Math.max(len, 0) + 4096] : [-Infinity, Infinity];
+    actor.changing.push(range);
+    for (const t of actor.proc.threads) if (t.sending !== null && overlapsScratch(t, range)) t.sending.untrusted = true;
+  }
+
+  /** `actor` starts sending `tx` from its scratch memory (before it writes the payload there). */
+  private beginSend(actor: Actor, tx: SentTx): void {
+    actor.sending = tx;
+    for (const t of actor.proc.threads) if (t !== actor && t.changing.some((r) => overlapsScratch(actor, r))) tx.untrusted = true;
   }
 
   /** Returns false when the op had nothing to act on (skipped). */
@@ -673,6 +712,7 @@ class World {
       }
       case 'touch': {
         const base = this.resolve(actor, op.addr);
+        if (op.kind === 'write') this.changes(actor, base, op.pages * 4096);
         for (let i = 0; i < op.pages; i++) {
           const va = base + i * 4096;
           try {
@@ -927,12 +967,18 @@ class World {
         break;
       default:
     }
-    yield* u.write(dataAt, data.subarray(0, Math.min(data.length, dataSize)));
-    if (offsetsSize) yield* u.write(offsAt, offs);
-    const flags = (op.oneway ? TF_ONE_WAY : 0) | (op.clear ? TF_CLEAR_BUF : 0);
-    this.sent.set(txid, { from: inst.id, to, size: dataSize, offsetsSize, skip: withObj, obj: withObj && op.bad === 'none' ? { sent: objKind === 'self' ? 'binder' : 'handle', node: names } : null, oneway: op.oneway, received: false, handle, ...(handle === 0 ? { cmSeq } : {}) });
-    const cmd = cmdTransaction(BC_TRANSACTION, { target: handle, cookie: 0, code: txid, flags, sender_pid: 0, sender_euid: 0, data_size: dataSize, offsets_size: offsetsSize, buffer: bufPtr, offsets: offsAt });
-    yield* writeRead(u, v.fd, actor.scratch, cmd, 0);
+    const tx: SentTx = { from: inst.id, to, size: dataSize, offsetsSize, skip: withObj, obj: withObj && op.bad === 'none' ? { sent: objKind === 'self' ? 'binder' : 'handle', node: names } : null, oneway: op.oneway, received: false, handle, ...(handle === 0 ? { cmSeq } : {}) };
+    this.beginSend(actor, tx);
+    try {
+      yield* u.write(dataAt, data.subarray(0, Math.min(data.length, dataSize)));
+      if (offsetsSize) yield* u.write(offsAt, offs);
+      const flags = (op.oneway ? TF_ONE_WAY : 0) | (op.clear ? TF_CLEAR_BUF : 0);
+      this.sent.set(txid, tx);
+      const cmd = cmdTransaction(BC_TRANSACTION, { target: handle, cookie: 0, code: txid, flags, sender_pid: 0, sender_euid: 0, data_size: dataSize, offsets_size: offsetsSize, buffer: bufPtr, offsets: offsAt });
+      yield* writeRead(u, v.fd, actor.scratch, cmd, 0);
+    } finally {
+      actor.sending = null;
+    }
     return true;
   }
 
@@ -944,11 +990,17 @@ class World {
     const txid = this.nextTx++;
     const data = payload(txid, Math.min(size, PAYLOAD_CAP - 64));
     const dataAt = actor.scratch + PAYLOAD_AT;
-    yield* u.write(dataAt, data);
     const from = req !== undefined ? this.sent.get(req) : undefined;
-    this.sent.set(txid, { from: v.inst.id, to: from && !actor.stackLost ? from.from : null, size: data.length, offsetsSize: 0, skip: false, obj: null, oneway: false, received: false, handle: -1 });
-    const cmd = cmdTransaction(BC_REPLY, { target: 0, cookie: 0, code: txid, flags: 0, sender_pid: 0, sender_euid: 0, data_size: data.length, offsets_size: 0, buffer: dataAt, offsets: dataAt + Math.ceil(data.length / 8) * 8 });
-    yield* writeRead(u, v.fd, actor.scratch, cmd, 0);
+    const tx: SentTx = { from: v.inst.id, to: from && !actor.stackLost ? from.from : null, size: data.length, offsetsSize: 0, skip: false, obj: null, oneway: false, received: false, handle: -1 };
+    this.beginSend(actor, tx);
+    try {
+      yield* u.write(dataAt, data);
+      this.sent.set(txid, tx);
+      const cmd = cmdTransaction(BC_REPLY, { target: 0, cookie: 0, code: txid, flags: 0, sender_pid: 0, sender_euid: 0, data_size: data.length, offsets_size: 0, buffer: dataAt, offsets: dataAt + Math.ceil(data.length / 8) * 8 });
+      yield* writeRead(u, v.fd, actor.scratch, cmd, 0);
+    } finally {
+      actor.sending = null;
+    }
   }
 
   /** BC_ENTER_LOOPER on `v` for this thread, once. */
@@ -998,8 +1050,10 @@ class World {
     if (sent!.received) bad('delivered twice');
     sent!.received = true;
     const cmMoved = sent!.cmSeq !== undefined && sent!.cmSeq !== this.cmSeq;
-    if (sent!.to !== null && !cmMoved && sent!.to !== v.inst.id) bad(`sent by instance ${sent!.from} to its handle ${sent!.handle}, which names a node of instance ${sent!.to}`);
-    if (tr.data_size !== sent!.size || tr.offsets_size !== sent!.offsetsSize) bad(`sizes ${tr.data_size}/${tr.offsets_size}, sent ${sent!.size}/${sent!.offsetsSize}`);
+    // An untrusted send's command may have changed too before the driver read it (its target and sizes).
+    const trusted = sent!.untrusted !== true;
+    if (trusted && sent!.to !== null && !cmMoved && sent!.to !== v.inst.id) bad(`sent by instance ${sent!.from} to its handle ${sent!.handle}, which names a node of instance ${sent!.to}`);
+    if (trusted && (tr.data_size !== sent!.size || tr.offsets_size !== sent!.offsetsSize)) bad(`sizes ${tr.data_size}/${tr.offsets_size}, sent ${sent!.size}/${sent!.offsetsSize}`);
     if (tr.offsets !== tr.buffer + Math.ceil(tr.data_size / 8) * 8) bad(`offsets pointer 0x${tr.offsets.toString(16)} is not right after the data at 0x${tr.buffer.toString(16)}`);
     const bytes = Math.max(8, Math.ceil(tr.data_size / 8) * 8 + Math.ceil(tr.offsets_size / 8) * 8);
     if (v.base && (tr.buffer < v.base || tr.buffer + bytes > v.base + v.size)) bad(`buffer 0x${tr.buffer.toString(16)}+${bytes} outside the mapping 0x${v.base.toString(16)}+${v.size}`);
@@ -1027,6 +1081,10 @@ class World {
     const where = `${r.name} tx ${txid} ${tr.data_size}/${tr.offsets_size} at +0x${(tr.buffer - v.base).toString(16)} of instance ${v.inst.id}`;
     if (!v.intact) {
       this.note(`  ${where}`);
+      return;
+    }
+    if (sent.untrusted) {
+      this.note(`  ${where} (the sender's memory changed during the send)`);
       return;
     }
     // The mapping is intact: the receiver must read exactly what was sent. The read can wait (a
