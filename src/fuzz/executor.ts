@@ -158,6 +158,12 @@ interface Instance {
   freed: number[];
   /** Buffers a thread is reading right now: not yet held, so no other thread frees them meanwhile. */
   reading: Set<number>;
+  /**
+   * Children forked while its open was in progress: each may or may not have inherited the fd
+   * (the kernel installs it inside the open, the harness learns of it when the open returns, and
+   * fork copies the fd table at a moment of its own in between). Not counted in `holders`.
+   */
+  maybeHeldBy: Proc[];
 }
 
 /** A process's binder fd and, if mmap succeeded in it, its mapping. */
@@ -182,6 +188,10 @@ interface Proc {
   /** Every binder instance its fd table holds. */
   insts: Set<Instance>;
   pipe: { r: number; w: number } | null;
+  /** Binder opens of its threads in progress: the children forked meanwhile (see Instance.maybeHeldBy). */
+  opening: Set<Set<Proc>>;
+  /** Children being forked by its threads right now. */
+  forking: Set<Proc>;
 }
 
 interface Actor {
@@ -296,6 +306,11 @@ class World {
    * VMA's fput to a worker), so until the next quiescent point it is unknown whether it is gone.
    */
   cmReleasing: Instance | null = null;
+  /**
+   * A context manager the harness saw go whose fd a child may still hold (Instance.maybeHeldBy):
+   * whether the driver still has it is unknown until those children are gone.
+   */
+  cmUncertain: Instance | null = null;
   /** BINDER_SET_CONTEXT_MGR calls started, and in flight (a concurrent one makes the outcome unpredictable). */
   private cmSeq = 0;
   private cmInFlight = 0;
@@ -461,7 +476,7 @@ class World {
   private spawnProcess(): Proc | null {
     if (this.procs.filter((p) => p.alive).length >= MAX_PROCS || this.liveActors() >= MAX_ACTORS || this.nextSlot >= MAX_SLOTS) return null;
     const slot = this.nextSlot++;
-    const proc: Proc = { slot, tgid: 0, alive: true, threads: new Set(), view: null, views: [], insts: new Set(), pipe: null };
+    const proc: Proc = { slot, tgid: 0, alive: true, threads: new Set(), view: null, views: [], insts: new Set(), pipe: null, opening: new Set(), forking: new Set() };
     const actor = this.newActor(proc);
     let t: Task;
     try {
@@ -542,8 +557,15 @@ class World {
         inst.holders--;
         if (inst.holders === 0 && this.cm === inst) {
           this.cm = null;
-          this.cmReleasing = inst;
+          // A child that may hold the fd keeps the driver's context manager alive, or not.
+          if (inst.maybeHeldBy.some((p) => p.alive)) this.cmUncertain = inst;
+          else this.cmReleasing = inst;
         }
+      }
+      const unsure = this.cmUncertain;
+      if (unsure !== null && !unsure.maybeHeldBy.some((p) => p.alive)) {
+        this.cmUncertain = null;
+        this.cmReleasing = unsure;
       }
     }
   }
@@ -802,7 +824,7 @@ class World {
     const keep = op.keep && this.procs.filter((p) => p.alive).length < MAX_PROCS && this.liveActors() < MAX_ACTORS && this.nextSlot < MAX_SLOTS;
     if (keep) {
       const slot = this.nextSlot++;
-      const child: Proc = { slot, tgid: 0, alive: true, threads: new Set(), view: null, views: [], insts: new Set(proc.insts), pipe: proc.pipe };
+      const child: Proc = { slot, tgid: 0, alive: true, threads: new Set(), view: null, views: [], insts: new Set(proc.insts), pipe: proc.pipe, opening: new Set(), forking: new Set() };
       // The child's fd table holds every binder file; its mappings are not copied (VM_DONTCOPY).
       child.views = proc.views.map((v) => ({ ...v, intact: false }));
       child.view = child.views[child.views.length - 1] ?? null;
@@ -812,6 +834,9 @@ class World {
       const self = this;
       const touches = op.touches;
       const body = this.actorProgram(a, 'child');
+      // A binder open of another thread that is in progress meanwhile may or may not reach the child.
+      proc.forking.add(child);
+      for (const children of proc.opening) children.add(child);
       try {
         child.tgid = yield* u.fork(function* (c: User) {
           for (const t of touches) yield* self.childTouch(c, a, t);
@@ -821,6 +846,8 @@ class World {
         // No child: undo the bookkeeping (its thread never runs).
         this.actorGone(a);
         throw e;
+      } finally {
+        proc.forking.delete(child);
       }
       return true;
     }
@@ -847,22 +874,31 @@ class World {
 
   private *binderOpen(u: User, actor: Actor, len: number, prot: number, shared: boolean, cm: boolean): KGen {
     const proc = actor.proc;
-    const fd = yield* u.open(this.dev.path);
+    // Children another thread forks while the open is in progress (see Instance.maybeHeldBy).
+    const forked = new Set(proc.forking);
+    proc.opening.add(forked);
+    let fd: number;
+    try {
+      fd = yield* u.open(this.dev.path);
+    } finally {
+      proc.opening.delete(forked);
+    }
     setNonblock(u, fd);
     const id = this.nextInst++;
-    const inst: Instance = { id, holders: 1, node: { inst: id, ptr: 0x10000 * id + 0x100, cookie: id }, owner: u.pid, handles: new Map(), held: new Map(), freed: [], reading: new Set() };
+    const inst: Instance = { id, holders: 1, node: { inst: id, ptr: 0x10000 * id + 0x100, cookie: id }, owner: u.pid, handles: new Map(), held: new Map(), freed: [], reading: new Set(), maybeHeldBy: [...forked] };
     proc.insts.add(inst);
     const view: BinderView = { inst, fd, base: 0, size: 0, intact: false };
     proc.view = view;
     proc.views.push(view);
     yield* this.enterLooper(u, actor, view);
     if (cm) {
-      // The outcome is predictable unless another process's context manager is being released,
-      // or another BINDER_SET_CONTEXT_MGR overlaps this one (the ioctl returns through a
-      // preemption point, so the harness learns of a success a little after the driver).
+      // The outcome is predictable unless another process's context manager is being released
+      // or may live on in a child (cmUncertain), or another BINDER_SET_CONTEXT_MGR overlaps this
+      // one (the ioctl returns through a preemption point, so the harness learns of a success a
+      // little after the driver).
       const expectOk = this.cm === null;
       const seq = ++this.cmSeq;
-      const known = this.cmReleasing === null && this.cmInFlight === 0;
+      const known = this.cmReleasing === null && this.cmUncertain === null && this.cmInFlight === 0;
       this.cmInFlight++;
       let ok = true;
       let errno = '';
