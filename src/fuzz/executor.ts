@@ -32,7 +32,9 @@
  *  - except for a send during which another thread of the sender's process ran an operation that
  *    may change the sender's scratch memory (an mm operation over it, a write touch): the driver
  *    copies the command and the payload as they are when it copies them, as on Linux, so only
- *    "at most once" and the buffer's place are checked for it;
+ *    "at most once" and the buffer's place are checked for it; and the returns of a read during
+ *    which another thread may have changed the reader's scratch memory (where the driver writes
+ *    them) are not checked at all;
  *  - BINDER_SET_CONTEXT_MGR succeeds exactly when no live process is the context manager.
  *
  * Reports are classified by src/fuzz/classify.ts. Failures stop the run and come back as a
@@ -211,8 +213,12 @@ interface Actor {
   stackLost: boolean;
   dead: boolean;
   ready: boolean;
-  /** The transaction or reply this thread is sending, from its payload write to the end of the send. */
-  sending: SentTx | null;
+  /**
+   * The send (its SentTx, from the payload write to the end of the send) or the read of returns
+   * (from the ioctl to the last byte read back) this thread runs from its scratch memory right
+   * now: marked untrusted when another thread of the process may change that memory meanwhile.
+   */
+  scratchUse: { untrusted?: boolean } | null;
   /** The ranges the operation this thread is running may change (mm operations, write touches). */
   changing: [number, number][];
 }
@@ -496,7 +502,7 @@ class World {
 
   private newActor(proc: Proc): Actor {
     const id = this.nextActor++;
-    const a: Actor = { id, proc, cpu: id % this.s.cpus, task: null, scratch: 0, queue: [], replyStack: [], entered: new Set(), rr: 0, stackLost: false, dead: false, ready: false, sending: null, changing: [] };
+    const a: Actor = { id, proc, cpu: id % this.s.cpus, task: null, scratch: 0, queue: [], replyStack: [], entered: new Set(), rr: 0, stackLost: false, dead: false, ready: false, scratchUse: null, changing: [] };
     proc.threads.add(a);
     this.actors.push(a);
     return a;
@@ -672,19 +678,19 @@ class World {
 
   /**
    * The operation `actor` is about to run may change the memory [start, start + len) of its
-   * process until it ends: a send in progress from that memory is no longer checked, and a send
-   * that starts meanwhile is not either (see beginSend).
+   * process until it ends: a send or read in progress from that memory is no longer checked, and
+   * one that starts meanwhile is not either (see beginScratchUse).
    */
   private changes(actor: Actor, start: number, len: number): void {
     const range: [number, number] = Number.isFinite(start) && Number.isFinite(len) ? [start - 4096, start + Math.max(len, 0) + 4096] : [-Infinity, Infinity];
     actor.changing.push(range);
-    for (const t of actor.proc.threads) if (t.sending !== null && overlapsScratch(t, range)) t.sending.untrusted = true;
+    for (const t of actor.proc.threads) if (t.scratchUse !== null && overlapsScratch(t, range)) t.scratchUse.untrusted = true;
   }
 
-  /** `actor` starts sending `tx` from its scratch memory (before it writes the payload there). */
-  private beginSend(actor: Actor, tx: SentTx): void {
-    actor.sending = tx;
-    for (const t of actor.proc.threads) if (t !== actor && t.changing.some((r) => overlapsScratch(actor, r))) tx.untrusted = true;
+  /** `actor` starts a send or read from its scratch memory (see Actor.scratchUse); end it with `actor.scratchUse = null`. */
+  private beginScratchUse(actor: Actor, use: { untrusted?: boolean }): void {
+    actor.scratchUse = use;
+    for (const t of actor.proc.threads) if (t !== actor && t.changing.some((r) => overlapsScratch(actor, r))) use.untrusted = true;
   }
 
   /** Returns false when the op had nothing to act on (skipped). */
@@ -1004,7 +1010,7 @@ class World {
       default:
     }
     const tx: SentTx = { from: inst.id, to, size: dataSize, offsetsSize, skip: withObj, obj: withObj && op.bad === 'none' ? { sent: objKind === 'self' ? 'binder' : 'handle', node: names } : null, oneway: op.oneway, received: false, handle, ...(handle === 0 ? { cmSeq } : {}) };
-    this.beginSend(actor, tx);
+    this.beginScratchUse(actor, tx);
     try {
       yield* u.write(dataAt, data.subarray(0, Math.min(data.length, dataSize)));
       if (offsetsSize) yield* u.write(offsAt, offs);
@@ -1013,7 +1019,7 @@ class World {
       const cmd = cmdTransaction(BC_TRANSACTION, { target: handle, cookie: 0, code: txid, flags, sender_pid: 0, sender_euid: 0, data_size: dataSize, offsets_size: offsetsSize, buffer: bufPtr, offsets: offsAt });
       yield* writeRead(u, v.fd, actor.scratch, cmd, 0);
     } finally {
-      actor.sending = null;
+      actor.scratchUse = null;
     }
     return true;
   }
@@ -1028,14 +1034,14 @@ class World {
     const dataAt = actor.scratch + PAYLOAD_AT;
     const from = req !== undefined ? this.sent.get(req) : undefined;
     const tx: SentTx = { from: v.inst.id, to: from && !actor.stackLost ? from.from : null, size: data.length, offsetsSize: 0, skip: false, obj: null, oneway: false, received: false, handle: -1 };
-    this.beginSend(actor, tx);
+    this.beginScratchUse(actor, tx);
     try {
       yield* u.write(dataAt, data);
       this.sent.set(txid, tx);
       const cmd = cmdTransaction(BC_REPLY, { target: 0, cookie: 0, code: txid, flags: 0, sender_pid: 0, sender_euid: 0, data_size: data.length, offsets_size: 0, buffer: dataAt, offsets: dataAt + Math.ceil(data.length / 8) * 8 });
       yield* writeRead(u, v.fd, actor.scratch, cmd, 0);
     } finally {
-      actor.sending = null;
+      actor.scratchUse = null;
     }
   }
 
@@ -1056,14 +1062,28 @@ class World {
     const v = this.nextView(actor);
     if (!v) return false;
     yield* this.enterLooper(u, actor, v);
-    const returns = yield* writeRead(u, v.fd, actor.scratch, null, 512);
+    const use: { untrusted?: boolean } = {};
+    this.beginScratchUse(actor, use);
+    let returns: BinderReturn[];
+    try {
+      returns = yield* writeRead(u, v.fd, actor.scratch, null, 512);
+    } finally {
+      actor.scratchUse = null;
+    }
+    // Another thread may have changed the returns between the driver's copy and this read:
+    // what was read is not checked, and the reply stack may no longer mirror the driver's.
+    if (use.untrusted) {
+      actor.stackLost = true;
+      this.note(`  (the returns' memory changed during the read)`);
+    }
     for (const r of returns) {
       bump(this.outcomes.binderReturns, r.name);
       if (!r.tr) {
         this.note(`  ${r.name}`);
         continue;
       }
-      yield* this.received(u, actor, v, r);
+      if (use.untrusted) this.note(`  ${r.name} tx ${r.tr.code} (not checked)`);
+      else yield* this.received(u, actor, v, r);
       if (r.name === 'BR_TRANSACTION' && !(r.tr.flags & TF_ONE_WAY)) {
         actor.replyStack.push({ txid: r.tr.code, view: v });
         if (replyNow) yield* this.reply(u, actor, v, (r.tr.code * 37) % 300);
