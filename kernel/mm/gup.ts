@@ -15,7 +15,9 @@
  *       (check_vma_flags: VM_IO|VM_PFNMAP → -EFAULT, FOLL_WRITE on a read-only VMA needs
  *       FOLL_FORCE and a COW mapping, …), follow_page_pte looks at the entry, and a missing or
  *       insufficient entry is faulted in (faultin_page, refused with -EFAULT under
- *       FOLL_NOFAULT). A special entry gives -EFAULT when a page reference is wanted.
+ *       FOLL_NOFAULT). A special entry gives -EFAULT when a page reference is wanted. An
+ *       address below a VM_GROWSDOWN VMA is -EFAULT: as since Linux 6.5 (gup_vma_lookup), GUP
+ *       does not grow a stack, only a page fault does (lock_mm_and_find_vma).
  *   put_page / unpin_user_page(s)   release.
  *   __mm_populate / populate_vma_page_range   the slow path without references, to fault a
  *       range in (MAP_POPULATE, MAP_LOCKED, a locked private VMA made writable).
@@ -26,7 +28,8 @@
  * without a reference (Linux never pins it, and its refcount is irrelevant).
  *
  * Deviations: no FOLL_LONGTERM migration out of movable zones (there are no zones); no
- * fatal-signal checks between pages; hugetlb leaves are returned as the subpage of the folio.
+ * fatal-signal checks between pages; hugetlb leaves are returned as the subpage of the folio;
+ * gup_vma_lookup's rate-limited "GUP no longer grows the stack" message is not printed.
  */
 
 import type { Kernel } from '../kernel.ts';

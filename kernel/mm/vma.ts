@@ -1,7 +1,7 @@
 /**
  * kernel/mm/vma.ts — VMA manipulation (mm/vma.c): flag updates on live VMAs, linking and
  * unlinking, splitting, merging a new range with its neighbours, modifying part of an existing
- * VMA (split and/or merge), and removal.
+ * VMA (split and/or merge), removal, and the growth of a stack (expand_downwards).
  *
  * The rules, as Linux has them:
  *  - flags of a published VMA change only under its write lock (vm_flags_set and friends);
@@ -24,14 +24,18 @@
 import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
-  PAGE_SIZE, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type AnonVma, type MmStruct, type VmOperations,
+  AnonVma, MMAP_MIN_ADDR, PAGE_SIZE, VM_ACCESS_FLAGS, VM_GROWSDOWN, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type MmStruct, type VmOperations,
 } from './mm_types.ts';
 import type { File } from '../fs/file.ts';
-import { EINVAL, ENOMEM } from '../errno.ts';
+import { EFAULT, EINVAL, ENOMEM, EPERM } from '../errno.ts';
 import { PMD_SIZE } from '../arch/x86/pgtable.ts';
 
 /** sysctl_max_map_count default. */
 export const DEFAULT_MAX_MAP_COUNT = 65530;
+/** stack_guard_gap's default (the stack_guard_gap= boot parameter): 256 pages. */
+export const DEFAULT_STACK_GUARD_GAP = 256 * PAGE_SIZE;
+/** _STK_LIM: the default RLIMIT_STACK soft limit, 8 MiB. */
+export const STK_LIM = 8 << 20;
 
 /** What a new mapping would be, for merge decisions. */
 export interface VmaProposal {
@@ -58,6 +62,13 @@ export interface VmaCounters {
 
 export class VmaOps {
   max_map_count = DEFAULT_MAX_MAP_COUNT;
+  /** The gap a growing stack keeps below the accessible mapping under it (stack_guard_gap). */
+  stack_guard_gap = DEFAULT_STACK_GUARD_GAP;
+  /**
+   * RLIMIT_STACK's soft limit in bytes, for every task (mmulab has no per-process rlimits; this
+   * is the default every task starts with, _STK_LIM).
+   */
+  rlimit_stack = STK_LIM;
   readonly counters: VmaCounters = { splits: 0, mergesNew: 0, mergesExisting: 0, opens: 0, closes: 0 };
 
   constructor(private readonly k: Kernel) {}
@@ -140,6 +151,44 @@ export class VmaOps {
       f.f_mapping.i_mmap_rwsem.up_write();
     }
     this.k.charge(this.k.costs.vmaOp);
+  }
+
+  // ---- stack growth -----------------------------------------------------------------------------
+
+  /**
+   * expand_downwards: grow the VM_GROWSDOWN `vma` down to the page of `address`, which lies below
+   * it and above the VMA before it. Requires the mmap write lock (expand_stack_locked's callers
+   * hold it); returns 0 or -errno: EFAULT for a VMA that does not grow down, EPERM below
+   * mmap_min_addr, ENOMEM when the stack would come within stack_guard_gap of an accessible
+   * mapping under it (one that grows down too, or a PROT_NONE one, is no obstacle), exceed
+   * RLIMIT_STACK (acct_stack_growth: the size less one page) or run its page offset below 0.
+   * The VMA is write-locked first, so no fault runs on it under its VMA lock meanwhile.
+   *
+   * Deviations: no RLIMIT_AS, RLIMIT_MEMLOCK or overcommit accounting (as for mmap, see
+   * mmap.ts); RLIMIT_STACK is rlimit_stack above, one value for every task.
+   */
+  *expand_downwards(vma: VmArea, address: number): KGen<number> {
+    const mm = vma.vm_mm;
+    if (!(vma.vm_flags & VM_GROWSDOWN)) return -EFAULT;
+    this.k.locks.mmap_assert_write_locked(mm, 'expand_downwards');
+    address -= address % PAGE_SIZE;
+    if (address < MMAP_MIN_ADDR) return -EPERM;
+    // Enforce stack_guard_gap.
+    const prev = mm.prevVma(vma);
+    if (prev && !(prev.vm_flags & VM_GROWSDOWN) && prev.vm_flags & VM_ACCESS_FLAGS && address - prev.vm_end < this.stack_guard_gap) return -ENOMEM;
+    // We must make sure the anon_vma is allocated.
+    if (!vma.anon_vma) vma.anon_vma = new AnonVma(this.k);
+    // Lock the VMA before expanding to prevent concurrent page faults.
+    yield* this.k.locks.vma_start_write(vma, 'expand_downwards');
+    // Somebody else might have raced and expanded it already.
+    if (address >= vma.vm_start) return 0;
+    const size = vma.vm_end - address;
+    const grow = (vma.vm_start - address) / PAGE_SIZE;
+    if (grow > vma.vm_pgoff) return -ENOMEM;
+    // acct_stack_growth: the guard page is not counted against the limit.
+    if (size - PAGE_SIZE > this.rlimit_stack) return -ENOMEM;
+    yield* this.adjust(vma, address, vma.vm_end, vma.vm_pgoff - grow);
+    return 0;
   }
 
   // ---- link / unlink ----------------------------------------------------------------------------

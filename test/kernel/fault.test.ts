@@ -8,7 +8,9 @@
 // replacing (the wp_page_copy flush window), and an uncaught signal killing the process with
 // Linux's log line.
 import { describe, expect, it } from 'vitest';
-import { MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PROT_NONE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
+import { MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PROT_NONE, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
+import { EFAULT, EPERM } from '../../kernel/errno.ts';
+import { proc_pid_maps } from '../../kernel/fs/proc/task_mmu.ts';
 import {
   VM_FAULT_NOPAGE, VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_IO, VM_MIXEDMAP, VM_PFNMAP, VM_DONTEXPAND, type VmFault,
 } from '../../kernel/mm/mm_types.ts';
@@ -142,6 +144,92 @@ describe('fault signals', () => {
     expect(k.reports.reports.length).toBe(1);
     assert_vm_invariants(k);
     expect(k.pages.usedFrames).toBe(before);
+  });
+});
+
+describe('stack growth (VM_GROWSDOWN)', () => {
+  const STACK = 0x50000000;
+  const GAP = 256 * PAGE;
+
+  it('a fault below a VM_GROWSDOWN VMA grows it down to the page, under the mmap write lock; other VMAs do not grow', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(STACK, 4 * PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      const vma = mm.find_vma(STACK)!;
+      const [pgoff, total] = [vma.vm_pgoff, mm.total_vm];
+      const retries = k.locks.vmaStats.retry;
+      // Five pages below, not page-aligned: the VMA now starts at that page, one VMA still.
+      const at = STACK - 5 * PAGE + 12;
+      yield* u.store32(at, 0x5eed);
+      expect(mm.vmas()).toEqual([vma]);
+      expect([vma.vm_start, vma.vm_end]).toEqual([STACK - 5 * PAGE, STACK + 4 * PAGE]);
+      expect(vma.vm_pgoff).toBe(pgoff - 5);
+      expect(mm.total_vm).toBe(total + 5);
+      expect(yield* u.load32(at)).toBe(0x5eed);
+      // The per-VMA lock could not find it: the mmap lock path grew it (no retry involved).
+      expect(k.locks.vmaStats.retry).toBe(retries);
+      expect(proc_pid_maps(k, u.pid)).toContain(`${(STACK - 5 * PAGE).toString(16)}-${(STACK + 4 * PAGE).toString(16)} rw-p`);
+      // Below an ordinary VMA an access is SEGV_MAPERR, and nothing grows.
+      yield* u.mmap(A, PAGE, RW, ANON | MAP_FIXED);
+      const e = yield* signalOf(u.load32(A - PAGE));
+      expect([e.signame, e.codename, e.addr]).toEqual(['SIGSEGV', 'SEGV_MAPERR', A - PAGE]);
+      expect(mm.find_vma(A)!.vm_start).toBe(A);
+    });
+    expectClean(k);
+  });
+
+  it('keeps stack_guard_gap above an accessible mapping (a PROT_NONE one or another stack is no obstacle), and stays within RLIMIT_STACK', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(STACK, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      const below = STACK - GAP - 8 * PAGE;
+      yield* u.mmap(below, 4 * PAGE, PROT_READ, ANON | MAP_FIXED);
+      // The gap to `below`'s end is exactly stack_guard_gap: allowed; one page less: refused.
+      yield* u.store8(below + 4 * PAGE + GAP, 1);
+      expect(mm.find_vma(STACK)!.vm_start).toBe(below + 4 * PAGE + GAP);
+      const e = yield* signalOf(u.store8(below + 4 * PAGE + GAP - PAGE, 1));
+      expect([e.signame, e.codename]).toEqual(['SIGSEGV', 'SEGV_MAPERR']);
+      // The same mapping made inaccessible is no obstacle.
+      yield* u.mprotect(below, 4 * PAGE, PROT_NONE);
+      yield* u.store8(below + 4 * PAGE, 2);
+      expect(mm.find_vma(STACK)!.vm_start).toBe(below + 4 * PAGE);
+      // RLIMIT_STACK: with 16 KiB the stack may span 5 pages (the guard page is not counted).
+      k.vmaOps.rlimit_stack = 4 * PAGE;
+      yield* u.mmap(0x60000000, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      yield* u.store8(0x60000000 - 4 * PAGE, 3);
+      expect(mm.find_vma(0x60000000 - PAGE)!.vm_start).toBe(0x60000000 - 4 * PAGE);
+      const f = yield* signalOf(u.store8(0x60000000 - 5 * PAGE, 3));
+      expect([f.signame, f.codename]).toEqual(['SIGSEGV', 'SEGV_MAPERR']);
+      expect(mm.find_vma(0x60000000 - PAGE)!.vm_start).toBe(0x60000000 - 4 * PAGE);
+    });
+    expectClean(k);
+  });
+
+  it('expand_downwards refuses a VMA that does not grow down, an address below mmap_min_addr, and runs with the mmap write lock only', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      yield* u.mmap(A, PAGE, RW, ANON | MAP_FIXED);
+      yield* u.mmap(0x20000, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      yield* k.locks.mmap_write_lock(mm, 'test');
+      expect(yield* k.vmaOps.expand_downwards(mm.find_vma(A)!, A - PAGE)).toBe(-EFAULT);
+      expect(yield* k.vmaOps.expand_downwards(mm.find_vma(0x20000)!, 0x8000)).toBe(-EPERM);
+      expect(yield* k.vmaOps.expand_downwards(mm.find_vma(0x20000)!, 0x10000)).toBe(0);
+      // The VMA was write-locked for the change (no fault ran on it under its VMA lock meanwhile).
+      expect(k.locks.isWriteLocked(mm.find_vma(0x10000)!)).toBe(true);
+      k.locks.mmap_write_unlock(mm);
+      expect(mm.find_vma(0x10000)!.vm_start).toBe(0x10000);
+    });
+    expectClean(k);
+    // Without the write lock: lockdep's assertion, counted.
+    const k2 = boot();
+    run(k2, function* (u) {
+      yield* u.mmap(0x30000, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      yield* k2.vmaOps.expand_downwards(u.task.mm!.find_vma(0x30000)!, 0x2f000);
+    });
+    expect(k2.reports.reports.some((r) => /expand_downwards/.test(r.text))).toBe(true);
   });
 });
 

@@ -1,15 +1,14 @@
 /**
  * kernel/arch/x86/fault.ts — the user page-fault path (arch/x86/mm/fault.c do_user_addr_fault):
  * decode the error code, try the per-VMA lock first, fall back to the mmap read lock
- * (lock_mm_and_find_vma), check the access against the VMA (access_error), call handle_mm_fault,
+ * (lock_mm_and_find_vma, which grows a VM_GROWSDOWN stack down to the address under the mmap
+ * write lock), check the access against the VMA (access_error), call handle_mm_fault,
  * retry under the mmap lock when the VMA-lock attempt says VM_FAULT_RETRY, and turn what cannot
  * be resolved into a signal: SIGSEGV (SEGV_MAPERR without a VMA, SEGV_ACCERR for a forbidden
  * access, SEGV_PKUERR for a protection-key fault) or SIGBUS (BUS_ADRERR), or kill on OOM.
  * do_user_addr_fault_nowait is the same path as plain code: a fault that needs no wait (the usual
  * VMA-locked anonymous fault) is resolved without creating a generator, and the part that may
  * sleep is handed back as one, to be run from exactly where the plain code stopped.
- *
- * Deviation: stack VMAs do not grow (no VM_GROWSDOWN expansion).
  */
 
 import type { Kernel } from '../../kernel.ts';
@@ -17,7 +16,7 @@ import type { KGen, Task } from '../../sched/core.ts';
 import { PF_ID, PF_P, PF_PK, PF_RSVD, PF_U, PF_W } from '../../../hw/walk.ts';
 import {
   FAULT_FLAG_ALLOW_RETRY, FAULT_FLAG_INSTRUCTION, FAULT_FLAG_INTERRUPTIBLE, FAULT_FLAG_KILLABLE, FAULT_FLAG_TRIED, FAULT_FLAG_USER, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, VM_EXEC, VM_FAULT_COMPLETED, VM_FAULT_OOM, VM_FAULT_RETRY,
-  VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_READ, VM_WRITE, type VmArea,
+  VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_GROWSDOWN, VM_READ, VM_WRITE, type MmStruct, type VmArea,
 } from '../../mm/mm_types.ts';
 import { faultCounters, handle_mm_fault_nowait } from '../../mm/memory.ts';
 
@@ -128,10 +127,8 @@ function* lock_mm_and_fault(k: Kernel, task: Task, address: number, error_code: 
   const mm = task.mm!;
   const fc = faultCounters(k);
   for (let tries = 0; ; tries++) {
-    yield* k.locks.mmap_read_lock(mm, 'do_user_addr_fault');
-    const vma = mm.find_vma(address);
-    if (!vma || vma.vm_start > address) {
-      k.locks.mmap_read_unlock(mm);
+    const vma = yield* lock_mm_and_find_vma(k, mm, address);
+    if (!vma) {
       fc.sigsegv++;
       return { signo: SIGSEGV, code: SEGV_MAPERR, addr: address, why: 'no VMA at this address' };
     }
@@ -151,6 +148,33 @@ function* lock_mm_and_fault(k: Kernel, task: Task, address: number, error_code: 
     if (!(fault & VM_FAULT_COMPLETED)) k.locks.mmap_read_unlock(mm);
     return faultResult(k, fault, address);
   }
+}
+
+/**
+ * lock_mm_and_find_vma (mm/mmap_lock.c): the mmap read lock and the VMA at `addr`, or null with
+ * no lock held. An address below a VM_GROWSDOWN VMA (and above the one before it) grows that
+ * stack: the read lock is dropped for the write lock (the kernel has no atomic upgrade), the VMA
+ * is looked up again, expand_stack_locked grows it, and the lock is downgraded back to read.
+ */
+export function* lock_mm_and_find_vma(k: Kernel, mm: MmStruct, addr: number): KGen<VmArea | null> {
+  yield* k.locks.mmap_read_lock(mm, 'do_user_addr_fault');
+  let vma = mm.find_vma(addr);
+  if (vma && vma.vm_start <= addr) return vma;
+  if (!vma || !(vma.vm_flags & VM_GROWSDOWN)) {
+    k.locks.mmap_read_unlock(mm);
+    return null;
+  }
+  // upgrade_mmap_lock_carefully, then everything again: the mm may have changed meanwhile.
+  k.locks.mmap_read_unlock(mm);
+  yield* k.locks.mmap_write_lock(mm, 'lock_mm_and_find_vma');
+  vma = mm.find_vma(addr);
+  if (vma && vma.vm_start > addr) vma = vma.vm_flags & VM_GROWSDOWN && (yield* k.vmaOps.expand_downwards(vma, addr)) === 0 ? vma : null;
+  if (!vma) {
+    k.locks.mmap_write_unlock(mm);
+    return null;
+  }
+  k.locks.mmap_write_downgrade(mm);
+  return vma;
 }
 
 function faultResult(k: Kernel, fault: number, address: number): SignalInfo | null {
