@@ -38,7 +38,7 @@
  */
 
 import type { Kernel } from '../kernel.ts';
-import { MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_EXEC, VM_HUGETLB, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_READ, VM_WRITE, is_cow_mapping, type MmStruct, type VmArea } from './mm_types.ts';
+import { MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_EXEC, VM_HUGETLB, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_READ, VM_WRITE, is_cow_mapping, vm_start_gap, type MmStruct, type VmArea } from './mm_types.ts';
 import { PG_anon, PG_free, PG_swapbacked, PG_table, PG_zero } from './page_alloc.ts';
 import { _PAGE_NX_HI, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, ptePfn } from '../arch/x86/pgtable.ts';
 import { TLB_NR_DYN_ASIDS } from '../arch/x86/tlb.ts';
@@ -102,7 +102,8 @@ export function check_vm_invariants(k: Kernel, opts: VmCheckOptions = {}): VmChe
       if (v.vm_start >= v.vm_end) bad(`${name}: empty or inverted`);
       if (v.vm_end > TASK_SIZE) bad(`${name}: beyond TASK_SIZE`);
       if (!first && v.vm_start < prevEnd) bad(`${name}: overlaps the previous VMA (which ends at 0x${prevEnd.toString(16)})`);
-      const expectGap = Math.max(0, v.vm_start - (first ? MMAP_MIN_ADDR : prevEnd));
+      // Free for a new mapping: up to vm_start_gap (a stack's guard gap is not).
+      const expectGap = Math.max(0, vm_start_gap(v) - (first ? MMAP_MIN_ADDR : prevEnd));
       if (v.gapBefore !== expectGap) bad(`${name}: gap tree says ${v.gapBefore} bytes free below, really ${expectGap}`);
       const f = v.vm_flags;
       if ((f & (VM_MIXEDMAP | VM_PFNMAP)) === (VM_MIXEDMAP | VM_PFNMAP)) bad(`${name}: VM_MIXEDMAP and VM_PFNMAP both set`);

@@ -110,6 +110,18 @@ export function vmFlagNames(flags: number): string {
 }
 
 /** is_cow_mapping(): private and may be made writable. */
+/** stack_guard_gap (its default; Linux's stack_guard_gap= boot parameter): 256 pages. */
+export const STACK_GUARD_GAP = 256 * PAGE_SIZE;
+
+/**
+ * vm_start_gap: the lowest address a mapping below `vma` may reach: a stack (VM_GROWSDOWN) keeps
+ * stack_guard_gap free below it (0 if that would wrap).
+ */
+export function vm_start_gap(vma: VmArea): number {
+  if (!(vma.vm_flags & VM_GROWSDOWN)) return vma.vm_start;
+  return Math.max(vma.vm_start - STACK_GUARD_GAP, 0);
+}
+
 export function is_cow_mapping(flags: number): boolean {
   return (flags & (VM_SHARED | VM_MAYWRITE)) === VM_MAYWRITE;
 }
@@ -201,7 +213,10 @@ export class VmArea {
   freed = false;
   /** Bumped whenever the VMA changes identity in a way a cached reference must notice. */
   generation = 0;
-  /** Free space between the previous VMA's end (or mmap_min_addr) and vm_start (for the gap tree). */
+  /**
+   * Free space a new mapping may take below this VMA: from the previous VMA's end (or
+   * mmap_min_addr) to vm_start_gap (for the gap tree; 0 when the guard gap covers it).
+   */
   gapBefore = 0;
 
   constructor(
@@ -333,11 +348,11 @@ export class MmStruct {
     const n = this.nodes.get(vma);
     if (!n) return;
     const prev = this.mm_mt.prev(n);
-    vma.gapBefore = vma.vm_start - (prev ? prev.value.vm_end : MMAP_MIN_ADDR);
+    vma.gapBefore = Math.max(vm_start_gap(vma) - (prev ? prev.value.vm_end : MMAP_MIN_ADDR), 0);
     this.mm_mt.propagate(n);
     const next = this.mm_mt.next(n);
     if (next) {
-      next.value.gapBefore = next.value.vm_start - vma.vm_end;
+      next.value.gapBefore = Math.max(vm_start_gap(next.value) - vma.vm_end, 0);
       this.mm_mt.propagate(next);
     }
   }
@@ -360,8 +375,9 @@ export class MmStruct {
       const r = visit(n.right);
       if (r >= 0) return r;
       const v = n.value;
-      const gapEnd = Math.min(v.vm_start, top);
-      const gapStart = Math.max(v.vm_start - v.gapBefore, low);
+      const below = vm_start_gap(v);
+      const gapEnd = Math.min(below, top);
+      const gapStart = Math.max(below - v.gapBefore, low);
       if (gapEnd - gapStart >= len) return gapEnd - len;
       return visit(n.left);
     };

@@ -4,7 +4,8 @@
  *
  * mmap: argument checks with Linux's errno, in do_mmap's order; flags → VM_* (calc_vm_prot_bits,
  * calc_vm_flag_bits); get_unmapped_area (top down from mmap_base, hints masked to their page,
- * raised to mmap_min_addr and honoured when free, MAP_FIXED replacing what was there,
+ * raised to mmap_min_addr and honoured when free, both keeping out of the stack_guard_gap below
+ * a VM_GROWSDOWN VMA (vm_start_gap), MAP_FIXED replacing what was there,
  * MAP_FIXED_NOREPLACE refusing with EEXIST); the mapping type (MAP_SHARED_VALIDATE accepts only
  * LEGACY_MAP_MASK on a file, EOPNOTSUPP otherwise, and is EINVAL for anonymous memory); a merge with a
  * neighbour is tried before any ->mmap hook runs (so a merged mapping never sees ->mmap); a new
@@ -40,7 +41,7 @@ import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
   MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED, VM_LOCKED_MASK, VM_MAYEXEC, VM_MAYREAD,
-  VM_MAYSHARE, VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_SPECIAL, VM_WRITE, VmArea, type MmStruct,
+  VM_MAYSHARE, VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED, VM_SPECIAL, VM_WRITE, VmArea, vm_start_gap, type MmStruct,
 } from './mm_types.ts';
 import { EEXIST, EINVAL, ENODEV, ENOMEM, EOPNOTSUPP, EOVERFLOW, EPERM } from '../errno.ts';
 import { MmuGather } from './mmu_gather.ts';
@@ -146,7 +147,7 @@ export function get_unmapped_area(mm: MmStruct, addr: number, len: number, flags
       addr = Math.ceil(addr / align) * align;
       if (addr >= MMAP_MIN_ADDR && addr <= TASK_SIZE - len) {
         const v = mm.find_vma(addr);
-        if (!v || addr + len <= v.vm_start) a = addr;
+        if (!v || addr + len <= vm_start_gap(v)) a = addr;
       }
     }
     // Top down from mmap_base, aligned.
@@ -156,7 +157,7 @@ export function get_unmapped_area(mm: MmStruct, addr: number, len: number, flags
       if (g < 0) return -ENOMEM;
       const aligned = Math.floor((g + align - PAGE_SIZE) / align) * align;
       const v = mm.find_vma(aligned);
-      if (aligned >= MMAP_MIN_ADDR && (!v || aligned + len <= v.vm_start)) a = aligned;
+      if (aligned >= MMAP_MIN_ADDR && (!v || aligned + len <= vm_start_gap(v))) a = aligned;
       else high = g;
     }
     if (a < 0) return -ENOMEM;

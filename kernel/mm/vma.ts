@@ -24,7 +24,7 @@
 import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
-  AnonVma, MMAP_MIN_ADDR, PAGE_SIZE, VM_ACCESS_FLAGS, VM_GROWSDOWN, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type MmStruct, type VmOperations,
+  AnonVma, MMAP_MIN_ADDR, PAGE_SIZE, STACK_GUARD_GAP, VM_ACCESS_FLAGS, VM_GROWSDOWN, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type MmStruct, type VmOperations,
 } from './mm_types.ts';
 import type { File } from '../fs/file.ts';
 import { EFAULT, EINVAL, ENOMEM, EPERM } from '../errno.ts';
@@ -32,8 +32,6 @@ import { PMD_SIZE } from '../arch/x86/pgtable.ts';
 
 /** sysctl_max_map_count default. */
 export const DEFAULT_MAX_MAP_COUNT = 65530;
-/** stack_guard_gap's default (the stack_guard_gap= boot parameter): 256 pages. */
-export const DEFAULT_STACK_GUARD_GAP = 256 * PAGE_SIZE;
 /** _STK_LIM: the default RLIMIT_STACK soft limit, 8 MiB. */
 export const STK_LIM = 8 << 20;
 
@@ -62,8 +60,6 @@ export interface VmaCounters {
 
 export class VmaOps {
   max_map_count = DEFAULT_MAX_MAP_COUNT;
-  /** The gap a growing stack keeps below the accessible mapping under it (stack_guard_gap). */
-  stack_guard_gap = DEFAULT_STACK_GUARD_GAP;
   /**
    * RLIMIT_STACK's soft limit in bytes, for every task (mmulab has no per-process rlimits; this
    * is the default every task starts with, _STK_LIM).
@@ -175,7 +171,7 @@ export class VmaOps {
     if (address < MMAP_MIN_ADDR) return -EPERM;
     // Enforce stack_guard_gap.
     const prev = mm.prevVma(vma);
-    if (prev && !(prev.vm_flags & VM_GROWSDOWN) && prev.vm_flags & VM_ACCESS_FLAGS && address - prev.vm_end < this.stack_guard_gap) return -ENOMEM;
+    if (prev && !(prev.vm_flags & VM_GROWSDOWN) && prev.vm_flags & VM_ACCESS_FLAGS && address - prev.vm_end < STACK_GUARD_GAP) return -ENOMEM;
     // We must make sure the anon_vma is allocated.
     if (!vma.anon_vma) vma.anon_vma = new AnonVma(this.k);
     // Lock the VMA before expanding to prevent concurrent page faults.

@@ -149,7 +149,7 @@ describe('fault signals', () => {
 
 describe('stack growth (VM_GROWSDOWN)', () => {
   const STACK = 0x50000000;
-  const GAP = 256 * PAGE;
+  const GAP = 256 * PAGE; // stack_guard_gap's default
 
   it('a fault below a VM_GROWSDOWN VMA grows it down to the page, under the mmap write lock; other VMAs do not grow', () => {
     const k = boot();
@@ -203,6 +203,30 @@ describe('stack growth (VM_GROWSDOWN)', () => {
       const f = yield* signalOf(u.store8(0x60000000 - 5 * PAGE, 3));
       expect([f.signame, f.codename]).toEqual(['SIGSEGV', 'SEGV_MAPERR']);
       expect(mm.find_vma(0x60000000 - PAGE)!.vm_start).toBe(0x60000000 - 4 * PAGE);
+    });
+    expectClean(k);
+  });
+
+  it('new mappings keep out of the guard gap below a stack (vm_start_gap): top-down placement and hints; MAP_FIXED may go there', () => {
+    const k = boot();
+    run(k, function* (u) {
+      const mm = u.task.mm!;
+      // A stack at the top of the mmap area: the next mapping lands a guard gap below it.
+      const top = yield* u.mmap(0, PAGE, RW, ANON | MAP_GROWSDOWN);
+      const next = yield* u.mmap(0, 2 * PAGE, RW, ANON);
+      expect(next).toBe(top - GAP - 2 * PAGE);
+      // Without MAP_GROWSDOWN the same request would have been right below.
+      const plain = yield* u.mmap(0, PAGE, RW, ANON);
+      expect(plain).toBe(next - PAGE);
+      // A hint inside the gap is not taken; one just below it is.
+      yield* u.mmap(STACK, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      expect(yield* u.mmap(STACK - PAGE, PAGE, RW, ANON)).not.toBe(STACK - PAGE);
+      expect(yield* u.mmap(STACK - GAP - PAGE, PAGE, RW, ANON)).toBe(STACK - GAP - PAGE);
+      // MAP_FIXED is not placement: it may map inside the gap, and the stack then cannot grow.
+      expect(yield* u.mmap(STACK - 2 * PAGE, PAGE, RW, ANON | MAP_FIXED)).toBe(STACK - 2 * PAGE);
+      const e = yield* signalOf(u.store8(STACK - PAGE, 1));
+      expect([e.signame, e.codename]).toEqual(['SIGSEGV', 'SEGV_MAPERR']);
+      expect(mm.find_vma(STACK)!.vm_start).toBe(STACK);
     });
     expectClean(k);
   });
