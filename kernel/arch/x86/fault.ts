@@ -168,7 +168,10 @@ export function* lock_mm_and_find_vma(k: Kernel, mm: MmStruct, addr: number): KG
   k.locks.mmap_read_unlock(mm);
   yield* k.locks.mmap_write_lock(mm, 'lock_mm_and_find_vma');
   vma = mm.find_vma(addr);
-  if (vma && vma.vm_start > addr) vma = vma.vm_flags & VM_GROWSDOWN && (yield* k.vmaOps.expand_downwards(vma, addr)) === 0 ? vma : null;
+  if (vma && vma.vm_start > addr) {
+    // expand_stack_locked (x86 stacks grow down).
+    if (!(vma.vm_flags & VM_GROWSDOWN) || (yield* k.vmaOps.expand_downwards(vma, addr)) !== 0) vma = null;
+  }
   if (!vma) {
     k.locks.mmap_write_unlock(mm);
     return null;
