@@ -1,5 +1,5 @@
 // Random operation sequences (fast-check, fixed seed): mmap (fixed, no-replace, hinted; private,
-// shared, a VM_MIXEDMAP device), munmap, mprotect, mremap (in place, moving, fixed, dontunmap),
+// shared, a VM_MIXEDMAP device, a VM_GROWSDOWN stack that touches below it grow), munmap, mprotect, mremap (in place, moving, fixed, dontunmap),
 // madvise, touches and forks with a child that touches and changes its copy, over a small
 // address window with overlapping ranges and lengths one byte off a page multiple. After every
 // step the whole mm state must pass the invariant checker with no report filed; at the end no
@@ -10,7 +10,7 @@ import fc from 'fast-check';
 import type { Kernel } from '../../kernel/kernel.ts';
 import type { User } from '../../kernel/uapi.ts';
 import type { KGen } from '../../kernel/sched/core.ts';
-import { MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
+import { MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE } from '../../kernel/mm/mmap.ts';
 import { MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE } from '../../kernel/mm/mremap.ts';
 import {
   MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_NORMAL, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_WIPEONFORK,
@@ -30,7 +30,7 @@ const ADVICE = [MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK, MADV
 
 type Touch = { page: number; write: boolean };
 type Op =
-  | { op: 'mmap'; page: number; pages: number; delta: number; prot: number; kind: 'private' | 'shared' | 'device'; how: 'fixed' | 'noreplace' | 'hint' }
+  | { op: 'mmap'; page: number; pages: number; delta: number; prot: number; kind: 'private' | 'shared' | 'device' | 'stack'; how: 'fixed' | 'noreplace' | 'hint' }
   | { op: 'munmap'; page: number; pages: number; delta: number }
   | { op: 'mprotect'; page: number; pages: number; delta: number; prot: number }
   | { op: 'mremap'; page: number; oldPages: number; newPages: number; how: 'none' | 'maymove' | 'fixed' | 'dontunmap'; dest: number }
@@ -45,7 +45,7 @@ const prot = fc.constantFrom(...PROTS);
 const touch: fc.Arbitrary<Touch> = fc.record({ page, write: fc.boolean() });
 
 const simpleOp: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ op: fc.constant('mmap' as const), page, pages: fc.integer({ min: 1, max: 6 }), delta, prot, kind: fc.constantFrom('private' as const, 'private' as const, 'shared' as const, 'device' as const), how: fc.constantFrom('fixed' as const, 'fixed' as const, 'noreplace' as const, 'hint' as const) }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('mmap' as const), page, pages: fc.integer({ min: 1, max: 6 }), delta, prot, kind: fc.constantFrom('private' as const, 'private' as const, 'shared' as const, 'device' as const, 'stack' as const), how: fc.constantFrom('fixed' as const, 'fixed' as const, 'noreplace' as const, 'hint' as const) }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('munmap' as const), page, pages, delta }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('mprotect' as const), page, pages, delta, prot }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('mremap' as const), page, oldPages: pages, newPages: fc.integer({ min: 1, max: 6 }), how: fc.constantFrom('none' as const, 'maymove' as const, 'fixed' as const, 'dontunmap' as const), dest: page }) },
@@ -77,7 +77,7 @@ function* doOp(u: User, op: Op, fd: number, step: number): KGen<string> {
   try {
     switch (op.op) {
       case 'mmap': {
-        const flags = (op.kind === 'private' ? MAP_PRIVATE | MAP_ANONYMOUS : op.kind === 'shared' ? MAP_SHARED | MAP_ANONYMOUS : MAP_SHARED) | (op.how === 'fixed' ? MAP_FIXED : op.how === 'noreplace' ? MAP_FIXED_NOREPLACE : 0);
+        const flags = (op.kind === 'private' ? MAP_PRIVATE | MAP_ANONYMOUS : op.kind === 'stack' ? MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN : op.kind === 'shared' ? MAP_SHARED | MAP_ANONYMOUS : MAP_SHARED) | (op.how === 'fixed' ? MAP_FIXED : op.how === 'noreplace' ? MAP_FIXED_NOREPLACE : 0);
         const a = yield* u.mmap(W + op.page * PAGE, len(op.pages, op.delta), op.prot, flags, op.kind === 'device' ? fd : -1, op.kind === 'device' ? op.page * PAGE : 0);
         return `mmap ${(a - W) / PAGE}`;
       }
