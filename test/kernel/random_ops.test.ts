@@ -1,10 +1,11 @@
 // Random operation sequences (fast-check, fixed seed): mmap (fixed, no-replace, hinted; private,
-// shared, a VM_MIXEDMAP device, a VM_GROWSDOWN stack that touches below it grow), munmap, mprotect, mremap (in place, moving, fixed, dontunmap),
-// madvise, touches and forks with a child that touches and changes its copy, over a small
-// address window with overlapping ranges and lengths one byte off a page multiple. After every
-// step the whole mm state must pass the invariant checker with no report filed; at the end no
-// frame is leaked and the device's ->mmap/->open calls balance its ->close calls. The same
-// sequence run on two fresh kernels must end in identical states (deterministic replay).
+// shared, a VM_MIXEDMAP device, a VM_GROWSDOWN stack that touches below it grow), munmap,
+// mprotect, mremap (in place, moving, fixed, dontunmap), madvise, touches and forks with a child
+// that touches and changes its copy, over a small address window with overlapping ranges and
+// lengths one byte off a page multiple. After every step the whole mm state must pass the
+// invariant checker with no report filed; at the end no frame is leaked and the device's
+// ->mmap/->open calls balance its ->close calls. The same sequence run on two fresh kernels must
+// end in identical states (deterministic replay).
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import type { Kernel } from '../../kernel/kernel.ts';
