@@ -1219,8 +1219,11 @@ class World {
         break;
       }
       case 'mid':
+        // Inside a held buffer and never the start of one: buffers start 8-byte aligned and are
+        // at least 8 bytes long (held + 8 was the next buffer's start after an empty one, which
+        // another thread may be reading: freeing that is legal, and clears it with TF_CLEAR_BUF).
         if (held.length === 0) return false;
-        ptr = held[op.i % held.length]! + 8;
+        ptr = held[op.i % held.length]! + 4;
         break;
       case 'unknown':
         ptr = (v.base || WINDOW) + op.i * 4096 + 4093;

@@ -129,6 +129,20 @@ describe('fuzz oracle regressions', () => {
     expect(log.some((l) => /BINDER_SET_CONTEXT_MGR EBUSY \(unpredictable\)/.test(l))).toBe(true);
   });
 
+  it('a free of a pointer inside a held buffer never hits the next buffer, which another thread may be reading (seed 9707219)', () => {
+    // Found by an 8-minute run from seed 9700000: the 'mid' free took held + 8, which after an
+    // empty transaction's 8-byte buffer is the start of the next buffer; that one, sent with
+    // TF_CLEAR_BUF, was being read by another thread of the process, and the free (legal for a
+    // buffer start) cleared it under the reader, as Linux would. 'mid' now takes held + 4, inside
+    // the buffer and never 8-byte aligned like a buffer start; the transaction is read intact.
+    const { scenario } = replay(parseReplay('9707219:1:0:0:0:1:3:5:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:137:137:137:137:137:137:137:139:138:138:138:138:138:138:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:143:143:143:143:143:143:143:139:139:139:139:140:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:145:144:145:144:144:145:145:145:146:146:146:146:146:146:146:146:146:146:146:146:146:146:149:147:147:149:147:147:147:150:150:153:153:153:153:153:153:153:153:156:156:154:154:155:154:155:154:154:155:155:155:155:155:155:155:156:156'));
+    const log: string[] = [];
+    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    expect(result.failure).toBeNull();
+    expect(log).toContain('64 bfree: ok');
+    expect(log.some((l) => /^  BR_TRANSACTION tx 11 6624\/8 at \+0x8 of instance 2 bytes [0-9a-f]{8}$/.test(l))).toBe(true);
+  });
+
   it('returns another thread of the reader overwrites before the reader reads them are not held against the kernel', () => {
     // A crafted race: process 0's second thread (actor 2) writes a word per round into the page
     // of its sibling's scratch memory that receives binder returns, at the offset of the first
