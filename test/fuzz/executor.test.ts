@@ -72,6 +72,14 @@ describe('fuzz harness', () => {
 });
 
 describe('fuzz oracle regressions', () => {
+  /** Run `scenario` with the default shape's options, keeping the executor's log. */
+  const runLogged = (scenario: Scenario) => {
+    const log: string[] = [];
+    return { result: executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log }), log };
+  };
+  /** The same for the case a failure printed as SEED:PATH. */
+  const replayLogged = (token: string) => runLogged(replay(parseReplay(token)).scenario);
+
   it('a double free whose address a buffer just delivered to another thread reuses is not run (seed 782383)', () => {
     // Found by a 15-minute run from seed 777001: thread A's BC_FREE_BUFFER of an address it had
     // freed before hit the buffer the kernel had just delivered to thread B of the same process
@@ -89,9 +97,7 @@ describe('fuzz oracle regressions', () => {
     // fault then found no VMA and B got SIGSEGV, as it would on Linux. The oracle had checked
     // that the mapping was intact only when the read started; it now checks again when the read
     // ends (an mm operation marks the mapping untrusted before it starts).
-    const { scenario } = replay(parseReplay('920817:0:0:0:0:1:2:3:4:9:28:19:76:75:77:74:75:75:75:75:75:76:76:78:79:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:84:84:84:84:84:84:84:84:84:84:84:85:85:85:87:85:86:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:88:87:89:89:89:89:89:89:89:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:92:94:94:94:94:94:94:94:94:96:96:96:98:98:98:98:98:98:98:106:106:106:110:110:110:121:111:110'));
-    const log: string[] = [];
-    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    const { result, log } = replayLogged('920817:0:0:0:0:1:2:3:4:9:28:19:76:75:77:74:75:75:75:75:75:76:76:78:79:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:80:84:84:84:84:84:84:84:84:84:84:84:85:85:85:87:85:86:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:85:88:87:89:89:89:89:89:89:89:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:90:92:94:94:94:94:94:94:94:94:96:96:96:98:98:98:98:98:98:98:106:106:106:110:110:110:121:111:110');
     expect(result.failure).toBeNull();
     expect(result.executed).toBeGreaterThan(35);
     // The race itself happened: the read was overtaken and raised the signal.
@@ -104,9 +110,7 @@ describe('fuzz oracle regressions', () => {
     // memory; the driver then copied zeroes into the receiver's buffer, as Linux's would. The
     // oracle expected the pattern; a send during which another thread may change the sender's
     // memory is now not checked for its contents.
-    const { scenario } = replay(parseReplay('9192638:1:0:0:0:1:4:5:16:11:35:51:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:84:84:84:84:84:85:85:85:85:85:85:85:85:86:86:86:86:86:87:87:87:87:87:87:87:87:87:87:87:87:87:87:87:87:87:95:95:95:95:95:95:95:95:95:95:95:95:95:95:95:95:95:99:91:91:91:91:91:95:95:95:95:95:95:95:95:95:95:95:104:104:104:104:104:104:104:104:104:104:105:105:109:109:109:109:109:109:109:109:109:108:108:108:108:111:109:109:109:109:109:109:109:109:109:109:109:110:110:110:110:110:110:110:110:110:110:110:110:111:111:111:111:111:111:111:111:111:111:111:111:112:112:112:112:112:112:112:112:112:112:112:112:112:113:113:113:113:113:113:113:113:113:113:113:113:113:114:114:114:116:114:114:114:114:114:114:114:114:114:114:114:114:114:114'));
-    const log: string[] = [];
-    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    const { result, log } = replayLogged('9192638:1:0:0:0:1:4:5:16:11:35:51:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:83:84:84:84:84:84:85:85:85:85:85:85:85:85:86:86:86:86:86:87:87:87:87:87:87:87:87:87:87:87:87:87:87:87:87:87:95:95:95:95:95:95:95:95:95:95:95:95:95:95:95:95:95:99:91:91:91:91:91:95:95:95:95:95:95:95:95:95:95:95:104:104:104:104:104:104:104:104:104:104:105:105:109:109:109:109:109:109:109:109:109:108:108:108:108:111:109:109:109:109:109:109:109:109:109:109:109:110:110:110:110:110:110:110:110:110:110:110:110:111:111:111:111:111:111:111:111:111:111:111:111:112:112:112:112:112:112:112:112:112:112:112:112:112:113:113:113:113:113:113:113:113:113:113:113:113:113:114:114:114:116:114:114:114:114:114:114:114:114:114:114:114:114:114:114');
     expect(result.failure).toBeNull();
     expect(result.executed).toBeGreaterThan(40);
     // The race itself happened: the reply was delivered and not checked.
@@ -120,9 +124,7 @@ describe('fuzz oracle regressions', () => {
     // fork and did not count the child as a holder. When the parent exited, the harness took the
     // context manager for gone; the child still held the file, so a later BINDER_SET_CONTEXT_MGR
     // got EBUSY, as on Linux. Such a context manager is now unknown until those children exit.
-    const { scenario } = replay(parseReplay('9300620:1:1:2:7:31:21:34:23:18:34:36:65:15:19:36:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289'));
-    const log: string[] = [];
-    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    const { result, log } = replayLogged('9300620:1:1:2:7:31:21:34:23:18:34:36:65:15:19:36:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289:289');
     expect(result.failure).toBeNull();
     expect(result.executed).toBeGreaterThan(100);
     // The race itself happened: the context manager outlived its opener, and the harness knew it could.
@@ -135,9 +137,7 @@ describe('fuzz oracle regressions', () => {
     // TF_CLEAR_BUF, was being read by another thread of the process, and the free (legal for a
     // buffer start) cleared it under the reader, as Linux would. 'mid' now takes held + 4, inside
     // the buffer and never 8-byte aligned like a buffer start; the transaction is read intact.
-    const { scenario } = replay(parseReplay('9707219:1:0:0:0:1:3:5:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:137:137:137:137:137:137:137:139:138:138:138:138:138:138:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:143:143:143:143:143:143:143:139:139:139:139:140:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:145:144:145:144:144:145:145:145:146:146:146:146:146:146:146:146:146:146:146:146:146:146:149:147:147:149:147:147:147:150:150:153:153:153:153:153:153:153:153:156:156:154:154:155:154:155:154:154:155:155:155:155:155:155:155:156:156'));
-    const log: string[] = [];
-    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    const { result, log } = replayLogged('9707219:1:0:0:0:1:3:5:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:132:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:136:137:137:137:137:137:137:137:139:138:138:138:138:138:138:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:139:143:143:143:143:143:143:143:139:139:139:139:140:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:143:145:144:145:144:144:145:145:145:146:146:146:146:146:146:146:146:146:146:146:146:146:146:149:147:147:149:147:147:147:150:150:153:153:153:153:153:153:153:153:156:156:154:154:155:154:155:154:154:155:155:155:155:155:155:155:156:156');
     expect(result.failure).toBeNull();
     expect(log).toContain('64 bfree: ok');
     expect(log.some((l) => /^  BR_TRANSACTION tx 11 6624\/8 at \+0x8 of instance 2 bytes [0-9a-f]{8}$/.test(l))).toBe(true);
@@ -160,8 +160,7 @@ describe('fuzz oracle regressions', () => {
       ops.push(send);
     }
     const scenario: Scenario = { cpus: 3, memoryMiB: 32, quantum: 5000, designs: [0, 1], procs: 2, ops };
-    const log: string[] = [];
-    const result = executeScenario(scenario, { ...execOptions(DEFAULT_SHAPE), log });
+    const { result, log } = runLogged(scenario);
     expect(result.failure).toBeNull();
     expect(log.filter((l) => l.includes("(the returns' memory changed during the read)")).length).toBeGreaterThan(0);
   });

@@ -195,6 +195,12 @@ describe('stack growth (VM_GROWSDOWN)', () => {
       yield* u.mprotect(below, 4 * PAGE, PROT_NONE);
       yield* u.store8(below + 4 * PAGE, 2);
       expect(mm.find_vma(STACK)!.vm_start).toBe(below + 4 * PAGE);
+      // Another stack under it is no obstacle either: it may grow right up to that one.
+      const hi = 0x70000000;
+      yield* u.mmap(hi, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      yield* u.mmap(hi - 4 * PAGE, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
+      yield* u.store8(hi - 3 * PAGE, 4);
+      expect([mm.find_vma(hi)!.vm_start, mm.find_vma(hi - 4 * PAGE)!.vm_start]).toEqual([hi - 3 * PAGE, hi - 4 * PAGE]);
       // RLIMIT_STACK: with 16 KiB the stack may span 5 pages (the guard page is not counted).
       k.vmaOps.rlimit_stack = 4 * PAGE;
       yield* u.mmap(0x60000000, PAGE, RW, ANON | MAP_FIXED | MAP_GROWSDOWN);
