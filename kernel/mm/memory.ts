@@ -30,10 +30,10 @@ import type { KGen } from '../sched/core.ts';
 import {
   FAULT_FLAG_UNSHARE, FAULT_FLAG_VMA_LOCK, FAULT_FLAG_WRITE, VM_FAULT_DONE_COW, VM_FAULT_ERROR, VM_FAULT_NOPAGE, VM_FAULT_OOM, VM_FAULT_RETRY,
   VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_HUGETLB, VM_IO, VM_MAYSHARE, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP, VM_REMAP_FLAGS, VM_SHARED, VM_WRITE,
-  AnonVma, PAGE_SIZE, is_cow_mapping, type MmStruct, type VmArea, type VmFault,
+  PAGE_SIZE, is_cow_mapping, type MmStruct, type VmArea, type VmFault,
 } from './mm_types.ts';
 import { GFP_HIGHUSER_MOVABLE, PG_anon, PG_anon_exclusive, PG_buddy, PG_dirty, PG_referenced, PG_slab, PG_table, PG_zero, __GFP_ZERO } from './page_alloc.ts';
-import { folio_add_file_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, isAnon, mm_counter_file } from './rmap.ts';
+import { anon_vma_prepare, folio_add_file_rmap_pte, folio_add_new_anon_rmap, folio_remove_rmap_pte, isAnon, mm_counter_file } from './rmap.ts';
 import { MmuGather } from './mmu_gather.ts';
 import { PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_SPECIAL, _PAGE_USER, ptePfn, vm_get_page_prot, type PgProt } from '../arch/x86/pgtable.ts';
 import { EBUSY, EFAULT, EINVAL, ENOMEM, EAGAIN } from '../errno.ts';
@@ -246,11 +246,11 @@ function vmf_anon_prepare(k: Kernel, vmf: VmFault): number {
       k.locks.vma_end_read(vma);
       return VM_FAULT_RETRY;
     }
-    vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
+    anon_vma_prepare(vma);
     k.locks.mmap_read_unlock(vma.vm_mm);
     return 0;
   }
-  vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
+  anon_vma_prepare(vma);
   return 0;
 }
 
@@ -479,7 +479,7 @@ function* hugetlb_fault(k: Kernel, vmf: VmFault): KGen<number> {
   let [lo, hi] = mk_pte(head, prot);
   lo |= _PAGE_PSE | _PAGE_ACCESSED;
   if (vma.vm_flags & VM_WRITE && (vma.vm_flags & VM_SHARED || vmf.flags & FAULT_FLAG_WRITE)) lo |= _PAGE_RW | _PAGE_DIRTY;
-  if (!vma.anon_vma) vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
+  anon_vma_prepare(vma);
   folio_add_new_anon_rmap(k, head, vma, base);
   // Hugetlb pages are not RSS: they count in hugetlb_usage (hugetlb_count_add).
   mm.hugetlb_usage += 512;

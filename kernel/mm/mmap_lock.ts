@@ -28,7 +28,8 @@ import type { KGen, Task } from '../sched/core.ts';
 import { RwSemaphore } from '../locking/rwsem.ts';
 import type { Lockdep } from '../locking/lockdep.ts';
 import { WaitQueue } from '../sched/wait.ts';
-import { AnonVma, VM_SHARED, type MmStruct, type VmArea } from './mm_types.ts';
+import { VM_SHARED, type MmStruct, type VmArea } from './mm_types.ts';
+import { anon_vma_prepare } from './rmap.ts';
 import type { AddressSpace } from '../fs/file.ts';
 import { EAGAIN, ENOENT } from '../errno.ts';
 
@@ -313,7 +314,7 @@ export class MmapLocking {
     if (!v) r = -ENOENT;
     else {
       // find_vma_and_prepare_anon: anon_vma_prepare under the mmap read lock.
-      if (!(v.vm_flags & VM_SHARED) && !v.anon_vma) v.anon_vma = new AnonVma(v.vm_mm.kernel);
+      if (!(v.vm_flags & VM_SHARED)) anon_vma_prepare(v);
       r = this.vma_start_read_locked(v, caller) ? v : -EAGAIN;
     }
     this.mmap_read_unlock(mm);

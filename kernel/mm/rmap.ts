@@ -10,8 +10,13 @@
  */
 
 import type { Kernel } from '../kernel.ts';
-import type { VmArea } from './mm_types.ts';
+import { AnonVma, type VmArea } from './mm_types.ts';
 import { PG_anon, PG_anon_exclusive, PG_swapbacked, PG_zero } from './page_alloc.ts';
+
+/** anon_vma_prepare: give a private VMA its anon_vma if it has none (the caller holds a lock that allows it). */
+export function anon_vma_prepare(vma: VmArea): void {
+  if (!vma.anon_vma) vma.anon_vma = new AnonVma(vma.vm_mm.kernel);
+}
 
 /** folio_add_new_anon_rmap: a freshly allocated anonymous page mapped once, exclusively. */
 export function folio_add_new_anon_rmap(k: Kernel, pfn: number, vma: VmArea, addr: number): void {

@@ -24,11 +24,12 @@
 import type { Kernel } from '../kernel.ts';
 import type { KGen } from '../sched/core.ts';
 import {
-  AnonVma, MMAP_MIN_ADDR, PAGE_SIZE, STACK_GUARD_GAP, VM_ACCESS_FLAGS, VM_GROWSDOWN, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type MmStruct, type VmOperations,
+  MMAP_MIN_ADDR, PAGE_SIZE, STACK_GUARD_GAP, VM_ACCESS_FLAGS, VM_GROWSDOWN, VM_HUGETLB, VM_IGNORE_MERGE, VM_LOCKED_MASK, VM_SPECIAL, VmArea, type AnonVma, type MmStruct, type VmOperations,
 } from './mm_types.ts';
 import type { File } from '../fs/file.ts';
 import { EFAULT, EINVAL, ENOMEM, EPERM } from '../errno.ts';
 import { PMD_SIZE } from '../arch/x86/pgtable.ts';
+import { anon_vma_prepare } from './rmap.ts';
 
 /** sysctl_max_map_count default. */
 export const DEFAULT_MAX_MAP_COUNT = 65530;
@@ -173,7 +174,7 @@ export class VmaOps {
     const prev = mm.prevVma(vma);
     if (prev && !(prev.vm_flags & VM_GROWSDOWN) && prev.vm_flags & VM_ACCESS_FLAGS && address - prev.vm_end < STACK_GUARD_GAP) return -ENOMEM;
     // We must make sure the anon_vma is allocated.
-    if (!vma.anon_vma) vma.anon_vma = new AnonVma(this.k);
+    anon_vma_prepare(vma);
     // Lock the VMA before expanding to prevent concurrent page faults.
     yield* this.k.locks.vma_start_write(vma, 'expand_downwards');
     // Somebody else might have raced and expanded it already.
